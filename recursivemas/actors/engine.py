@@ -1,0 +1,270 @@
+"""The backbone engine: one frozen causal LM and the three things RecursiveMAS asks of it.
+
+- ``rollout``: latent thoughts. Each step feeds the inner link's image of the last hidden state back as the next input
+  embedding, one cached single-position pass through the decoder stack, never the LM head (the vocabulary projection
+  is exactly the cost a latent step exists to skip).
+- ``generate`` / ``stream``: text from a prompt that may hold latent segments.
+- ``forward_states``: teacher-forced last-layer states, for training links.
+
+Pure torch over transformers; it knows nothing of Ray or topologies, so the runtime can drive it in-process, from a
+training worker or inside an actor. All three take batches: prompts of different lengths are left-padded with
+position ids that follow the attention mask, so a batch gives the same numbers as its rows one by one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recursivemas.actors.inputs import Embedded, Prompt, embed, extend, left_pad
+from recursivemas.actors.sampling import Sampler
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ContextLengthError(ValueError):
+    """A prompt (plus its latent steps or new tokens) does not fit the model's context window."""
+
+
+@dataclass
+class Rollout:
+    states: torch.Tensor  # [steps, hidden]
+    prompt_tokens: int
+    latent_tokens: int
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "eos" | "stop" | "length"
+    prompt_tokens: int
+    latent_tokens: int
+
+
+@dataclass
+class TeacherForced:
+    states: torch.Tensor  # [target_len, hidden]: state t is the one that predicts target token t
+    target_ids: torch.Tensor  # [target_len]
+
+
+class BackboneEngine:
+    def __init__(self, model: nn.Module, tokenizer, name: str = "backbone"):
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.decoder = model.get_decoder()
+        self.embedding = model.get_input_embeddings()
+        config = model.config
+        self.hidden_size: int = config.hidden_size
+        self.max_context: int = getattr(config, "max_position_embeddings", None) or 2**31
+        self.eos_ids = _eos_ids(model, tokenizer)
+
+    @classmethod
+    def load(cls, path: str, dtype: str = "float32", device: str = "cpu", name: str | None = None) -> BackboneEngine:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+        except (OSError, ValueError) as exc:
+            raise OSError(f"backbone {name or path!r}: cannot load model from {path!r}: {exc}") from exc
+        return cls(model, tokenizer, name=name or str(path))
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding.weight.dtype
+
+    @property
+    def embedding_scale(self) -> float:
+        """Typical magnitude of one input-embedding coordinate: the scale untrained links should hit."""
+        probe = self.embedding(torch.arange(min(4096, self.embedding.num_embeddings), device=self.device))
+        return float(probe.float().std())
+
+    # --- inputs --------------------------------------------------------------------------------------------------
+    def embed(self, prompt: Prompt, extra_positions: int = 0, what: str = "latent steps") -> Embedded:
+        item = embed(self.tokenizer, self.embedding, prompt)
+        if item.length + extra_positions > self.max_context:
+            extra = f" plus {extra_positions} {what}" if extra_positions else ""
+            raise ContextLengthError(
+                f"backbone {self.name!r}: the prompt is {item.length} positions ({item.text_tokens} text tokens, "
+                f"{item.latent_tokens} latent){extra}, over the model's context of {self.max_context}; "
+                f"shorten the prompt{' or lower ' + what if extra_positions else ''}"
+            )
+        return item
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return embed(self.tokenizer, self.embedding, prompt).length
+
+    # --- latent rollout ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def rollout(self, prompts: Sequence[Prompt], steps: int, inner: Sequence[nn.Module | None] | nn.Module | None) -> list[Rollout]:
+        """``steps`` latent thoughts per prompt: h_1 from the prompt, then h_{t+1} from [prompt; R(h_1) .. R(h_t)].
+
+        ``inner`` is one link for all prompts or one per prompt (agents sharing a backbone batch together).
+        """
+        items = [self.embed(p, steps) for p in prompts]
+        links = list(inner) if isinstance(inner, Sequence) else [inner] * len(items)
+        if steps == 0:
+            empty = torch.empty((0, self.hidden_size), dtype=self.dtype, device=self.device)
+            return [Rollout(empty, i.text_tokens, i.latent_tokens) for i in items]
+        batch = left_pad([i.embeds for i in items])
+        out = self.decoder(
+            inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids, use_cache=True,
+        )
+        mask, positions, cache = batch.attention_mask, batch.position_ids, out.past_key_values
+        hidden = out.last_hidden_state[:, -1]
+        states = [hidden]
+        for _ in range(steps - 1):
+            mask, positions = extend(mask, positions)
+            out = self.decoder(
+                inputs_embeds=_apply_links(links, hidden).unsqueeze(1), attention_mask=mask,
+                position_ids=positions, past_key_values=cache, use_cache=True,
+            )
+            hidden = out.last_hidden_state[:, -1]
+            states.append(hidden)
+        stacked = torch.stack(states, dim=1)
+        return [Rollout(stacked[row], i.text_tokens, i.latent_tokens) for row, i in enumerate(items)]
+
+    # --- text generation -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+        seed: int | None = None, stop: Sequence[str] = (),
+    ) -> list[Generation]:
+        items = [self.embed(p) for p in prompts]
+        tokens: list[list[int]] = [[] for _ in items]
+        reasons = ["length"] * len(items)
+        for step_tokens, finished in self._decode(items, max_new_tokens, Sampler(temperature, top_p, seed), stop):
+            for row, token in step_tokens.items():
+                tokens[row].append(token)
+            for row, reason in finished.items():
+                reasons[row] = reason
+        return [
+            Generation(self._text(ids, reasons[r]), ids if reasons[r] != "eos" else ids[:-1], reasons[r],
+                       items[r].text_tokens, items[r].latent_tokens)
+            for r, ids in enumerate(tokens)
+        ]
+
+    @torch.inference_mode()
+    def stream(
+        self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+        seed: int | None = None, stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        """Yield text deltas as tokens are decoded; the deltas join to ``generate``'s text."""
+        item = self.embed(prompt)
+        ids: list[int] = []
+        sent = ""
+        for step_tokens, finished in self._decode([item], max_new_tokens, Sampler(temperature, top_p, seed), stop):
+            if finished.get(0) == "eos":
+                break
+            ids.extend(step_tokens.values())
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                continue
+            if len(text) > len(sent):
+                yield text[len(sent) :]
+                sent = text
+        final = self._text(ids, "length")
+        if len(final) > len(sent):
+            yield final[len(sent) :]
+
+    def _text(self, ids: list[int], reason: str) -> str:
+        return self.tokenizer.decode(ids[:-1] if reason == "eos" else ids, skip_special_tokens=True)
+
+    def _decode(self, items: list[Embedded], max_new_tokens: int, sampler: Sampler, stop: Sequence[str]):
+        """Yield ({row: token}, {row: finish reason}) per step for the rows still running."""
+        batch = left_pad([i.embeds for i in items])
+        budget = min(max_new_tokens, self.max_context - max(batch.lengths))
+        out = self.model(
+            inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+            use_cache=True, logits_to_keep=1,
+        )
+        mask, positions, cache = batch.attention_mask, batch.position_ids, out.past_key_values
+        running = torch.ones(len(items), dtype=torch.bool, device=self.device)
+        texts = [""] * len(items)
+        for step in range(budget):
+            next_tokens = sampler(out.logits[:, -1])
+            emitted, finished = {}, {}
+            for row in running.nonzero().flatten().tolist():
+                token = int(next_tokens[row])
+                emitted[row] = token
+                if token in self.eos_ids:
+                    finished[row] = "eos"
+                elif stop:
+                    texts[row] += self.tokenizer.decode([token], skip_special_tokens=True)
+                    if any(s in texts[row][-64:] for s in stop):
+                        finished[row] = "stop"
+            for row in finished:
+                running[row] = False
+            yield emitted, finished
+            if not running.any() or step == budget - 1:
+                return
+            mask, positions = extend(mask, positions)
+            out = self.model(
+                input_ids=next_tokens.unsqueeze(1), attention_mask=mask, position_ids=positions,
+                past_key_values=cache, use_cache=True,
+            )
+
+    # --- teacher forcing (training) ------------------------------------------------------------------------------
+    def forward_states(self, prompts: Sequence[Prompt], targets: Sequence[str]) -> list[TeacherForced]:
+        """Last-layer states over each target text, teacher-forced after its prompt.
+
+        Not under inference mode: outer-link training needs gradients through the frozen backbone into latent inputs.
+        """
+        rows, target_ids = [], []
+        for prompt, target in zip(prompts, targets):
+            ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"backbone {self.name!r}: an empty target text cannot be teacher-forced")
+            item = self.embed(prompt, len(ids), what="target tokens")
+            ids_t = torch.tensor(ids, device=self.device)
+            rows.append(torch.cat([item.embeds, self.embedding(ids_t)], dim=0))
+            target_ids.append(ids_t)
+        batch = left_pad(rows)
+        hidden = self.decoder(
+            inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+        ).last_hidden_state
+        out = []
+        for row, ids in enumerate(target_ids):
+            span = hidden[row, -len(ids) - 1 : -1]  # the state before each target token predicts it
+            out.append(TeacherForced(span, ids))
+        return out
+
+
+def _apply_links(links: list[nn.Module | None], hidden: torch.Tensor) -> torch.Tensor:
+    """Map each row's hidden state through its agent's inner link (rows sharing a link go in one call)."""
+    if all(link is links[0] for link in links):
+        return _run_link(links[0], hidden)
+    out = torch.empty_like(hidden)
+    for link in {id(l): l for l in links}.values():
+        rows = [r for r, l in enumerate(links) if l is link]
+        out[rows] = _run_link(link, hidden[rows])
+    return out
+
+
+def _run_link(link: nn.Module | None, hidden: torch.Tensor) -> torch.Tensor:
+    if link is None:
+        return hidden
+    param = next(link.parameters())
+    return link(hidden.to(param.dtype)).to(hidden.dtype)
+
+
+def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(v) for v in value)
+    return ids

@@ -1,0 +1,27 @@
+"""Next-token choice: greedy at temperature 0, otherwise temperature and nucleus (top-p) sampling."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Sampler:
+    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
+        self.temperature = temperature
+        self.top_p = top_p
+        self.generator: torch.Generator | None = None
+        if seed is not None:
+            self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """[batch, vocab] logits -> [batch] token ids."""
+        if self.temperature == 0:
+            return logits.argmax(dim=-1)
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs > self.top_p  # keep the smallest set reaching top_p
+            sorted_probs[outside] = 0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        picks = torch.multinomial(probs.cpu(), 1, generator=self.generator)
+        return picks.squeeze(-1).to(logits.device)

@@ -1,0 +1,304 @@
+"""Typed configuration: a topology is data, validated before any model loads.
+
+A :class:`Topology` names the backbones (one engine or actor each, shared by every agent that names it), the agents,
+and the graph: either a paper ``pattern`` preset or explicit ``edges`` / ``feedback`` / ``decoder``. Presets expand
+into the same explicit graph, so one executor serves all patterns. Every validator names the field, the bad value and
+the fix, because a YAML typo should cost a user seconds, not a traceback hunt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recursivemas import prompts
+
+Pattern = Literal["sequential", "mixture", "distillation", "deliberation"]
+Mode = Literal["latent", "text", "single"]
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneConfig(Strict):
+    """A frozen causal LM: a hub id, a local directory, or an offline zoo name (``recursivemas models list``)."""
+
+    model: str = Field(min_length=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(1, gt=0)
+
+
+class AgentConfig(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    backbone: str
+    prompt: str | None = None
+    """A role preset name (planner, critic, solver, expert, summarizer, learner, reflector, tool_caller, agent) or a
+    template with ``{question}`` and slots; None picks the preset for the agent's place in the pattern."""
+    tools: bool = False
+    """Give this agent the tool loop (Python, search) when it decodes text."""
+
+
+class GenerationConfig(Strict):
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+
+
+class ToolsConfig(Strict):
+    python_timeout_s: float = Field(10.0, gt=0)
+    python_memory_mb: int = Field(512, ge=64)
+    max_rounds: int = Field(5, ge=0)
+
+
+def _edge(value: object) -> tuple[str, str]:
+    if isinstance(value, str) and "->" in value:
+        src, dst = (part.strip() for part in value.split("->", 1))
+        return src, dst
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return str(value[0]), str(value[1])
+    raise ValueError(f"an edge must be 'source->target' or [source, target], got {value!r}")
+
+
+class Topology(BaseModel):
+    """The whole system as data. Change it with :meth:`replace`, which validates again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "topology"
+    backbones: dict[str, BackboneConfig] = Field(min_length=1)
+    agents: list[AgentConfig] = Field(min_length=1)
+    pattern: Pattern | None = None
+    edges: list[tuple[str, str]] | None = None
+    feedback: list[tuple[str, str]] | None = None
+    decoder: str | None = None
+    rounds: int = Field(3, ge=1)
+    latent_steps: int = Field(32, ge=0)
+    handoff: Literal["inner_outer", "outer"] = "inner_outer"
+    links: str | None = None
+    link_norm: bool = True
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+
+    @field_validator("edges", "feedback", mode="before")
+    @classmethod
+    def _parse_edges(cls, value: object) -> object:
+        return None if value is None else [_edge(v) for v in value]
+
+    @model_validator(mode="after")
+    def _expand_and_check(self) -> Topology:
+        names = [a.name for a in self.agents]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"agents: duplicate agent name(s) {dupes}; give every agent a unique name")
+        for agent in self.agents:
+            if agent.backbone not in self.backbones:
+                raise ValueError(
+                    f"agents.{agent.name}.backbone: unknown backbone {agent.backbone!r}; "
+                    f"declared backbones are {sorted(self.backbones)}"
+                )
+        if self.pattern is not None:
+            if self.edges is not None or self.feedback is not None or self.decoder is not None:
+                raise ValueError("pattern: set either a pattern preset or explicit edges/feedback/decoder, not both")
+            self._apply_preset(self.pattern)
+        if self.decoder is None:
+            raise ValueError("decoder: name the agent that writes the answer (or pick a pattern preset)")
+        object.__setattr__(self, "edges", self.edges or [])
+        object.__setattr__(self, "feedback", self.feedback or [])
+        _check_graph(names, self.edges, self.feedback, self.decoder)
+        self._default_prompts()
+        self._check_slots()
+        return self
+
+    # --- presets -------------------------------------------------------------------------------------------------
+    def _apply_preset(self, pattern: str) -> None:
+        names = [a.name for a in self.agents]
+        need = {"distillation": 2, "deliberation": 2}.get(pattern)
+        if need is not None and len(names) != need:
+            raise ValueError(f"pattern: {pattern!r} needs exactly {need} agents, got {len(names)} ({names})")
+        if len(names) < 2:
+            raise ValueError(f"pattern: {pattern!r} needs at least 2 agents, got {names}")
+        *firsts, last = names
+        if pattern == "mixture":
+            edges = [(e, last) for e in firsts]
+            feedback = [(last, e) for e in firsts]
+        else:
+            edges = list(zip(names, names[1:]))
+            feedback = [(last, names[0])]
+        roles = {
+            "sequential": ["planner"] + ["critic"] * (len(names) - 2) + ["solver"],
+            "mixture": ["expert"] * len(firsts) + ["summarizer"],
+            "distillation": ["expert", "learner"],
+            "deliberation": ["reflector", "tool_caller"],
+        }[pattern]
+        object.__setattr__(self, "edges", edges)
+        object.__setattr__(self, "feedback", feedback)
+        object.__setattr__(self, "decoder", last)
+        for agent, role in zip(self.agents, roles):
+            if agent.prompt is None:
+                object.__setattr__(agent, "prompt", role)
+        if pattern == "deliberation":
+            object.__setattr__(self.agents[-1], "tools", True)
+
+    def _default_prompts(self) -> None:
+        for agent in self.agents:
+            if agent.prompt is None:
+                preset = agent.name if agent.name in prompts.ROLE_PROMPTS else "agent"
+                object.__setattr__(agent, "prompt", preset)
+
+    def _check_slots(self) -> None:
+        for agent in self.agents:
+            template = prompts.resolve_template(agent.prompt or "")
+            field = f"agents.{agent.name}.prompt"
+            found = prompts.placeholders(template)
+            if prompts.QUESTION not in found:
+                raise ValueError(f"{field}: the template has no {{question}} placeholder; add one where the question goes")
+            incoming = [(s, False) for s, d in self.edges if d == agent.name]
+            incoming += [(s, True) for s, d in self.feedback if d == agent.name]
+            sources = {s for s, _ in incoming}
+            for name in found:
+                if name not in prompts.RESERVED and name not in sources:
+                    raise ValueError(
+                        f"{field}: slot {{{name}}} has no edge {name}->{agent.name}; "
+                        f"agents handing over to {agent.name}: {sorted(sources) or 'none'}"
+                    )
+            for src, is_feedback in incoming:
+                if prompts.slot_for(template, src, is_feedback) is None:
+                    kind = "feedback" if is_feedback else "inputs"
+                    raise ValueError(
+                        f"{field}: no slot for the hand-off from {src!r}; add {{{src}}} or {{{kind}}} to the template"
+                    )
+
+    # --- helpers -------------------------------------------------------------------------------------------------
+    def agent(self, name: str) -> AgentConfig:
+        for agent in self.agents:
+            if agent.name == name:
+                return agent
+        raise KeyError(f"no agent named {name!r}; agents are {[a.name for a in self.agents]}")
+
+    def template(self, agent: str) -> str:
+        return prompts.resolve_template(self.agent(agent).prompt or "")
+
+    def to_dict(self) -> dict:
+        """Plain data that validates back into an equal topology (a preset stays a preset)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        if self.pattern is not None:
+            for key in ("edges", "feedback", "decoder"):
+                data.pop(key, None)
+        else:
+            data["edges"] = [f"{s}->{d}" for s, d in self.edges]
+            data["feedback"] = [f"{s}->{d}" for s, d in self.feedback]
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes: object) -> Topology:
+        """A validated copy with some top-level fields changed (e.g. ``rounds``, ``latent_steps``)."""
+        return Topology.model_validate({**self.to_dict(), **changes})
+
+
+def _check_graph(names: list[str], edges: list, feedback: list, decoder: str) -> None:
+    known = set(names)
+    for field, group in (("edges", edges), ("feedback", feedback)):
+        for src, dst in group:
+            for end in (src, dst):
+                if end not in known:
+                    raise ValueError(f"{field}: {src}->{dst} names unknown agent {end!r}; agents are {names}")
+            if src == dst:
+                raise ValueError(f"{field}: {src}->{dst} is a self-loop; an agent's own latents already recur")
+        if len(set(group)) != len(group):
+            raise ValueError(f"{field}: an edge is listed twice in {[f'{s}->{d}' for s, d in group]}")
+    both = set(edges) & set(feedback)
+    if both:
+        raise ValueError(f"feedback: {sorted(both)} also appear in edges; an edge is either in-round or feedback")
+    if decoder not in known:
+        raise ValueError(f"decoder: unknown agent {decoder!r}; agents are {names}")
+    cycle = find_cycle(names, edges)
+    if cycle:
+        raise ValueError(
+            f"edges: cycle inside a round {' -> '.join(cycle)}; agents in a round must form a DAG, "
+            "move the edge that closes the loop to `feedback`"
+        )
+    graph = {n: [d for s, d in [*edges, *feedback] if s == n] for n in names}
+    for name in names:
+        if name != decoder and not _reaches(graph, name, decoder):
+            raise ValueError(
+                f"decoder: {decoder!r} is not reachable from agent {name!r}; add an edge or feedback edge so its "
+                "latents reach the decoder, or remove the agent"
+            )
+
+
+def find_cycle(names: list[str], edges: list[tuple[str, str]]) -> list[str] | None:
+    """A cycle (as a list of names, first repeated last) in the in-round graph, or None."""
+    graph = {n: [d for s, d in edges if s == n] for n in names}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for name in names:
+        if name not in state and (found := visit(name)):
+            return found
+    return None
+
+
+def _reaches(graph: dict[str, list[str]], src: str, dst: str) -> bool:
+    seen, todo = {src}, [src]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt == dst:
+                return True
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return False
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used, with every problem named by its field."""
+
+
+def load_topology(path: str | Path) -> Topology:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"topology file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with backbones, agents, ...; got {type(data).__name__}")
+    try:
+        topology = Topology.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid topology\n{format_validation_error(exc)}") from None
+    if topology.links and not Path(topology.links).is_absolute():
+        topology.links = str((path.parent / topology.links).resolve())
+    return topology
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {loc + ': ' if loc else ''}{msg}")
+    return "\n".join(lines)

@@ -1,0 +1,26 @@
+"""Links: the small trainable modules that carry latent states within and between agents.
+
+``InnerLink`` maps an agent's last hidden state back into its own input-embedding space (latent rollout);
+``OuterLink`` maps it into the next agent's space (hand-off). ``LinkSet`` holds all links of a topology,
+``save_links``/``load_links`` persist it as safetensors plus a JSON manifest, and ``import_released`` reads the
+paper authors' released ``.pt`` files. Only torch and safetensors are needed here.
+"""
+
+from .io import LinkCheckpointError, load_links, read_manifest, save_links
+from .linkset import LinkSet, edge_key, parse_edge_key
+from .modules import InnerLink, OuterLink
+from .released import ReleasedLinkError, import_released
+
+__all__ = [
+    "InnerLink",
+    "OuterLink",
+    "LinkSet",
+    "edge_key",
+    "parse_edge_key",
+    "save_links",
+    "load_links",
+    "read_manifest",
+    "LinkCheckpointError",
+    "import_released",
+    "ReleasedLinkError",
+]

@@ -1,0 +1,229 @@
+"""One graph executor for every pattern and every mode.
+
+Modes share agents, prompts, rounds and budgets, so their costs compare like for like:
+- ``latent`` (RecursiveMAS): agents roll out latent thoughts and hand them over through links; only the decoder
+  decodes, in the final round.
+- ``text`` (Recursive-TextMAS): every agent decodes a message, every round, that fills the next agent's slot.
+- ``single``: the decoder agent alone, one turn, no slots.
+
+The executor takes a batch of questions and, within each level of the plan, makes one batched call per backbone
+(agents that share a backbone batch together, each with its own inner link), running different backbones at once.
+Backbones are any objects with the engine's ``rollout`` / ``generate`` interface.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from recursivemas import prompts
+from recursivemas.actors.inputs import Prompt
+from recursivemas.config import Mode, Topology
+from recursivemas.links import LinkSet
+from recursivemas.runtime.accounting import AgentUsage, RunResult
+from recursivemas.runtime.graph import Plan
+from recursivemas.runtime.tools import STOP_STRINGS, PythonTool, Toolbox, final_answer, run_tool_loop
+
+Content = torch.Tensor | str  # what a slot receives: latents in latent mode, a message in text mode
+
+
+@dataclass
+class _Turn:
+    """One agent's turn on one question: its prompt in, its result out."""
+
+    question: int
+    agent: str
+    prompt: Prompt
+    usage: AgentUsage
+    states: torch.Tensor | None = None
+    message: str | None = None
+
+
+@dataclass
+class _QuestionState:
+    question: str
+    inbox: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
+    feedback: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
+    answer: str = ""
+    usage: list[AgentUsage] = field(default_factory=list)
+
+
+class Executor:
+    def __init__(
+        self, topology: Topology, backbones: Mapping[str, object], links: LinkSet | None = None,
+        toolbox: Toolbox | None = None,
+    ):
+        missing = sorted(set(topology.backbones) - set(backbones))
+        if missing:
+            raise ValueError(f"no backbone object for {missing}; the topology declares {sorted(topology.backbones)}")
+        self.topology = topology
+        self.plan = Plan.from_topology(topology)
+        self.backbones = dict(backbones)
+        self.links = links
+        tools = topology.tools
+        self.toolbox = toolbox or Toolbox(
+            python=PythonTool(timeout_s=tools.python_timeout_s, memory_mb=tools.python_memory_mb),
+            max_rounds=tools.max_rounds,
+        )
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.backbones)), thread_name_prefix="backbone")
+
+    def run(self, question: str, mode: Mode = "latent", rounds: int | None = None,
+            latent_steps: int | None = None) -> RunResult:
+        return self.run_batch([question], mode, rounds, latent_steps)[0]
+
+    @torch.inference_mode()
+    def run_batch(self, questions: Sequence[str], mode: Mode = "latent", rounds: int | None = None,
+                  latent_steps: int | None = None) -> list[RunResult]:
+        rounds = self.topology.rounds if rounds is None else rounds
+        steps = self.topology.latent_steps if latent_steps is None else latent_steps
+        _check_request(questions, mode, rounds, steps)
+        if mode == "latent" and self.links is None:
+            raise ValueError("latent mode needs a LinkSet; build one with recursivemas.runtime.build_links")
+        start = time.perf_counter()
+        states = [_QuestionState(q) for q in questions]
+        if mode == "single":
+            self._run_level(states, [self.plan.decoder], mode, round_=1, final=True, steps=steps)
+        for round_ in range(1, rounds + 1) if mode != "single" else ():
+            final = round_ == rounds
+            for state in states:
+                state.inbox.clear()
+            next_feedback: list[dict] = [defaultdict(dict) for _ in states]
+            for level in self.plan.levels:
+                agents = self.plan.agents_in_round(level, final)
+                for turn in self._run_level(states, agents, mode, round_, final, steps):
+                    self._hand_over(turn, states[turn.question], next_feedback[turn.question], mode, final)
+            for state, feedback in zip(states, next_feedback):
+                state.feedback = feedback
+        wall = time.perf_counter() - start
+        return [
+            RunResult(question=s.question, text=s.answer, mode=mode, rounds=1 if mode == "single" else rounds,
+                      latent_steps=steps if mode == "latent" else 0, wall_s=wall, usage=s.usage)
+            for s in states
+        ]
+
+    # --- one level of a round ------------------------------------------------------------------------------------
+    def _run_level(self, states: list[_QuestionState], agents: list[str], mode: Mode, round_: int, final: bool,
+                   steps: int) -> list[_Turn]:
+        by_backbone: dict[str, list[_Turn]] = defaultdict(list)
+        for agent in agents:
+            backbone = self.topology.agent(agent).backbone
+            answering = final and agent == self.plan.decoder
+            kind = "answer" if answering else ("latent" if mode == "latent" else "text")
+            for index, state in enumerate(states):
+                prompt = self._prompt(agent, state, with_slots=mode != "single")
+                usage = AgentUsage(agent=agent, round=round_, backbone=backbone, kind=kind)
+                by_backbone[backbone].append(_Turn(index, agent, prompt, usage))
+        futures = [self._pool.submit(self._call, name, turns, steps) for name, turns in by_backbone.items()]
+        done = [turn for future in futures for turn in future.result()]
+        for turn in done:
+            states[turn.question].usage.append(turn.usage)
+            if turn.usage.kind == "answer":
+                states[turn.question].answer = turn.message or ""
+        return done
+
+    def _call(self, backbone_name: str, turns: list[_Turn], steps: int) -> list[_Turn]:
+        backbone = self.backbones[backbone_name]
+        start = time.perf_counter()
+        latent = [t for t in turns if t.usage.kind == "latent"]
+        if latent:
+            inner = [self.links.inner_link(t.agent) for t in latent]
+            for turn, out in zip(latent, backbone.rollout([t.prompt for t in latent], steps, inner)):
+                turn.states = out.states
+                turn.usage.prompt_tokens, turn.usage.latent_in = out.prompt_tokens, out.latent_tokens
+                turn.usage.latent_steps = steps
+        decoding = [t for t in turns if t.usage.kind != "latent"]
+        with_tools = [t for t in decoding if self.topology.agent(t.agent).tools]
+        plain = [t for t in decoding if not self.topology.agent(t.agent).tools]
+        if plain:
+            for turn, gen in zip(plain, backbone.generate([t.prompt for t in plain], **self._sampling())):
+                self._record_text(turn, gen.text, len(gen.token_ids), gen.prompt_tokens, gen.latent_tokens)
+        for turn in with_tools:
+            self._tool_turn(backbone, turn)
+        wall = time.perf_counter() - start
+        for turn in turns:
+            turn.usage.wall_s = wall
+        return turns
+
+    def _tool_turn(self, backbone, turn: _Turn) -> None:
+        segments = [*turn.prompt.segments, "\n\n" + self.toolbox.instructions()]
+        counts = {}
+
+        def generate(prefix: str) -> tuple[str, int]:
+            gen = backbone.generate([Prompt(segments, prefix)], stop=STOP_STRINGS, **self._sampling())[0]
+            counts.setdefault("prompt", (gen.prompt_tokens, gen.latent_tokens))
+            return gen.text, len(gen.token_ids)
+
+        text, tokens, results = run_tool_loop(generate, self.toolbox)
+        self._record_text(turn, final_answer(text) if turn.usage.kind == "answer" else text, tokens, *counts["prompt"])
+        turn.usage.tool_calls = len(results)
+
+    @staticmethod
+    def _record_text(turn: _Turn, text: str, decoded: int, prompt_tokens: int, latent_in: int) -> None:
+        turn.message = text
+        turn.usage.message = text
+        turn.usage.decoded_tokens = decoded
+        turn.usage.prompt_tokens, turn.usage.latent_in = prompt_tokens, latent_in
+
+    def _sampling(self) -> dict:
+        g = self.topology.generation
+        return dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, seed=g.seed)
+
+    # --- prompts and hand-offs -----------------------------------------------------------------------------------
+    def _prompt(self, agent: str, state: _QuestionState, with_slots: bool) -> Prompt:
+        template = self.topology.template(agent)
+        contents: dict[str, Content] = {}
+        sources: dict[str, list[str]] = defaultdict(list)
+        if with_slots:
+            for is_feedback, box in ((False, state.inbox[agent]), (True, state.feedback.get(agent, {}))):
+                for src, content in box.items():
+                    sources[prompts.slot_for(template, src, is_feedback)].append(src)
+                    contents[src] = content
+        pieces = prompts.render(template, state.question, sources)
+        segments = [contents[p.source] if isinstance(p, prompts.Slot) else p for p in pieces]
+        return Prompt(_join_text(segments))
+
+    def _hand_over(self, turn: _Turn, state: _QuestionState, next_feedback: dict, mode: Mode, final: bool) -> None:
+        if turn.usage.kind == "answer":
+            return
+        routes = [(dst, state.inbox) for dst in self.plan.targets[turn.agent]]
+        if not final:
+            routes += [(dst, next_feedback) for dst in self.plan.feedback_targets[turn.agent]]
+        for dst, box in routes:
+            if mode == "latent":
+                states = turn.states.to(device=_device_of(self.links), dtype=torch.float32)
+                box[dst][turn.agent] = self.links.handoff(states, turn.agent, dst, self.topology.handoff)
+            else:
+                box[dst][turn.agent] = turn.message or ""
+
+
+def _join_text(segments: list[Content]) -> list[Content]:
+    out: list[Content] = []
+    for seg in segments:
+        if isinstance(seg, str) and out and isinstance(out[-1], str):
+            out[-1] += seg
+        else:
+            out.append(seg)
+    return out
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _check_request(questions: Sequence[str], mode: str, rounds: int, steps: int) -> None:
+    if not questions:
+        raise ValueError("questions: pass at least one question")
+    for i, q in enumerate(questions):
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError(f"prompt: question {i} is empty; pass the text to solve")
+    if mode not in ("latent", "text", "single"):
+        raise ValueError(f"mode: {mode!r} is not one of latent, text, single")
+    if rounds < 1:
+        raise ValueError(f"rounds: must be >= 1, got {rounds}")
+    if steps < 0:
+        raise ValueError(f"latent_steps: must be >= 0, got {steps}")

@@ -1,0 +1,54 @@
+"""An in-process system: load every backbone once, build or load the links, hand both to the executor.
+
+This is what the CLI, tests and training workers use; the Ray cluster builds the same executor over actors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from recursivemas.actors import BackboneEngine
+from recursivemas.config import Topology, load_topology
+from recursivemas.links import LinkSet, load_links
+from recursivemas.model_zoo import resolve_model
+from recursivemas.runtime.executor import Executor
+
+log = logging.getLogger("recursivemas")
+
+
+def load_engines(topology: Topology) -> dict[str, BackboneEngine]:
+    engines = {}
+    for name, cfg in topology.backbones.items():
+        log.info("loading backbone %s (%s)", name, cfg.model)
+        engines[name] = BackboneEngine.load(resolve_model(cfg.model), dtype=cfg.dtype, device=cfg.device, name=name)
+    return engines
+
+
+def build_links(topology: Topology, backbones: Mapping[str, object]) -> LinkSet:
+    """The topology's link set, sized from the backbones; loaded from ``topology.links`` when it names a checkpoint.
+
+    Fresh links are initialised to be near-identity maps at the receiver's embedding scale, so an untrained system
+    runs and produces text, but it has not learned to read another agent's thoughts: train before trusting it.
+    """
+    agent_backbone = {a.name: backbones[a.backbone] for a in topology.agents}
+    links = LinkSet(
+        agent_dims={name: b.hidden_size for name, b in agent_backbone.items()},
+        edges=[*topology.edges, *topology.feedback],
+        norm=topology.link_norm,
+        out_scales={name: b.embedding_scale for name, b in agent_backbone.items()},
+    )
+    if topology.links:
+        load_links(Path(topology.links), into=links)
+    else:
+        log.warning("topology %r names no `links:` checkpoint; using freshly initialised (untrained) links", topology.name)
+    return links
+
+
+def load_system(topology: Topology | str | Path) -> Executor:
+    """Everything needed to ``run`` a topology in this process."""
+    if not isinstance(topology, Topology):
+        topology = load_topology(topology)
+    engines = load_engines(topology)
+    return Executor(topology, engines, build_links(topology, engines))

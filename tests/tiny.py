@@ -1,0 +1,74 @@
+"""Tiny random-weight models and byte-level tokenizers, built offline in a second, for tests without weights."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config,
+)
+
+from recursivemas.actors import BackboneEngine
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<|im_start|>", "<|im_end|>"]
+
+
+def byte_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer: 256 byte tokens plus a few specials, so any text round-trips."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for symbol in sorted(alphabet):
+        vocab[symbol] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>",
+        eos_token="<|im_end|>" if chat else "<eos>", additional_special_tokens=SPECIALS[3:],
+    )
+    if chat:
+        tok.chat_template = CHATML
+    return tok
+
+
+VOCAB = len(SPECIALS) + 256
+
+
+def tiny_config(family: str, context: int = 2048):
+    common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    if family == "llama":
+        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=context, **common)
+    if family == "qwen2":
+        return Qwen2Config(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=context, **common)
+    if family == "gemma3":
+        return Gemma3TextConfig(hidden_size=40, intermediate_size=80, num_hidden_layers=3, num_attention_heads=2,
+                                num_key_value_heads=1, head_dim=16, sliding_window=16,
+                                layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                                max_position_embeddings=context, **common)
+    if family == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=context, vocab_size=VOCAB,
+                          bos_token_id=1, eos_token_id=2)
+    raise ValueError(family)
+
+
+FAMILIES = ["llama", "qwen2", "gemma3", "gpt2"]
+
+
+def tiny_engine(family: str = "llama", chat: bool = True, seed: int = 0, context: int = 2048) -> BackboneEngine:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, context), dtype=torch.float32)
+    return BackboneEngine(model, byte_tokenizer(chat=chat), name=f"tiny-{family}")
+
+
+def save_tiny(path, family: str = "llama", chat: bool = True, seed: int = 0) -> str:
+    """Write a tiny model + tokenizer dir, loadable like any local model path."""
+    engine = tiny_engine(family, chat, seed)
+    engine.model.save_pretrained(path)
+    engine.tokenizer.save_pretrained(path)
+    return str(path)
