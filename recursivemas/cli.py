@@ -14,23 +14,17 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-DEMO_TOPOLOGY = Path(__file__).parent / "topologies" / "sequential-demo.yaml"
 DEMO_PROMPT = (
     "A baker makes 24 muffins in the morning and 18 in the afternoon. She sells 30 of them. "
     "How many muffins are left?"
 )
 
 
-def _topology_path(value: str) -> Path:
-    builtin = Path(__file__).parent / "topologies" / f"{value}.yaml"
-    return builtin if not Path(value).exists() and builtin.exists() else Path(value)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from recursivemas.config import load_topology
     from recursivemas.runtime import load_system
 
-    topology = load_topology(_topology_path(args.topology))
+    topology = load_topology(args.topology)
     changes = {k: v for k, v in (("rounds", args.rounds), ("latent_steps", args.latent_steps)) if v is not None}
     if args.max_new_tokens is not None:
         changes["generation"] = {**topology.generation.model_dump(), "max_new_tokens": args.max_new_tokens}
@@ -105,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a topology on one prompt")
-    run.add_argument("--topology", default=str(DEMO_TOPOLOGY),
+    run.add_argument("--topology", default="sequential-demo",
                      help="YAML file or built-in name (default: the sequential demo on SmolLM2 + Gemma-3)")
     run.add_argument("--prompt", default=DEMO_PROMPT)
     run.add_argument("--mode", default="latent",

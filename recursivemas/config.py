@@ -8,6 +8,7 @@ the fix, because a YAML typo should cost a user seconds, not a traceback hunt.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal
 
@@ -98,6 +99,12 @@ class Topology(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"agents: duplicate agent name(s) {dupes}; give every agent a unique name")
+        reserved = [n for n in names if n in prompts.RESERVED]
+        if reserved:
+            raise ValueError(
+                f"agents: name(s) {reserved} are reserved for the {{question}}/{{inputs}}/{{feedback}} prompt "
+                "placeholders; rename the agent(s)"
+            )
         for agent in self.agents:
             if agent.backbone not in self.backbones:
                 raise ValueError(
@@ -218,7 +225,8 @@ def _check_graph(names: list[str], edges: list, feedback: list, decoder: str) ->
             raise ValueError(f"{field}: an edge is listed twice in {[f'{s}->{d}' for s, d in group]}")
     both = set(edges) & set(feedback)
     if both:
-        raise ValueError(f"feedback: {sorted(both)} also appear in edges; an edge is either in-round or feedback")
+        shown = [f"{s}->{d}" for s, d in sorted(both)]
+        raise ValueError(f"feedback: {shown} also appear in edges; an edge is either in-round or feedback")
     if decoder not in known:
         raise ValueError(f"decoder: unknown agent {decoder!r}; agents are {names}")
     cycle = find_cycle(names, edges)
@@ -276,10 +284,18 @@ class ConfigError(ValueError):
     """A config file that cannot be used, with every problem named by its field."""
 
 
+BUILTIN_TOPOLOGIES = Path(__file__).parent / "topologies"
+
+
 def load_topology(path: str | Path) -> Topology:
+    """Load a topology from a YAML file, or by the name of a built-in one (e.g. ``sequential-demo``)."""
     path = Path(path)
+    builtin = BUILTIN_TOPOLOGIES / f"{path}.yaml"
+    if not path.is_file() and builtin.is_file():
+        path = builtin
     if not path.is_file():
-        raise ConfigError(f"topology file {path} does not exist")
+        known = sorted(p.stem for p in BUILTIN_TOPOLOGIES.glob("*.yaml"))
+        raise ConfigError(f"topology file {path} does not exist (built-in topologies: {known})")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -296,9 +312,28 @@ def load_topology(path: str | Path) -> Topology:
 
 
 def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, field first; a typo'd key gets a "did you mean" from the model's own fields."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key{_suggest(err['loc'])}"
         lines.append(f"  - {loc + ': ' if loc else ''}{msg}")
     return "\n".join(lines)
+
+
+def _suggest(loc: tuple) -> str:
+    """Look the bad key up among the fields of the model it was found in."""
+    model: type[BaseModel] = Topology
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None) if field else None
+        inner = getattr(annotation, "__args__", None) or (annotation,)
+        found = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+        if field is not None and found:
+            model = found[-1]
+        elif field is not None:
+            return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known keys are {sorted(model.model_fields)}"

@@ -400,7 +400,7 @@ def test_self_loop():
 
 def test_same_edge_in_edges_and_feedback():
     msg = invalid(agents=agents("a", "b"), edges=["a->b"], feedback=["a->b"], decoder="b")
-    assert "feedback" in msg and "edges" in msg and "'a'" in msg and "'b'" in msg
+    assert "feedback" in msg and "edges" in msg and "a->b" in msg
 
 
 def test_duplicate_edge():

@@ -91,28 +91,34 @@ def rollout_prompt(engine) -> Prompt:
 
 
 # --- latent rollout ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("steps", [1, 5, 24])
 @pytest.mark.parametrize("with_link", [True, False], ids=["inner_link", "no_link"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_rollout_matches_recompute_reference(engines, family, with_link, steps):
+def test_rollout_matches_recompute_reference(engines, family, with_link):
     engine = engines(family)
     inner = random_link(engine, seed=1) if with_link else None
     prompt = rollout_prompt(engine)
     item = engine.embed(prompt)
     assert item.length > 16 and item.latent_tokens == 3
+    longest = 24  # prompt + 24 latent positions crosses gemma3's sliding window of 16 several times over
+    reference = recompute_rollout(engine, prompt, longest, inner)
+    assert reference.shape == (longest, engine.hidden_size)
 
-    (result,) = engine.rollout([prompt], steps, inner)
-    reference = recompute_rollout(engine, prompt, steps, inner)
+    for steps in (1, 5, longest):  # the reference is causal: its first `steps` rows are the `steps`-step rollout
+        (result,) = engine.rollout([prompt], steps, inner)
+        assert result.states.shape == (steps, engine.hidden_size)
+        assert torch.allclose(result.states, reference[:steps], atol=ATOL, rtol=0), (
+            f"{family}, {steps} steps: KV-cached rollout departs from the recompute reference by "
+            f"{(result.states - reference[:steps]).abs().max().item():.3g}"
+        )
+        assert (result.prompt_tokens, result.latent_tokens) == (item.text_tokens, 3)
+    # the latent inputs matter: later states are not the first one repeated
+    assert (result.states[1:] - result.states[0]).abs().max() > 1e-3
 
-    assert result.states.shape == (steps, engine.hidden_size)
-    assert reference.shape == (steps, engine.hidden_size)
-    assert torch.allclose(result.states, reference, atol=ATOL, rtol=0), (
-        f"{family}: KV-cached rollout departs from the recompute reference by "
-        f"{(result.states - reference).abs().max().item():.3g}"
-    )
-    assert (result.prompt_tokens, result.latent_tokens) == (item.text_tokens, 3)
-    if steps > 1:  # the latent inputs must matter: later states are not the first one repeated
-        assert (result.states[1:] - result.states[0]).abs().max() > 1e-3
+
+def test_reference_is_causal_in_steps(engines):
+    engine = engines("qwen2")
+    prompt, link = rollout_prompt(engine), random_link(engine, seed=1)
+    assert torch.equal(recompute_rollout(engine, prompt, 3, link), recompute_rollout(engine, prompt, 6, link)[:3])
 
 
 def test_rollout_link_changes_states(engines):
@@ -145,9 +151,10 @@ def test_batched_rollout_equals_single(engines, family):
     lengths = [engine.count_tokens(p) for p in prompts]
     assert max(lengths) - min(lengths) > 40, lengths  # left padding well past gemma3's window of 16
     shared = random_link(engine, seed=1)
-    per_row = [random_link(engine, seed=2), None, random_link(engine, seed=3)]
+    a, b = random_link(engine, seed=2), random_link(engine, seed=3)
+    per_row = [a, None, b]
 
-    for inner in (shared, per_row):
+    for inner in (shared, per_row, [b, a, b]):  # the last shares one link between two of three rows
         batched = engine.rollout(prompts, 6, inner)
         links = inner if isinstance(inner, list) else [inner] * len(prompts)
         for row, (prompt, link) in enumerate(zip(prompts, links)):

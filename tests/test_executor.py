@@ -50,7 +50,8 @@ def make_topology(pattern: str | None = None, agents=None, rounds: int = 1, step
 
 
 @pytest.fixture(scope="module")
-def engines():
+def two_engines():
+    """Backbone "a": tiny Llama (hidden 64, chat template); "b": tiny Qwen2 (hidden 48, no chat template)."""
     return {"a": tiny_engine("llama"), "b": tiny_engine("qwen2", chat=False)}
 
 
@@ -95,9 +96,9 @@ def expected_latent_in(topology: Topology, agent: str, round_: int, steps: int) 
 
 @pytest.mark.parametrize("rounds", [1, 2, 3])
 @pytest.mark.parametrize("pattern", list(PATTERN_AGENTS))
-def test_latent_mode_usage_matches_plan(engines, pattern, rounds):
+def test_latent_mode_usage_matches_plan(two_engines, pattern, rounds):
     topology = make_topology(pattern, rounds=rounds)
-    result = make_executor(topology, engines).run(QUESTION, mode="latent")
+    result = make_executor(topology, two_engines).run(QUESTION, mode="latent")
     assert isinstance(result, RunResult)
     assert result.mode == "latent" and result.rounds == rounds and result.latent_steps == STEPS
     assert result.question == QUESTION
@@ -129,9 +130,9 @@ def test_latent_mode_usage_matches_plan(engines, pattern, rounds):
 
 @pytest.mark.parametrize("rounds", [1, 2, 3])
 @pytest.mark.parametrize("pattern", list(PATTERN_AGENTS))
-def test_text_mode_usage_matches_plan(engines, pattern, rounds):
+def test_text_mode_usage_matches_plan(two_engines, pattern, rounds):
     topology = make_topology(pattern, rounds=rounds)
-    result = make_executor(topology, engines).run(QUESTION, mode="text")
+    result = make_executor(topology, two_engines).run(QUESTION, mode="text")
     assert result.mode == "text" and result.rounds == rounds and result.latent_steps == 0
     n_agents = len(topology.agents)
     answers = [u for u in result.usage if u.kind == "answer"]
@@ -149,9 +150,9 @@ def test_text_mode_usage_matches_plan(engines, pattern, rounds):
 
 @pytest.mark.parametrize("rounds", [1, 2, 3])
 @pytest.mark.parametrize("pattern", list(PATTERN_AGENTS))
-def test_single_mode_is_one_turn(engines, pattern, rounds):
+def test_single_mode_is_one_turn(two_engines, pattern, rounds):
     topology = make_topology(pattern, rounds=rounds)
-    result = make_executor(topology, engines).run(QUESTION, mode="single")
+    result = make_executor(topology, two_engines).run(QUESTION, mode="single")
     assert result.mode == "single" and result.rounds == 1 and result.latent_steps == 0
     assert len(result.usage) == 1
     (row,) = result.usage
@@ -172,15 +173,15 @@ EXPLICIT = {
 
 @pytest.mark.parametrize("mode", ["latent", "text"])
 @pytest.mark.parametrize("name", list(EXPLICIT))
-def test_explicit_graphs(engines, name, mode):
+def test_explicit_graphs(two_engines, name, mode):
     topology = make_topology(rounds=2, **EXPLICIT[name])
-    result = make_executor(topology, engines).run(QUESTION, mode=mode)
+    result = make_executor(topology, two_engines).run(QUESTION, mode=mode)
     rows = [(u.round, u.agent, u.kind) for u in result.usage]
     other = "latent" if mode == "latent" else "text"
     if name == "diamond":
         assert sorted(rows) == sorted([(1, n, other) for n in "abcd"] + [(2, n, other) for n in "abc"]
                                       + [(2, "d", "answer")])
-        assert [u.agent for u in result.usage][:4][0] == "a" and result.usage[3].agent == "d"
+        assert result.usage[0].agent == "a" and result.usage[3].agent == "d"  # levels: a | b, c | d
     else:
         assert rows == [(1, "a", other), (1, "b", other), (1, "c", other), (2, "a", other), (2, "b", "answer")]
     if mode == "latent":
@@ -190,41 +191,41 @@ def test_explicit_graphs(engines, name, mode):
             assert result.usage[3].latent_in == STEPS  # c's round-1 latents came back to a
 
 
-def test_single_mode_needs_no_links(engines):
+def test_single_mode_needs_no_links(two_engines):
     topology = make_topology("sequential")
-    result = Executor(topology, engines).run(QUESTION, mode="single")
+    result = Executor(topology, two_engines).run(QUESTION, mode="single")
     assert len(result.usage) == 1
 
 
-def test_latent_mode_without_links_rejected(engines):
+def test_latent_mode_without_links_rejected(two_engines):
     with pytest.raises(ValueError, match="LinkSet"):
-        Executor(make_topology("sequential"), engines).run(QUESTION, mode="latent")
+        Executor(make_topology("sequential"), two_engines).run(QUESTION, mode="latent")
 
 
-def test_default_mode_rounds_and_steps_come_from_topology(engines):
+def test_default_mode_rounds_and_steps_come_from_topology(two_engines):
     topology = make_topology("distillation", rounds=2, steps=4)
-    result = make_executor(topology, engines).run(QUESTION)
+    result = make_executor(topology, two_engines).run(QUESTION)
     assert result.mode == "latent" and result.rounds == 2 and result.latent_steps == 4
     assert all(u.latent_steps == 4 for u in result.usage if u.kind == "latent")
 
 
-def test_run_time_overrides(engines):
+def test_run_time_overrides(two_engines):
     topology = make_topology("distillation", rounds=3, steps=4)
-    result = make_executor(topology, engines).run(QUESTION, rounds=1, latent_steps=2)
+    result = make_executor(topology, two_engines).run(QUESTION, rounds=1, latent_steps=2)
     assert result.rounds == 1 and result.latent_steps == 2
     assert [(u.agent, u.kind, u.latent_steps) for u in result.usage] == [("expert", "latent", 2), ("learner", "answer", 0)]
     assert result.usage[1].latent_in == 2
 
 
-def test_zero_latent_steps_runs(engines):
-    result = make_executor(make_topology("sequential"), engines).run(QUESTION, latent_steps=0)
+def test_zero_latent_steps_runs(two_engines):
+    result = make_executor(make_topology("sequential"), two_engines).run(QUESTION, latent_steps=0)
     assert all(u.latent_in == 0 for u in result.usage)
     assert result.latent_steps == 0
 
 
-def test_to_json_round_trip(engines):
+def test_to_json_round_trip(two_engines):
     topology = make_topology("sequential", rounds=2)
-    result = make_executor(topology, engines).run(QUESTION)
+    result = make_executor(topology, two_engines).run(QUESTION)
     data = json.loads(result.to_json())
     assert data["text"] == result.text and data["mode"] == "latent" and data["rounds"] == 2
     assert len(data["usage"]) == len(result.usage)
@@ -244,10 +245,10 @@ def test_to_json_round_trip(engines):
 
 
 @pytest.mark.parametrize("pattern", list(PATTERN_AGENTS))
-def test_handoff_shapes_by_inspection(engines, pattern):
+def test_handoff_shapes_by_inspection(two_engines, pattern):
     topology = make_topology(pattern)
-    links = build_links(topology, engines)
-    dims = {a.name: engines[a.backbone].hidden_size for a in topology.agents}
+    links = build_links(topology, two_engines)
+    dims = {a.name: two_engines[a.backbone].hidden_size for a in topology.agents}
     m = 5
     for src, dst in [*topology.edges, *topology.feedback]:
         for mode in ("inner_outer", "outer"):
@@ -257,10 +258,10 @@ def test_handoff_shapes_by_inspection(engines, pattern):
 
 
 @pytest.mark.parametrize("pattern", ["sequential", "mixture"])
-def test_handoff_shapes_in_a_run(engines, pattern, monkeypatch):
+def test_handoff_shapes_in_a_run(two_engines, pattern, monkeypatch):
     topology = make_topology(pattern, rounds=2)
-    links = build_links(topology, engines)
-    dims = {a.name: engines[a.backbone].hidden_size for a in topology.agents}
+    links = build_links(topology, two_engines)
+    dims = {a.name: two_engines[a.backbone].hidden_size for a in topology.agents}
     seen = []
     original = links.handoff
 
@@ -270,7 +271,7 @@ def test_handoff_shapes_in_a_run(engines, pattern, monkeypatch):
         return out
 
     monkeypatch.setattr(links, "handoff", recording)
-    result = Executor(topology, engines, links).run(QUESTION, mode="latent")
+    result = Executor(topology, two_engines, links).run(QUESTION, mode="latent")
     assert seen, "no hand-off happened"
     for src, dst, shape_in, shape_out, mode in seen:
         assert shape_in == (STEPS, dims[src]), (src, dst)
@@ -287,28 +288,33 @@ def test_handoff_shapes_in_a_run(engines, pattern, monkeypatch):
         assert [u.latent_in for u in summ] == [3 * STEPS, 3 * STEPS]
 
 
-def test_handoff_outer_mode_runs_and_differs(engines, monkeypatch):
+def test_handoff_outer_mode_runs_and_differs(two_engines, monkeypatch):
     topology = make_topology("sequential", handoff="outer")
-    links = build_links(topology, engines)
+    links = build_links(topology, two_engines)
     modes = []
     original = links.handoff
-    monkeypatch.setattr(links, "handoff", lambda s, a, b, mode="inner_outer": modes.append(mode) or original(s, a, b, mode))
-    result = Executor(topology, engines, links).run(QUESTION, mode="latent")
+
+    def recording(states, src, dst, mode="inner_outer"):
+        modes.append(mode)
+        return original(states, src, dst, mode)
+
+    monkeypatch.setattr(links, "handoff", recording)
+    result = Executor(topology, two_engines, links).run(QUESTION, mode="latent")
     assert modes and set(modes) == {"outer"}
     assert len(result.usage) == 3 and result.usage[-1].kind == "answer"
 
     torch.manual_seed(1)
     for src, dst in topology.edges:
-        x = torch.randn(STEPS, engines[topology.agent(src).backbone].hidden_size) * 3 + 1
+        x = torch.randn(STEPS, two_engines[topology.agent(src).backbone].hidden_size) * 3 + 1
         outer = original(x, src, dst, "outer")
         both = original(x, src, dst, "inner_outer")
         assert outer.shape == both.shape
         assert not torch.allclose(outer, both, atol=1e-4), f"{src}->{dst}: outer == inner_outer"
 
 
-def test_feedback_flows_into_first_agent(engines):
+def test_feedback_flows_into_first_agent(two_engines):
     topology = make_topology("sequential", rounds=2)
-    result = make_executor(topology, engines).run(QUESTION, mode="latent")
+    result = make_executor(topology, two_engines).run(QUESTION, mode="latent")
     planner = {u.round: u for u in result.usage if u.agent == "planner"}
     assert planner[1].latent_in == 0
     assert planner[2].latent_in == STEPS, "the solver's round-1 latents did not reach the planner in round 2"
@@ -316,8 +322,8 @@ def test_feedback_flows_into_first_agent(engines):
     assert planner[2].prompt_tokens >= planner[1].prompt_tokens
 
 
-def test_feedback_changes_the_planner_prompt(engines):
-    rec = {"a": Recording(engines["a"]), "b": Recording(engines["b"])}
+def test_feedback_changes_the_planner_prompt(two_engines):
+    rec = {"a": Recording(two_engines["a"]), "b": Recording(two_engines["b"])}
     topology = make_topology("sequential", rounds=2)
     make_executor(topology, rec).run(QUESTION, mode="latent")
     planner_prompts = [p for kind, ps in rec["a"].calls if kind == "rollout" for p in ps
@@ -327,15 +333,15 @@ def test_feedback_changes_the_planner_prompt(engines):
     assert not any(isinstance(s, torch.Tensor) for s in first.segments)
     assert "previous attempt" not in prompt_text(first)
     latents = [s for s in second.segments if isinstance(s, torch.Tensor)]
-    assert len(latents) == 1 and latents[0].shape == (STEPS, engines["a"].hidden_size)
+    assert len(latents) == 1 and latents[0].shape == (STEPS, two_engines["a"].hidden_size)
     assert "previous attempt" in prompt_text(second)
 
 
 # --- batching -----------------------------------------------------------------------------------------------------
 
 
-def test_mixture_experts_on_one_backbone_batch_into_one_call(engines):
-    rec = {"a": Recording(engines["a"]), "b": Recording(engines["b"])}
+def test_mixture_experts_on_one_backbone_batch_into_one_call(two_engines):
+    rec = {"a": Recording(two_engines["a"]), "b": Recording(two_engines["b"])}
     agents = [("e1", "a"), ("e2", "a"), ("e3", "a"), ("summ", "b")]
     topology = make_topology("mixture", agents=agents, rounds=1)
     result = make_executor(topology, rec).run(QUESTION, mode="latent")
@@ -349,8 +355,8 @@ def test_mixture_experts_on_one_backbone_batch_into_one_call(engines):
     assert len(rec["a"].calls[0][1]) == 3
 
 
-def test_mixture_batching_scales_with_questions(engines):
-    rec = {"a": Recording(engines["a"]), "b": Recording(engines["b"])}
+def test_mixture_batching_scales_with_questions(two_engines):
+    rec = {"a": Recording(two_engines["a"]), "b": Recording(two_engines["b"])}
     agents = [("e1", "a"), ("e2", "a"), ("e3", "a"), ("summ", "b")]
     topology = make_topology("mixture", agents=agents, rounds=2)
     make_executor(topology, rec).run_batch(["q one", "q two"], mode="latent")
@@ -360,8 +366,8 @@ def test_mixture_batching_scales_with_questions(engines):
     assert rec["b"].batch_sizes("rollout") == [2] and rec["b"].batch_sizes("generate") == [2]
 
 
-def test_mixture_text_mode_batches_experts(engines):
-    rec = {"a": Recording(engines["a"]), "b": Recording(engines["b"])}
+def test_mixture_text_mode_batches_experts(two_engines):
+    rec = {"a": Recording(two_engines["a"]), "b": Recording(two_engines["b"])}
     agents = [("e1", "a"), ("e2", "a"), ("e3", "a"), ("summ", "b")]
     topology = make_topology("mixture", agents=agents, rounds=1)
     make_executor(topology, rec).run(QUESTION, mode="text")
@@ -369,9 +375,9 @@ def test_mixture_text_mode_batches_experts(engines):
 
 
 @pytest.mark.parametrize("mode", ["latent", "text"])
-def test_run_batch_matches_separate_runs(engines, mode):
+def test_run_batch_matches_separate_runs(two_engines, mode):
     topology = make_topology("sequential", rounds=2)
-    executor = make_executor(topology, engines)
+    executor = make_executor(topology, two_engines)
     questions = ["What is 6*7?", "Name a prime number larger than ten, please.", "2+2?"]
     batched = executor.run_batch(questions, mode=mode)
     single = [executor.run(q, mode=mode) for q in questions]
@@ -384,26 +390,26 @@ def test_run_batch_matches_separate_runs(engines, mode):
             assert [u.message for u in b.usage] == [u.message for u in s.usage]
 
 
-def test_greedy_runs_are_deterministic(engines):
+def test_greedy_runs_are_deterministic(two_engines):
     topology = make_topology("sequential", rounds=2)
-    executor = make_executor(topology, engines)
+    executor = make_executor(topology, two_engines)
     for mode in ("latent", "text"):
         one, two = executor.run(QUESTION, mode=mode), executor.run(QUESTION, mode=mode)
         assert one.text == two.text
         assert [u.message for u in one.usage] == [u.message for u in two.usage]
     # fresh links are randomly initialised: with the same seed, a rebuilt system answers the same
     torch.manual_seed(123)
-    first = make_executor(topology, engines).run(QUESTION, mode="latent")
+    first = make_executor(topology, two_engines).run(QUESTION, mode="latent")
     torch.manual_seed(123)
-    again = make_executor(topology, engines).run(QUESTION, mode="latent")
+    again = make_executor(topology, two_engines).run(QUESTION, mode="latent")
     assert again.text == first.text
 
 
 # --- text mode ----------------------------------------------------------------------------------------------------
 
 
-def test_text_mode_message_appears_in_next_prompt(engines):
-    rec = {"a": Recording(engines["a"]), "b": Recording(engines["b"])}
+def test_text_mode_message_appears_in_next_prompt(two_engines):
+    rec = {"a": Recording(two_engines["a"]), "b": Recording(two_engines["b"])}
     # the tiny qwen2 engine decodes text greedily (the tiny chat llama stops at once), so it writes the messages
     agents = [("planner", "b"), ("critic", "b"), ("solver", "a")]
     topology = make_topology("sequential", agents=agents, rounds=1, new_tokens=8)
@@ -421,8 +427,8 @@ def test_text_mode_message_appears_in_next_prompt(engines):
     assert len(solver_prompts) == 1 and critic_msg in prompt_text(solver_prompts[0])
 
 
-def test_text_mode_feedback_message_reaches_first_agent(engines):
-    rec = {"a": Recording(engines["a"]), "b": Recording(engines["b"])}
+def test_text_mode_feedback_message_reaches_first_agent(two_engines):
+    rec = {"a": Recording(two_engines["a"]), "b": Recording(two_engines["b"])}
     topology = make_topology("distillation", rounds=2, new_tokens=8)
     result = make_executor(topology, rec).run(QUESTION, mode="text")
     learner_r1 = next(u.message for u in result.usage if u.agent == "learner" and u.round == 1)
@@ -465,9 +471,9 @@ def _latent_rows(prompt: Prompt) -> int:
 
 
 @pytest.mark.parametrize("mode", ["latent", "text"])
-def test_deliberation_tool_loop(engines, mode):
+def test_deliberation_tool_loop(two_engines, mode):
     fake = FakeToolCaller(["<python>print(6*7)</python>", "The answer is \\boxed{42}"])
-    backbones = {"a": fake, "b": engines["b"]}
+    backbones = {"a": fake, "b": two_engines["b"]}
     topology = make_topology("deliberation", rounds=1)
     result = make_executor(topology, backbones).run(QUESTION, mode=mode)
 
@@ -498,9 +504,9 @@ def test_deliberation_tool_loop(engines, mode):
         assert f"Reflection: {reflection}" in prompt_text(first)
 
 
-def test_deliberation_tool_loop_not_used_by_reflector(engines):
+def test_deliberation_tool_loop_not_used_by_reflector(two_engines):
     # the reflector (no tools) generates plainly in text mode; only the caller's prompt gets the instructions
-    rec_b = Recording(engines["b"])
+    rec_b = Recording(two_engines["b"])
     fake = FakeToolCaller(["The answer is \\boxed{1}"])
     topology = make_topology("deliberation", rounds=1)
     make_executor(topology, {"a": fake, "b": rec_b}).run(QUESTION, mode="text")
@@ -508,10 +514,10 @@ def test_deliberation_tool_loop_not_used_by_reflector(engines):
     assert kind == "generate" and "<python>" not in prompt_text(reflector_prompt)
 
 
-def test_tool_loop_in_latent_non_final_round_rolls_out(engines):
+def test_tool_loop_in_latent_non_final_round_rolls_out(two_engines):
     fake = FakeToolCaller(["The answer is \\boxed{7}"])
     topology = make_topology("deliberation", rounds=2)
-    result = make_executor(topology, {"a": fake, "b": engines["b"]}).run(QUESTION, mode="latent")
+    result = make_executor(topology, {"a": fake, "b": two_engines["b"]}).run(QUESTION, mode="latent")
     assert len(fake.rolled) == 1 and len(fake.generated) == 1
     assert result.text == "The answer is \\boxed{7}"
     assert [u.kind for u in result.usage] == ["latent", "latent", "latent", "answer"]
@@ -522,8 +528,8 @@ def test_tool_loop_in_latent_non_final_round_rolls_out(engines):
 
 
 @pytest.fixture(scope="module")
-def seq_executor(engines):
-    return make_executor(make_topology("sequential"), engines)
+def seq_executor(two_engines):
+    return make_executor(make_topology("sequential"), two_engines)
 
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\n\t "])
@@ -562,22 +568,22 @@ def test_prompt_over_context_raises(mode):
         executor.run("why " * 40, mode=mode)
 
 
-def test_missing_backbone_object_rejected(engines):
+def test_missing_backbone_object_rejected(two_engines):
     with pytest.raises(ValueError, match=r"\['b'\]"):
-        Executor(make_topology("sequential"), {"a": engines["a"]})
+        Executor(make_topology("sequential"), {"a": two_engines["a"]})
 
 
 # --- a hand-off from an agent named like a reserved placeholder ------------------------------------------------------
 
 
-def test_agent_named_question_hand_off_is_not_lost(engines):
+def test_agent_named_question_hand_off_is_not_lost(two_engines):
     """BUG: see test_config.py::test_agent_named_question_is_rejected. The topology validates, but the hand-off from
     agent ``question`` lands in the ``{question}`` placeholder, which renders the question text instead."""
     try:
         topology = make_topology(agents=[("question", "a"), ("b", "b")], edges=["question->b"], decoder="b")
     except ValueError:
         return  # rejected by the schema: fine
-    result = make_executor(topology, engines).run(QUESTION, mode="latent")
+    result = make_executor(topology, two_engines).run(QUESTION, mode="latent")
     answer = result.usage[-1]
     assert answer.latent_in == STEPS, (
         f"agent 'b' received {answer.latent_in} latent positions from agent 'question', expected {STEPS}: "
@@ -609,7 +615,7 @@ def write_topology(path: Path, model_dirs, agents=None, **extra) -> Path:
     return path
 
 
-def test_load_system_end_to_end(tmp_path, model_dirs, engines):
+def test_load_system_end_to_end(tmp_path, model_dirs, two_engines):
     executor = load_system(write_topology(tmp_path / "t.yaml", model_dirs))
     assert isinstance(executor, Executor)
     assert {n: b.hidden_size for n, b in executor.backbones.items()} == {"a": 64, "b": 48}
@@ -619,7 +625,7 @@ def test_load_system_end_to_end(tmp_path, model_dirs, engines):
     assert len(text.usage) == 6
     # the saved tiny models are the same as the in-memory ones: same answers as the directly built executor
     # (text mode: fresh links are random, so latent answers differ between link sets)
-    direct = make_executor(executor.topology, engines)
+    direct = make_executor(executor.topology, two_engines)
     assert direct.run(QUESTION, mode="text").text == text.text
 
 
@@ -631,12 +637,12 @@ def test_load_system_accepts_topology_object(tmp_path, model_dirs):
     assert executor.topology is topology
 
 
-def test_load_system_with_links_checkpoint(tmp_path, model_dirs, engines):
+def test_load_system_with_links_checkpoint(tmp_path, model_dirs, two_engines):
     from recursivemas.config import load_topology
 
     topology = load_topology(write_topology(tmp_path / "t.yaml", model_dirs))
-    fresh = build_links(topology, engines)
-    trained = build_links(topology, engines)
+    fresh = build_links(topology, two_engines)
+    trained = build_links(topology, two_engines)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in trained.parameters():
@@ -661,9 +667,9 @@ def test_load_system_with_links_checkpoint(tmp_path, model_dirs, engines):
     assert len(result.usage) == 6
 
 
-def test_load_system_links_for_another_topology(tmp_path, model_dirs, engines):
+def test_load_system_links_for_another_topology(tmp_path, model_dirs, two_engines):
     other = make_topology(agents=[("x", "a"), ("y", "b"), ("z", "a")], pattern="sequential")
-    save_links(build_links(other, engines), tmp_path / "other")
+    save_links(build_links(other, two_engines), tmp_path / "other")
     path = write_topology(tmp_path / "t.yaml", model_dirs, links=str(tmp_path / "other"))
     with pytest.raises(LinkCheckpointError) as info:
         load_system(path)
@@ -673,11 +679,11 @@ def test_load_system_links_for_another_topology(tmp_path, model_dirs, engines):
     assert "edges missing" in msg and "planner->critic" in msg
 
 
-def test_load_system_links_with_other_dims(tmp_path, model_dirs, engines):
+def test_load_system_links_with_other_dims(tmp_path, model_dirs, two_engines):
     # same agent names, but the critic on the llama backbone: shapes disagree
     agents = [("planner", "a"), ("critic", "a"), ("solver", "a")]
     other = make_topology(agents=agents, pattern="sequential")
-    save_links(build_links(other, engines), tmp_path / "other")
+    save_links(build_links(other, two_engines), tmp_path / "other")
     path = write_topology(tmp_path / "t.yaml", model_dirs, links=str(tmp_path / "other"))
     with pytest.raises(LinkCheckpointError) as info:
         load_system(path)

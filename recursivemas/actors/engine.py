@@ -23,6 +23,7 @@ from torch import nn
 from recursivemas.actors.inputs import Embedded, Prompt, embed, extend, left_pad
 from recursivemas.actors.sampling import Sampler
 
+_STOP_WINDOW = 32  # tokens decoded to look for a stop string; longer stop strings are not supported
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -191,7 +192,7 @@ class BackboneEngine:
         )
         mask, positions, cache = batch.attention_mask, batch.position_ids, out.past_key_values
         running = torch.ones(len(items), dtype=torch.bool, device=self.device)
-        texts = [""] * len(items)
+        generated: list[list[int]] = [[] for _ in items]
         for step in range(budget):
             next_tokens = sampler(out.logits[:, -1])
             emitted, finished = {}, {}
@@ -200,9 +201,10 @@ class BackboneEngine:
                 emitted[row] = token
                 if token in self.eos_ids:
                     finished[row] = "eos"
-                elif stop:
-                    texts[row] += self.tokenizer.decode([token], skip_special_tokens=True)
-                    if any(s in texts[row][-64:] for s in stop):
+                elif stop:  # decode a tail of tokens, not one token: a character may span several byte tokens
+                    generated[row].append(token)
+                    tail = self.tokenizer.decode(generated[row][-_STOP_WINDOW:], skip_special_tokens=True)
+                    if any(s in tail for s in stop):
                         finished[row] = "stop"
             for row in finished:
                 running[row] = False

@@ -9,6 +9,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
 from recursivemas.actors import BackboneEngine
 from recursivemas.config import Topology, load_topology
 from recursivemas.links import LinkSet, load_links
@@ -26,19 +28,21 @@ def load_engines(topology: Topology) -> dict[str, BackboneEngine]:
     return engines
 
 
-def build_links(topology: Topology, backbones: Mapping[str, object]) -> LinkSet:
+def build_links(topology: Topology, backbones: Mapping[str, object], seed: int = 0) -> LinkSet:
     """The topology's link set, sized from the backbones; loaded from ``topology.links`` when it names a checkpoint.
 
     Fresh links are initialised to be near-identity maps at the receiver's embedding scale, so an untrained system
     runs and produces text, but it has not learned to read another agent's thoughts: train before trusting it.
     """
     agent_backbone = {a.name: backbones[a.backbone] for a in topology.agents}
-    links = LinkSet(
-        agent_dims={name: b.hidden_size for name, b in agent_backbone.items()},
-        edges=[*topology.edges, *topology.feedback],
-        norm=topology.link_norm,
-        out_scales={name: b.embedding_scale for name, b in agent_backbone.items()},
-    )
+    with torch.random.fork_rng(devices=[]):  # fresh links are the same wherever they are built (in-process, actors)
+        torch.manual_seed(seed)
+        links = LinkSet(
+            agent_dims={name: b.hidden_size for name, b in agent_backbone.items()},
+            edges=[*topology.edges, *topology.feedback],
+            norm=topology.link_norm,
+            out_scales={name: b.embedding_scale for name, b in agent_backbone.items()},
+        )
     if topology.links:
         load_links(Path(topology.links), into=links)
     else:

@@ -1,0 +1,76 @@
+"""KV-cached latent rollout against the reference recompute-every-step rollout, and one latent step against one
+cached text-decode step at the same context, on the real SmolLM2-135M.
+
+Run: ``python benchmarks/rollout.py [--model smollm2-135m-instruct] [--repeats 3]``. Prints a table, then one JSON
+line with ``kv_speedup_m{16,48,80}`` and ``latent_step_over_decode_step``. Candidate and baseline run side by side,
+interleaved, in this process; each figure is the best of ``--repeats`` runs, so the ratios hold on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._reference import recompute_rollout  # noqa: E402
+from recursivemas.actors import BackboneEngine, Prompt  # noqa: E402
+from recursivemas.links import InnerLink  # noqa: E402
+from recursivemas.model_zoo import resolve_model  # noqa: E402
+from recursivemas.prompts import ROLE_PROMPTS, render  # noqa: E402
+
+QUESTION = "A baker makes 24 muffins in the morning and 18 in the afternoon. She sells 30. How many are left?"
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", default="16,48,80")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+
+    engine = BackboneEngine.load(resolve_model(args.model), dtype=args.dtype, device=args.device, name=args.model)
+    link = InnerLink(engine.hidden_size, out_scale=engine.embedding_scale).to(engine.device)
+    prompt = Prompt(render(ROLE_PROMPTS["planner"], QUESTION, {}))
+    context = engine.count_tokens(prompt)
+    result: dict[str, float | int | str] = {"model": args.model, "device": str(engine.device), "prompt_tokens": context}
+    engine.rollout([prompt], 4, link)  # warm-up
+    print(f"{'m':>4} {'kv cached s':>12} {'recompute s':>12} {'speedup':>8}")
+    for m in (int(s) for s in args.steps.split(",")):
+        kv = best_of(args.repeats, lambda: engine.rollout([prompt], m, link))
+        ref = best_of(args.repeats, lambda: recompute_rollout(engine, prompt, m, link))
+        result[f"kv_speedup_m{m}"] = round(ref / kv, 2)
+        print(f"{m:>4} {kv:>12.3f} {ref:>12.3f} {ref / kv:>8.2f}")
+
+    # Per-step cost at the same context: (n+1 steps - 1 step) / n for both loops, prefill cancels out.
+    n = 64
+    eos, engine.eos_ids = engine.eos_ids, set()  # decode exactly n tokens for timing
+    latent = (best_of(args.repeats, lambda: engine.rollout([prompt], n + 1, link))
+              - best_of(args.repeats, lambda: engine.rollout([prompt], 1, link))) / n
+    decode = (best_of(args.repeats, lambda: engine.generate([prompt], max_new_tokens=n + 1))
+              - best_of(args.repeats, lambda: engine.generate([prompt], max_new_tokens=1))) / n
+    engine.eos_ids = eos
+    result["latent_step_ms"] = round(latent * 1e3, 3)
+    result["decode_step_ms"] = round(decode * 1e3, 3)
+    result["latent_step_over_decode_step"] = round(latent / decode, 3)
+    print(f"latent step {latent * 1e3:.2f} ms, decode step {decode * 1e3:.2f} ms at context ~{context}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
