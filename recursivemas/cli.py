@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="recursivemas: %(message)s")
     for noisy in ("transformers", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars from converted local dirs are noise, not progress
     try:
         return args.func(args)
     except (ValueError, OSError, RuntimeError, ValidationError) as exc:

@@ -187,6 +187,21 @@ def test_batched_greedy_generate_equals_single(engines, family):
         assert got.prompt_tokens == engine.embed(prompt).text_tokens
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_batched_generate_near_the_context_equals_single(engines, family):
+    """Each row's token budget is its own room in the context, not the longest row's."""
+    engine = engines(family, chat=False, context=64)
+    short, long = Prompt(["hi"]), Prompt(["y" * 44])
+    assert 64 - engine.count_tokens(long) < 10 < 64 - engine.count_tokens(short)
+    batched = engine.generate([short, long], max_new_tokens=10)
+    for row, prompt in enumerate((short, long)):
+        (single,) = engine.generate([prompt], max_new_tokens=10)
+        assert (batched[row].token_ids, batched[row].finish_reason) == (single.token_ids, single.finish_reason), (
+            f"ENGINE BUG: row {row} gets {len(batched[row].token_ids)} tokens in a batch but "
+            f"{len(single.token_ids)} alone: _decode caps every row's budget at max_context - max(lengths)"
+        )
+
+
 @pytest.mark.parametrize("chat", [True, False], ids=["chat", "plain"])
 def test_stream_joins_to_generate(engines, chat):
     engine = engines("qwen2", chat=chat)
@@ -279,8 +294,8 @@ def test_stop_string_with_multibyte_characters():
     engine = scripted_engine("Prix: 5 € puis la suite", chat=False)
     (gen,) = engine.generate([Prompt(["q"])], max_new_tokens=64, stop=["5 €"])
     assert (gen.finish_reason, gen.text) == ("stop", "Prix: 5 €"), (
-        "ENGINE BUG: a stop string holding a multi-byte character never matches, because _decode checks stop "
-        "strings against per-token decodes ('€' is 3 byte tokens, each decoding to U+FFFD alone); "
+        "a stop string holding a multi-byte character must match: stop strings are to be checked against a decoded "
+        "tail of tokens, not per-token decodes ('€' is 3 byte tokens, each decoding to U+FFFD alone); "
         f"got finish_reason={gen.finish_reason!r}, text={gen.text!r}"
     )
 

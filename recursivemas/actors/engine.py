@@ -113,7 +113,9 @@ class BackboneEngine:
         ``inner`` is one link for all prompts or one per prompt (agents sharing a backbone batch together).
         """
         items = [self.embed(p, steps) for p in prompts]
-        links = list(inner) if isinstance(inner, Sequence) else [inner] * len(items)
+        links = [inner] * len(items) if inner is None or isinstance(inner, nn.Module) else list(inner)
+        if len(links) != len(items):
+            raise ValueError(f"rollout: {len(links)} inner links for {len(items)} prompts; pass one or one per prompt")
         if steps == 0:
             empty = torch.empty((0, self.hidden_size), dtype=self.dtype, device=self.device)
             return [Rollout(empty, i.text_tokens, i.latent_tokens) for i in items]
@@ -185,13 +187,14 @@ class BackboneEngine:
     def _decode(self, items: list[Embedded], max_new_tokens: int, sampler: Sampler, stop: Sequence[str]):
         """Yield ({row: token}, {row: finish reason}) per step for the rows still running."""
         batch = left_pad([i.embeds for i in items])
-        budget = min(max_new_tokens, self.max_context - max(batch.lengths))
+        budgets = [min(max_new_tokens, self.max_context - n) for n in batch.lengths]  # each row's own room
+        budget = max(budgets)
         out = self.model(
             inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
             use_cache=True, logits_to_keep=1,
         )
         mask, positions, cache = batch.attention_mask, batch.position_ids, out.past_key_values
-        running = torch.ones(len(items), dtype=torch.bool, device=self.device)
+        running = torch.tensor([b > 0 for b in budgets], dtype=torch.bool, device=self.device)
         generated: list[list[int]] = [[] for _ in items]
         for step in range(budget):
             next_tokens = sampler(out.logits[:, -1])
@@ -206,12 +209,15 @@ class BackboneEngine:
                     tail = self.tokenizer.decode(generated[row][-_STOP_WINDOW:], skip_special_tokens=True)
                     if any(s in tail for s in stop):
                         finished[row] = "stop"
+                if row not in finished and step + 1 >= budgets[row]:
+                    finished[row] = "length"
             for row in finished:
                 running[row] = False
             yield emitted, finished
             if not running.any() or step == budget - 1:
                 return
             mask, positions = extend(mask, positions)
+            positions = positions.clamp(max=self.max_context - 1)  # finished rows ride along; keep them in range
             out = self.model(
                 input_ids=next_tokens.unsqueeze(1), attention_mask=mask, position_ids=positions,
                 past_key_values=cache, use_cache=True,

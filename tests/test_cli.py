@@ -1,0 +1,105 @@
+"""The command line as a user meets it: real subcommands in-process, tiny models on disk, clean errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from recursivemas.cli import main
+from recursivemas.links import LinkSet, load_links
+from tiny import save_tiny
+
+
+@pytest.fixture(scope="module")
+def topology_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    doc = {
+        "name": "cli-seq",
+        "backbones": {"a": {"model": save_tiny(root / "llama", "llama")},
+                      "b": {"model": save_tiny(root / "qwen2", "qwen2", chat=False)}},
+        "agents": [{"name": "planner", "backbone": "a"}, {"name": "critic", "backbone": "b"},
+                   {"name": "solver", "backbone": "b"}],
+        "pattern": "sequential", "rounds": 2, "latent_steps": 3, "generation": {"max_new_tokens": 6},
+    }
+    path = root / "topology.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_run_prints_answers_tables_and_comparison(topology_file, capsys):
+    assert main(["run", "--topology", str(topology_file), "--prompt", "2+2?", "--mode", "latent,text"]) == 0
+    out = capsys.readouterr().out
+    assert "=== latent mode: cli-seq, rounds 2, latent steps 3 ===" in out
+    assert "answer (text):" in out
+    assert out.count("round  agent") == 2  # one usage table per mode
+    assert "comparison" in out and "x the speed of text" in out
+
+
+def test_run_json_overrides(topology_file, capsys):
+    assert main(["run", "--topology", str(topology_file), "--prompt", "2+2?", "--rounds", "1",
+                 "--latent-steps", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mode"] == "latent" and result["rounds"] == 1 and result["latent_steps"] == 2
+    assert [u["kind"] for u in result["usage"]] == ["latent", "latent", "answer"]
+    assert result["totals"]["latent_steps"] == 4
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["run", "--topology", "missing.yaml"], "does not exist"),
+    (["run", "--topology", "{topology}", "--prompt", "   "], "prompt: question 0 is empty"),
+    (["run", "--topology", "{topology}", "--rounds", "0"], "rounds"),
+    (["run", "--topology", "{topology}", "--mode", "bogus"], "mode: 'bogus'"),
+    (["models", "pull", "no-such-model"], "smollm2-135m-instruct"),
+    (["links", "import", "--inner", "planner", "--out", "x"], "expected KEY=PATH"),
+])
+def test_user_errors_exit_2_with_one_clear_line(topology_file, capsys, argv, expected):
+    argv = [a.replace("{topology}", str(topology_file)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err
+    assert "Traceback" not in err
+
+
+def test_bad_yaml_field_is_named(tmp_path, capsys):
+    path = tmp_path / "t.yaml"
+    path.write_text("backbones: {a: {model: x}}\nagents: [{name: p, backbone: nope}]\ndecoder: p\n")
+    assert main(["run", "--topology", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "agents.p.backbone: unknown backbone 'nope'" in err and "['a']" in err
+
+
+def test_models_list(capsys):
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m-instruct" in out and "gemma3-270m" in out
+
+
+def test_links_import_writes_a_loadable_checkpoint(tmp_path, capsys):
+    torch.manual_seed(0)
+    d_a, d_b = 16, 24
+
+    def lin(o, i):
+        return {"weight": torch.randn(o, i), "bias": torch.randn(o)}
+
+    def flat(prefix, params):
+        return {f"{prefix}.{k}": v for k, v in params.items()}
+
+    ln = lambda d: {"weight": torch.rand(d) + 0.5, "bias": torch.randn(d)}  # noqa: E731
+    inner = {**flat("pre_ln", ln(d_a)), **flat("proj1", lin(d_a, d_a)), **flat("proj2", lin(d_a, d_a)),
+             **flat("post_ln", ln(d_a))}
+    outer = {**flat("ln_source", ln(d_a)), **flat("proj1", lin(2 * d_b, d_a)), **flat("proj2", lin(d_b, 2 * d_b)),
+             **flat("residual_proj", lin(d_b, d_a)), **flat("ln_target", ln(d_b))}
+    torch.save(inner, tmp_path / "adapter(math).pt")
+    torch.save(outer, tmp_path / "A-B-Outerlink.pt")
+    out_dir = tmp_path / "links"
+    argv = ["links", "import", "--inner", f"a={tmp_path / 'adapter(math).pt'}",
+            "--outer", f"a->b={tmp_path / 'A-B-Outerlink.pt'}", "--out", str(out_dir)]
+    with pytest.warns(UserWarning):  # agent b has no inner file: it gets a fresh one
+        assert main(argv) == 0
+    assert "saved 1 inner and 1 outer links" in capsys.readouterr().out
+    loaded = load_links(out_dir, into=LinkSet({"a": d_a, "b": d_b}, [("a", "b")]))
+    torch.testing.assert_close(loaded.outer_link("a", "b").residual_proj.weight, outer["residual_proj.weight"])
+    torch.testing.assert_close(loaded.inner_link("a").proj1.weight, inner["proj1.weight"])
