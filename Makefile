@@ -10,7 +10,6 @@ STAMP   = $(VENV)/.installed
 # torch first, pinned: any other torch request would pull several GB of CUDA packages on a CPU machine.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)

@@ -88,23 +88,26 @@ class Executor:
         states = [_QuestionState(q) for q in questions]
         if mode == "single":
             self._run_level(states, [self.plan.decoder], mode, round_=1, final=True, steps=steps)
-        for round_ in range(1, rounds + 1) if mode != "single" else ():
-            final = round_ == rounds
-            for state in states:
-                state.inbox.clear()
-            next_feedback: list[dict] = [defaultdict(dict) for _ in states]
-            for level in self.plan.levels:
-                agents = self.plan.agents_in_round(level, final)
-                for turn in self._run_level(states, agents, mode, round_, final, steps):
-                    self._hand_over(turn, states[turn.question], next_feedback[turn.question], mode, final)
-            for state, feedback in zip(states, next_feedback):
-                state.feedback = feedback
+        else:
+            for round_ in range(1, rounds + 1):
+                self._run_round(states, mode, round_, final=round_ == rounds, steps=steps)
         wall = time.perf_counter() - start
         return [
             RunResult(question=s.question, text=s.answer, mode=mode, rounds=1 if mode == "single" else rounds,
                       latent_steps=steps if mode == "latent" else 0, wall_s=wall, usage=s.usage)
             for s in states
         ]
+
+    def _run_round(self, states: list[_QuestionState], mode: Mode, round_: int, final: bool, steps: int) -> None:
+        """Levels in order; hand-offs land in this round's inboxes or, along feedback edges, in the next round's."""
+        next_feedback: list[dict] = [defaultdict(dict) for _ in states]
+        for state in states:
+            state.inbox.clear()
+        for level in self.plan.levels:
+            for turn in self._run_level(states, self.plan.agents_in_round(level, final), mode, round_, final, steps):
+                self._hand_over(turn, states[turn.question], next_feedback[turn.question], mode, final)
+        for state, feedback in zip(states, next_feedback):
+            state.feedback = feedback
 
     # --- one level of a round ------------------------------------------------------------------------------------
     def _run_level(self, states: list[_QuestionState], agents: list[str], mode: Mode, round_: int, final: bool,
