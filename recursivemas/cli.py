@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"\n=== {mode} mode: {topology.name}, rounds {topology.rounds}, latent steps {topology.latent_steps} ===",
                   flush=True)
-        result = system.run(args.prompt, mode=mode)
+        result = system.run(args.prompt, mode=mode, on_turn=None if args.json else _progress(1 if mode == "single" else topology.rounds))
         results.append(result)
         if not args.json:
             print(f"\nanswer ({mode}):\n{result.text.strip()}\n")
@@ -47,6 +47,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif len(results) > 1:
         print("\n" + _comparison(results))
     return 0
+
+
+def _progress(rounds: int):
+    """One stderr line per finished agent turn, so a long run shows where it is."""
+
+    def report(usage) -> None:
+        work = f"{usage.latent_steps} latent steps" if usage.kind == "latent" else f"{usage.decoded_tokens} tokens"
+        print(f"  round {usage.round}/{rounds}  {usage.agent:<12} {usage.kind:<6} {work:<18} {usage.wall_s:6.2f} s",
+              file=sys.stderr, flush=True)
+
+    return report
 
 
 def _comparison(results) -> str:

@@ -700,3 +700,13 @@ def test_load_system_missing_model_dir(tmp_path, model_dirs):
     msg = str(info.value)
     assert "'b'" in msg, msg
     assert str(missing) in msg, msg
+
+
+def test_on_turn_reports_every_turn_in_order(two_engines):
+    executor = make_executor(make_topology("mixture", rounds=2), two_engines)
+    heard = []
+    result = executor.run_batch([QUESTION, "What is 2+2?"], mode="latent", on_turn=heard.append)
+    rows = [u for r in result for u in r.usage]
+    assert sorted(id(u) for u in heard) == sorted(id(u) for u in rows)  # each turn reported exactly once
+    assert [u.round for u in heard] == sorted(u.round for u in heard)  # as the rounds progress
+    assert heard[-1].kind == "answer"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -53,6 +53,16 @@ class _QuestionState:
     usage: list[AgentUsage] = field(default_factory=list)
 
 
+@dataclass
+class _Run:
+    """One ``run_batch`` call: its settings and the state of each question."""
+
+    mode: Mode
+    rounds: int
+    steps: int
+    questions: list[_QuestionState]
+    on_turn: Callable[[AgentUsage], None] | None = None
+
 class Executor:
     def __init__(
         self, topology: Topology, backbones: Mapping[str, object], links: LinkSet | None = None,
@@ -72,61 +82,65 @@ class Executor:
         )
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.backbones)), thread_name_prefix="backbone")
 
-    def run(self, question: str, mode: Mode = "latent", rounds: int | None = None,
-            latent_steps: int | None = None) -> RunResult:
-        return self.run_batch([question], mode, rounds, latent_steps)[0]
+    def run(self, question: str, mode: Mode = "latent", rounds: int | None = None, latent_steps: int | None = None,
+            on_turn: Callable[[AgentUsage], None] | None = None) -> RunResult:
+        return self.run_batch([question], mode, rounds, latent_steps, on_turn)[0]
 
     @torch.inference_mode()
     def run_batch(self, questions: Sequence[str], mode: Mode = "latent", rounds: int | None = None,
-                  latent_steps: int | None = None) -> list[RunResult]:
+                  latent_steps: int | None = None, on_turn: Callable[[AgentUsage], None] | None = None,
+                  ) -> list[RunResult]:
+        """Answer every question; ``on_turn`` hears of each agent turn as it finishes (progress, logging)."""
         rounds = self.topology.rounds if rounds is None else rounds
         steps = self.topology.latent_steps if latent_steps is None else latent_steps
         _check_request(questions, mode, rounds, steps)
         if mode == "latent" and self.links is None:
             raise ValueError("latent mode needs a LinkSet; build one with recursivemas.runtime.build_links")
         start = time.perf_counter()
-        states = [_QuestionState(q) for q in questions]
+        run = _Run(mode, rounds, steps, [_QuestionState(q) for q in questions], on_turn)
         if mode == "single":
-            self._run_level(states, [self.plan.decoder], mode, round_=1, final=True, steps=steps)
+            self._run_level(run, [self.plan.decoder], round_=1, final=True)
         else:
             for round_ in range(1, rounds + 1):
-                self._run_round(states, mode, round_, final=round_ == rounds, steps=steps)
+                self._run_round(run, round_, final=round_ == rounds)
         wall = time.perf_counter() - start
         return [
             RunResult(question=s.question, text=s.answer, mode=mode, rounds=1 if mode == "single" else rounds,
                       latent_steps=steps if mode == "latent" else 0, wall_s=wall, usage=s.usage)
-            for s in states
+            for s in run.questions
         ]
 
-    def _run_round(self, states: list[_QuestionState], mode: Mode, round_: int, final: bool, steps: int) -> None:
+    def _run_round(self, run: _Run, round_: int, final: bool) -> None:
         """Levels in order; hand-offs land in this round's inboxes or, along feedback edges, in the next round's."""
-        next_feedback: list[dict] = [defaultdict(dict) for _ in states]
-        for state in states:
+        next_feedback: list[dict] = [defaultdict(dict) for _ in run.questions]
+        for state in run.questions:
             state.inbox.clear()
         for level in self.plan.levels:
-            for turn in self._run_level(states, self.plan.agents_in_round(level, final), mode, round_, final, steps):
-                self._hand_over(turn, states[turn.question], next_feedback[turn.question], mode, final)
-        for state, feedback in zip(states, next_feedback):
+            for turn in self._run_level(run, self.plan.agents_in_round(level, final), round_, final):
+                self._hand_over(turn, run.questions[turn.question], next_feedback[turn.question], run.mode, final)
+        for state, feedback in zip(run.questions, next_feedback):
             state.feedback = feedback
 
     # --- one level of a round ------------------------------------------------------------------------------------
-    def _run_level(self, states: list[_QuestionState], agents: list[str], mode: Mode, round_: int, final: bool,
-                   steps: int) -> list[_Turn]:
+    def _run_level(self, run: _Run, agents: list[str], round_: int, final: bool) -> list[_Turn]:
         by_backbone: dict[str, list[_Turn]] = defaultdict(list)
         for agent in agents:
             backbone = self.topology.agent(agent).backbone
             answering = final and agent == self.plan.decoder
-            kind = "answer" if answering else ("latent" if mode == "latent" else "text")
-            for index, state in enumerate(states):
-                prompt = self._prompt(agent, state, with_slots=mode != "single")
+            kind = "answer" if answering else ("latent" if run.mode == "latent" else "text")
+            for index, state in enumerate(run.questions):
+                prompt = self._prompt(agent, state, with_slots=run.mode != "single")
                 usage = AgentUsage(agent=agent, round=round_, backbone=backbone, kind=kind)
                 by_backbone[backbone].append(_Turn(index, agent, prompt, usage))
-        futures = [self._pool.submit(self._call, name, turns, steps) for name, turns in by_backbone.items()]
+        futures = [self._pool.submit(self._call, name, turns, run.steps) for name, turns in by_backbone.items()]
         done = [turn for future in futures for turn in future.result()]
         for turn in done:
-            states[turn.question].usage.append(turn.usage)
+            state = run.questions[turn.question]
+            state.usage.append(turn.usage)
             if turn.usage.kind == "answer":
-                states[turn.question].answer = turn.message or ""
+                state.answer = turn.message or ""
+            if run.on_turn is not None:
+                run.on_turn(turn.usage)
         return done
 
     def _call(self, backbone_name: str, turns: list[_Turn], steps: int) -> list[_Turn]:
