@@ -5,7 +5,7 @@ TORCH  ?= torch==2.13.0
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 # torch first, pinned: any other torch request would pull several GB of CUDA packages on a CPU machine.
 $(STAMP): pyproject.toml
@@ -26,6 +26,9 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check recursivemas benchmarks tests
 
 bench: setup
 	$(PY) benchmarks/rollout.py

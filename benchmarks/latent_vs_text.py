@@ -51,14 +51,15 @@ def main() -> None:
         topology = smol_topology(args.latent_steps, args.max_new_tokens)
     else:
         topology = load_topology(args.topology)
-        topology = topology.replace(latent_steps=args.latent_steps,
-                                    generation={**topology.generation.model_dump(), "max_new_tokens": args.max_new_tokens})
+        generation = {**topology.generation.model_dump(), "max_new_tokens": args.max_new_tokens}
+        topology = topology.replace(latent_steps=args.latent_steps, generation=generation)
     system = load_system(topology)
     questions = QUESTIONS[: args.questions]
     system.run(questions[0], mode="latent", rounds=1)  # warm-up
     result: dict[str, object] = {"topology": topology.name, "questions": len(questions),
                                  "latent_steps": topology.latent_steps, "max_new_tokens": args.max_new_tokens}
-    print(f"{'rounds':>6} {'latent s':>9} {'text s':>9} {'speedup':>8} {'latent tok':>10} {'text tok':>9} {'reduction':>9}")
+    header = ("rounds", "latent s", "text s", "speedup", "latent tok", "text tok", "reduction")
+    print(" ".join(f"{h:>10}" for h in header))
     for rounds in (int(r) for r in args.rounds.split(",")):
         totals = {"latent": [0.0, 0], "text": [0.0, 0]}
         for question in questions:
@@ -71,7 +72,8 @@ def main() -> None:
         result[f"speedup_r{rounds}"] = round(speedup, 2)
         result[f"token_reduction_r{rounds}"] = round(reduction, 3)
         result[f"decoded_tokens_r{rounds}"] = {"latent": lat_tok, "text": txt_tok}
-        print(f"{rounds:>6} {lat_s:>9.2f} {txt_s:>9.2f} {speedup:>8.2f} {lat_tok:>10} {txt_tok:>9} {reduction:>9.3f}")
+        row = (rounds, f"{lat_s:.2f}", f"{txt_s:.2f}", f"{speedup:.2f}", lat_tok, txt_tok, f"{reduction:.3f}")
+        print(" ".join(f"{c:>10}" for c in row))
     print(json.dumps(result))
 
 

@@ -66,8 +66,8 @@ def main() -> None:
     print(f"{'prompt':>8} {'m':>4} {'kv cached s':>12} {'recompute s':>12} {'speedup':>8}")
     cases = [("", prompt, m) for m in (int(s) for s in args.steps.split(","))] + [("_bare", bare, 48)]
     for suffix, case, m in cases:
-        kv = best_of(args.repeats, lambda: engine.rollout([case], m, link))
-        ref = best_of(args.repeats, lambda: recompute_rollout(engine, case, m, link))
+        kv = best_of(args.repeats, lambda c=case, m=m: engine.rollout([c], m, link))
+        ref = best_of(args.repeats, lambda c=case, m=m: recompute_rollout(engine, c, m, link))
         result[f"kv_speedup_m{m}{suffix}"] = round(ref / kv, 2)
         print(f"{engine.count_tokens(case):>8} {m:>4} {kv:>12.3f} {ref:>12.3f} {ref / kv:>8.2f}")
 

@@ -35,9 +35,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = []
     for mode in modes:
         if not args.json:
-            print(f"\n=== {mode} mode: {topology.name}, rounds {topology.rounds}, latent steps {topology.latent_steps} ===",
-                  flush=True)
-        result = system.run(args.prompt, mode=mode, on_turn=None if args.json else _progress(1 if mode == "single" else topology.rounds))
+            t = topology
+            print(f"\n=== {mode} mode: {t.name}, rounds {t.rounds}, latent steps {t.latent_steps} ===", flush=True)
+        progress = None if args.json else _progress(1 if mode == "single" else topology.rounds)
+        result = system.run(args.prompt, mode=mode, on_turn=progress)
         results.append(result)
         if not args.json:
             print(f"\nanswer ({mode}):\n{result.text.strip()}\n")

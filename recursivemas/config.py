@@ -166,7 +166,7 @@ class Topology(BaseModel):
             field = f"agents.{agent.name}.prompt"
             found = prompts.placeholders(template)
             if prompts.QUESTION not in found:
-                raise ValueError(f"{field}: the template has no {{question}} placeholder; add one where the question goes")
+                raise ValueError(f"{field}: the template has no {{question}} placeholder; add one where it goes")
             incoming = [(s, False) for s, d in self.edges if d == agent.name]
             incoming += [(s, True) for s, d in self.feedback if d == agent.name]
             sources = {s for s, _ in incoming}

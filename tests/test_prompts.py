@@ -109,7 +109,7 @@ def test_render_merges_adjacent_text_and_drops_empty_strings():
 def test_slot_is_frozen_and_hashable():
     slot = Slot("a")
     assert slot == Slot("a") and hash(slot) == hash(Slot("a"))
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         slot.source = "b"  # type: ignore[misc]
 
 

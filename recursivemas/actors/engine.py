@@ -13,7 +13,6 @@ position ids that follow the attention mask, so a batch gives the same numbers a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -107,7 +106,9 @@ class BackboneEngine:
 
     # --- latent rollout ------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def rollout(self, prompts: Sequence[Prompt], steps: int, inner: Sequence[nn.Module | None] | nn.Module | None) -> list[Rollout]:
+    def rollout(
+        self, prompts: Sequence[Prompt], steps: int, inner: Sequence[nn.Module | None] | nn.Module | None,
+    ) -> list[Rollout]:
         """``steps`` latent thoughts per prompt: h_1 from the prompt, then h_{t+1} from [prompt; R(h_1) .. R(h_t)].
 
         ``inner`` is one link for all prompts or one per prompt (agents sharing a backbone batch together).
@@ -254,8 +255,8 @@ def _apply_links(links: list[nn.Module | None], hidden: torch.Tensor) -> torch.T
     if all(link is links[0] for link in links):
         return _run_link(links[0], hidden)
     out = torch.empty_like(hidden)
-    for link in {id(l): l for l in links}.values():
-        rows = [r for r, l in enumerate(links) if l is link]
+    for link in {id(each): each for each in links}.values():
+        rows = [r for r, each in enumerate(links) if each is link]
         out[rows] = _run_link(link, hidden[rows])
     return out
 

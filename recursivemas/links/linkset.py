@@ -85,7 +85,8 @@ class LinkSet(nn.Module):
             seen.add(key)
 
         self.inner = nn.ModuleDict(
-            {name: InnerLink(dim, norm=self.norm, out_scale=out_scales.get(name, 1.0)) for name, dim in agent_dims.items()}
+            {name: InnerLink(dim, norm=self.norm, out_scale=out_scales.get(name, 1.0))
+             for name, dim in agent_dims.items()}
         )
         self.outer = nn.ModuleDict(
             {

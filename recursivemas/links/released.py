@@ -89,7 +89,8 @@ def _outer_shapes(i: int, o: int, norm: bool) -> dict[str, tuple]:
         "residual_proj.weight": (o, i), "residual_proj.bias": (o,),
     }
     if norm:
-        shapes.update({"ln_source.weight": (i,), "ln_source.bias": (i,), "ln_target.weight": (o,), "ln_target.bias": (o,)})
+        shapes.update({"ln_source.weight": (i,), "ln_source.bias": (i,),
+                       "ln_target.weight": (o,), "ln_target.bias": (o,)})
     return shapes
 
 
@@ -121,7 +122,8 @@ def import_released(inner: dict[str, Path], outer: dict[tuple[str, str], Path]) 
 
     def claim(agent: str, dim: int, source: str) -> None:
         if agent in dims and dims[agent][0] != dim:
-            problems.append(f"agent {agent!r}: {source} implies dim {dim}, but {dims[agent][1]} implies {dims[agent][0]}")
+            other_dim, other_source = dims[agent]
+            problems.append(f"agent {agent!r}: {source} implies dim {dim}, but {other_source} implies {other_dim}")
         dims.setdefault(agent, (dim, source))
 
     for agent, p in inner.items():

@@ -64,7 +64,8 @@ class RunResult(BaseModel):
 
     def usage_table(self) -> str:
         """A fixed-width table of the usage, one row per agent turn and a total row."""
-        head = ("round", "agent", "backbone", "kind", "prompt", "latent in", "latent steps", "decoded", "tools", "wall s")
+        head = ("round", "agent", "backbone", "kind", "prompt", "latent in", "latent steps", "decoded", "tools",
+                "wall s")
         rows = [
             (str(u.round), u.agent, u.backbone, u.kind, str(u.prompt_tokens), str(u.latent_in), str(u.latent_steps),
              str(u.decoded_tokens), str(u.tool_calls), f"{u.wall_s:.2f}")

@@ -46,7 +46,8 @@ def build_links(topology: Topology, backbones: Mapping[str, object], seed: int =
     if topology.links:
         load_links(Path(topology.links), into=links)
     else:
-        log.warning("topology %r names no `links:` checkpoint; using freshly initialised (untrained) links", topology.name)
+        log.warning("topology %r names no `links:` checkpoint; using freshly initialised (untrained) links",
+                    topology.name)
     return links
 
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from collections.abc import Callable
 
 try:  # POSIX only; on Windows the rlimits are skipped and only the wall-clock timeout applies
     import resource
@@ -47,9 +47,9 @@ class ToolResult:
     output: str
 
 
-def parse_tool_call(text: str) -> Optional[ToolCall]:
+def parse_tool_call(text: str) -> ToolCall | None:
     """Return the first complete tool call in ``text`` (earliest opening), or None."""
-    best: Optional[tuple[int, str, re.Match[str]]] = None
+    best: tuple[int, str, re.Match[str]] | None = None
     for name, pattern in _CALL_PATTERNS:
         m = pattern.search(text)
         if m is not None and (best is None or m.start() < best[0]):
@@ -147,7 +147,7 @@ SearchFn = Callable[[str], str]
 class SearchTool:
     """Web search through a pluggable function; without one, every call says search is unavailable."""
 
-    def __init__(self, fn: Optional[SearchFn] = None):
+    def __init__(self, fn: SearchFn | None = None):
         self.fn = fn
 
     @property
