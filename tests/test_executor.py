@@ -618,7 +618,7 @@ def write_topology(path: Path, model_dirs, agents=None, **extra) -> Path:
 def test_load_system_end_to_end(tmp_path, model_dirs, two_engines):
     executor = load_system(write_topology(tmp_path / "t.yaml", model_dirs))
     assert isinstance(executor, Executor)
-    assert {n: b.hidden_size for n, b in executor.backbones.items()} == {"a": 64, "b": 48}
+    assert {n: b.engine.hidden_size for n, b in executor.backends.items()} == {"a": 64, "b": 48}
     result = executor.run(QUESTION)
     assert len(result.usage) == 6 and result.usage[-1].kind == "answer"
     text = executor.run(QUESTION, mode="text")
@@ -710,3 +710,43 @@ def test_on_turn_reports_every_turn_in_order(two_engines):
     assert sorted(id(u) for u in heard) == sorted(id(u) for u in rows)  # each turn reported exactly once
     assert [u.round for u in heard] == sorted(u.round for u in heard)  # as the rounds progress
     assert heard[-1].kind == "answer"
+
+
+def test_a_backend_with_think_is_used_as_is_and_latent_handles_stay_opaque(two_engines):
+    """The cluster's contract: the executor only moves latent handles, it never looks inside them."""
+    from recursivemas.runtime.backend import LocalBackend, Thought
+
+    topology = make_topology("sequential", rounds=2)
+    links = build_links(topology, two_engines)
+
+    class Handles:
+        def __init__(self, inner):
+            self.inner, self.store, self.seen = inner, {}, []
+
+        def think(self, agents, prompts, steps, targets):
+            resolved = [p.__class__([self.store[s] if isinstance(s, tuple) else s for s in p.segments],
+                                    p.response_prefix) for p in prompts]
+            self.seen += [s for p in prompts for s in p.segments if isinstance(s, tuple)]
+            out = []
+            for thought in self.inner.think(agents, resolved, steps, targets):
+                handles = {}
+                for dst, latent in thought.handoffs.items():
+                    handles[dst] = ("ref", len(self.store))
+                    self.store[handles[dst]] = latent
+                out.append(Thought(thought.prompt_tokens, thought.latent_tokens, handles))
+            return out
+
+        def generate(self, prompts, **kw):
+            resolved = [p.__class__([self.store[s] if isinstance(s, tuple) else s for s in p.segments],
+                                    p.response_prefix) for p in prompts]
+            return self.inner.generate(resolved, **kw)
+
+    shared: dict = {}
+    backends = {}
+    for name, engine in two_engines.items():
+        backends[name] = Handles(LocalBackend(engine, links))
+        backends[name].store = shared
+    via_handles = Executor(topology, backends).run(QUESTION)
+    direct = Executor(topology, two_engines, links).run(QUESTION)
+    assert via_handles.text == direct.text
+    assert sum(len(b.seen) for b in backends.values()) == 4  # handles read by critic, solver, planner (r2), critic (r2)

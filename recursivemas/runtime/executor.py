@@ -26,10 +26,11 @@ from recursivemas.actors.inputs import Prompt
 from recursivemas.config import Mode, Topology
 from recursivemas.links import LinkSet
 from recursivemas.runtime.accounting import AgentUsage, RunResult
+from recursivemas.runtime.backend import as_backend
 from recursivemas.runtime.graph import Plan
 from recursivemas.runtime.tools import STOP_STRINGS, PythonTool, Toolbox, final_answer, run_tool_loop
 
-Content = torch.Tensor | str  # what a slot receives: latents in latent mode, a message in text mode
+Content = object  # what a slot receives: a latent handle in latent mode, a message (str) in text mode
 
 
 @dataclass
@@ -40,7 +41,8 @@ class _Turn:
     agent: str
     prompt: Prompt
     usage: AgentUsage
-    states: torch.Tensor | None = None
+    targets: tuple[str, ...] = ()
+    handoffs: dict[str, object] | None = None  # latent mode: target -> latent handle
     message: str | None = None
 
 
@@ -64,6 +66,11 @@ class _Run:
     on_turn: Callable[[AgentUsage], None] | None = None
 
 class Executor:
+    """Runs a topology over backends (see :mod:`recursivemas.runtime.backend`) keyed by backbone name.
+
+    Bare engines are accepted too and paired with ``links`` in-process.
+    """
+
     def __init__(
         self, topology: Topology, backbones: Mapping[str, object], links: LinkSet | None = None,
         toolbox: Toolbox | None = None,
@@ -73,14 +80,14 @@ class Executor:
             raise ValueError(f"no backbone object for {missing}; the topology declares {sorted(topology.backbones)}")
         self.topology = topology
         self.plan = Plan.from_topology(topology)
-        self.backbones = dict(backbones)
-        self.links = links
+        self.links = links  # the in-process link set (None when backends hold their own, as actors do)
+        self.backends = {name: as_backend(obj, links, topology.handoff) for name, obj in backbones.items()}
         tools = topology.tools
         self.toolbox = toolbox or Toolbox(
             python=PythonTool(timeout_s=tools.python_timeout_s, memory_mb=tools.python_memory_mb),
             max_rounds=tools.max_rounds,
         )
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.backbones)), thread_name_prefix="backbone")
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.backends)), thread_name_prefix="backbone")
 
     def run(self, question: str, mode: Mode = "latent", rounds: int | None = None, latent_steps: int | None = None,
             on_turn: Callable[[AgentUsage], None] | None = None) -> RunResult:
@@ -94,8 +101,6 @@ class Executor:
         rounds = self.topology.rounds if rounds is None else rounds
         steps = self.topology.latent_steps if latent_steps is None else latent_steps
         _check_request(questions, mode, rounds, steps)
-        if mode == "latent" and self.links is None:
-            raise ValueError("latent mode needs a LinkSet; build one with recursivemas.runtime.build_links")
         start = time.perf_counter()
         run = _Run(mode, rounds, steps, [_QuestionState(q) for q in questions], on_turn)
         if mode == "single":
@@ -117,7 +122,7 @@ class Executor:
             state.inbox.clear()
         for level in self.plan.levels:
             for turn in self._run_level(run, self.plan.agents_in_round(level, final), round_, final):
-                self._hand_over(turn, run.questions[turn.question], next_feedback[turn.question], run.mode, final)
+                self._hand_over(turn, run.questions[turn.question], next_feedback[turn.question], final)
         for state, feedback in zip(run.questions, next_feedback):
             state.feedback = feedback
 
@@ -131,7 +136,7 @@ class Executor:
             for index, state in enumerate(run.questions):
                 prompt = self._prompt(agent, state, with_slots=run.mode != "single")
                 usage = AgentUsage(agent=agent, round=round_, backbone=backbone, kind=kind)
-                by_backbone[backbone].append(_Turn(index, agent, prompt, usage))
+                by_backbone[backbone].append(_Turn(index, agent, prompt, usage, self._targets(agent, final)))
         futures = [self._pool.submit(self._call, name, turns, run.steps) for name, turns in by_backbone.items()]
         done = [turn for future in futures for turn in future.result()]
         for turn in done:
@@ -144,34 +149,35 @@ class Executor:
         return done
 
     def _call(self, backbone_name: str, turns: list[_Turn], steps: int) -> list[_Turn]:
-        backbone = self.backbones[backbone_name]
+        backend = self.backends[backbone_name]
         start = time.perf_counter()
         latent = [t for t in turns if t.usage.kind == "latent"]
         if latent:
-            inner = [self.links.inner_link(t.agent) for t in latent]
-            for turn, out in zip(latent, backbone.rollout([t.prompt for t in latent], steps, inner)):
-                turn.states = out.states
-                turn.usage.prompt_tokens, turn.usage.latent_in = out.prompt_tokens, out.latent_tokens
+            thoughts = backend.think([t.agent for t in latent], [t.prompt for t in latent], steps,
+                                     [t.targets for t in latent])
+            for turn, thought in zip(latent, thoughts):
+                turn.handoffs = thought.handoffs
+                turn.usage.prompt_tokens, turn.usage.latent_in = thought.prompt_tokens, thought.latent_tokens
                 turn.usage.latent_steps = steps
         decoding = [t for t in turns if t.usage.kind != "latent"]
         with_tools = [t for t in decoding if self.topology.agent(t.agent).tools]
         plain = [t for t in decoding if not self.topology.agent(t.agent).tools]
         if plain:
-            for turn, gen in zip(plain, backbone.generate([t.prompt for t in plain], **self._sampling())):
+            for turn, gen in zip(plain, backend.generate([t.prompt for t in plain], **self._sampling())):
                 self._record_text(turn, gen.text, len(gen.token_ids), gen.prompt_tokens, gen.latent_tokens)
         for turn in with_tools:
-            self._tool_turn(backbone, turn)
+            self._tool_turn(backend, turn)
         wall = time.perf_counter() - start
         for turn in turns:
             turn.usage.wall_s = wall
         return turns
 
-    def _tool_turn(self, backbone, turn: _Turn) -> None:
+    def _tool_turn(self, backend, turn: _Turn) -> None:
         segments = [*turn.prompt.segments, "\n\n" + self.toolbox.instructions()]
         counts = {}
 
         def generate(prefix: str) -> tuple[str, int]:
-            gen = backbone.generate([Prompt(segments, prefix)], stop=STOP_STRINGS, **self._sampling())[0]
+            gen = backend.generate([Prompt(segments, prefix)], stop=STOP_STRINGS, **self._sampling())[0]
             counts.setdefault("prompt", (gen.prompt_tokens, gen.latent_tokens))
             return gen.text, len(gen.token_ids)
 
@@ -204,18 +210,16 @@ class Executor:
         segments = [contents[p.source] if isinstance(p, prompts.Slot) else p for p in pieces]
         return Prompt(_join_text(segments))
 
-    def _hand_over(self, turn: _Turn, state: _QuestionState, next_feedback: dict, mode: Mode, final: bool) -> None:
+    def _targets(self, agent: str, final: bool) -> tuple[str, ...]:
+        """Who reads this agent's turn: its in-round targets, and its feedback targets unless the run ends here."""
+        return self.plan.targets[agent] + (() if final else self.plan.feedback_targets[agent])
+
+    def _hand_over(self, turn: _Turn, state: _QuestionState, next_feedback: dict, final: bool) -> None:
         if turn.usage.kind == "answer":
             return
-        routes = [(dst, state.inbox) for dst in self.plan.targets[turn.agent]]
-        if not final:
-            routes += [(dst, next_feedback) for dst in self.plan.feedback_targets[turn.agent]]
-        for dst, box in routes:
-            if mode == "latent":
-                states = turn.states.to(device=_device_of(self.links), dtype=torch.float32)
-                box[dst][turn.agent] = self.links.handoff(states, turn.agent, dst, self.topology.handoff)
-            else:
-                box[dst][turn.agent] = turn.message or ""
+        for dst in turn.targets:
+            box = state.inbox if dst in self.plan.targets[turn.agent] else next_feedback
+            box[dst][turn.agent] = turn.handoffs[dst] if turn.handoffs is not None else (turn.message or "")
 
 
 def _join_text(segments: list[Content]) -> list[Content]:
@@ -226,10 +230,6 @@ def _join_text(segments: list[Content]) -> list[Content]:
         else:
             out.append(seg)
     return out
-
-
-def _device_of(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def _check_request(questions: Sequence[str], mode: str, rounds: int, steps: int) -> None:
