@@ -32,8 +32,11 @@ class BackboneConfig(Strict):
     model: str = Field(min_length=1)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
+    # Cluster placement (ignored in-process): fractions share a device; `resources` pins to nodes that offer them.
     num_gpus: float = Field(0, ge=0)
-    num_cpus: float = Field(1, gt=0)
+    num_cpus: float = Field(0.25, gt=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    max_restarts: int = Field(1, ge=0)
 
 
 class AgentConfig(Strict):

@@ -1,0 +1,98 @@
+"""Coalescing: concurrent requests from different runs become one batched engine call.
+
+A backbone shared by several topologies (or by many in-flight runs of one) sees rollout and generate requests arrive
+from many threads. Serving them one by one leaves the matrix units idle on small batches; instead, a request waits up
+to ``wait_s`` for company, and compatible requests (a rollout with the same number of steps, a generation with the same
+sampling settings) run as one left-padded batch of at most ``max_batch`` prompts. Each row keeps its own inner link,
+so agents of different topologies batch together. Pure threading, no Ray: the actor just wraps its engine in this.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class _Request:
+    kind: str  # "rollout" | "generate"
+    key: tuple  # requests with equal keys may share a batch
+    prompts: list
+    links: list  # rollout: one inner link per prompt
+    kwargs: dict
+    future: Future = field(default_factory=Future)
+
+
+class CoalescingEngine:
+    """Same ``rollout``/``generate`` interface as the engine; concurrent callers are batched together."""
+
+    def __init__(self, engine, max_batch: int = 16, wait_s: float = 0.005):
+        self.engine = engine
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self._queue: list[_Request] = []
+        self._cond = threading.Condition()
+        self.batches: list[int] = []  # sizes of the engine calls made, for tests and metrics
+        threading.Thread(target=self._serve, name="coalescer", daemon=True).start()
+
+    def __getattr__(self, name: str) -> Any:  # hidden_size, embedding_scale, tokenizer, ...
+        return getattr(self.engine, name)
+
+    def rollout(self, prompts: Sequence, steps: int, inner) -> list:
+        links = list(inner) if isinstance(inner, (list, tuple)) else [inner] * len(prompts)
+        return self._submit(_Request("rollout", ("rollout", steps), list(prompts), links, {"steps": steps}))
+
+    def generate(self, prompts: Sequence, **sampling: Any) -> list:
+        key = ("generate", tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in sampling.items())))
+        return self._submit(_Request("generate", key, list(prompts), [], sampling))
+
+    def _submit(self, request: _Request) -> list:
+        with self._cond:
+            self._queue.append(request)
+            self._cond.notify_all()
+        return request.future.result()
+
+    def _serve(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                first = self._queue[0]
+                deadline = time.monotonic() + self.wait_s
+                while self._rows(first.key) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                group, rows = [], 0
+                for request in list(self._queue):
+                    if request.key == first.key and (not group or rows + len(request.prompts) <= self.max_batch):
+                        group.append(request)
+                        rows += len(request.prompts)
+                        self._queue.remove(request)
+            self._run(group)
+
+    def _rows(self, key: tuple) -> int:
+        return sum(len(r.prompts) for r in self._queue if r.key == key)
+
+    def _run(self, group: list[_Request]) -> None:
+        prompts = [p for r in group for p in r.prompts]
+        first = group[0]
+        try:
+            if first.kind == "rollout":
+                outputs = self.engine.rollout(prompts, first.kwargs["steps"], [link for r in group for link in r.links])
+            else:
+                outputs = self.engine.generate(prompts, **first.kwargs)
+        except BaseException as exc:  # noqa: BLE001 - hand every waiting caller its own failure
+            if len(group) > 1:  # one bad request must not fail its batch-mates: retry them alone
+                for request in group:
+                    self._run([request])
+                return
+            first.future.set_exception(exc)
+            return
+        self.batches.append(len(prompts))
+        start = 0
+        for request in group:
+            request.future.set_result(outputs[start : start + len(request.prompts)])
+            start += len(request.prompts)

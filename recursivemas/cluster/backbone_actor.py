@@ -1,0 +1,66 @@
+"""One Ray actor per unique backbone: the engine, loaded once, shared by every agent and topology that names it.
+
+The actor keeps latents where they are made. ``think`` resolves the latent references in its prompts (fetched from
+the producing actor's object store, never via the coordinator or the driver), rolls the agents out, applies the
+topology's links, and returns each hand-off as a new reference that it owns. Link sets arrive as object references
+owned by the driver, so an actor that restarts after a crash simply fetches them again.
+
+Concurrent calls (several runs, several topologies) are coalesced into batched engine calls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+import torch
+
+from recursivemas.actors import BackboneEngine, Prompt
+from recursivemas.actors.batching import CoalescingEngine
+from recursivemas.runtime.backend import LocalBackend, Thought
+
+
+def resolve_prompt(prompt: Prompt) -> Prompt:
+    """Replace latent references by their tensors (one batched fetch per prompt)."""
+    refs = [s for s in prompt.segments if isinstance(s, ray.ObjectRef)]
+    if not refs:
+        return prompt
+    values = iter(ray.get(refs))
+    return Prompt([next(values) if isinstance(s, ray.ObjectRef) else s for s in prompt.segments],
+                  prompt.response_prefix)
+
+
+class BackboneActor:
+    def __init__(self, name: str, path: str, dtype: str, device: str, max_batch: int = 16, batch_wait_s: float = 0.005):
+        torch.set_num_threads(max(1, int(os.environ.get("RECURSIVEMAS_TORCH_THREADS", "1"))))
+        self.name = name
+        self.engine = CoalescingEngine(BackboneEngine.load(path, dtype=dtype, device=device, name=name),
+                                       max_batch=max_batch, wait_s=batch_wait_s)
+        self._links: dict[str, Any] = {}  # topology key -> LinkSet
+
+    def info(self) -> dict:
+        return {
+            "name": self.name, "hidden_size": self.engine.hidden_size, "embedding_scale": self.engine.embedding_scale,
+            "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+        }
+
+    def think(self, topology: str, links_ref: list, handoff: str, agents: Sequence[str], prompts: Sequence[Prompt],
+              steps: int, targets: Sequence[Sequence[str]]) -> list[Thought]:
+        backend = LocalBackend(self.engine, self._link_set(topology, links_ref), handoff)
+        thoughts = backend.think(agents, [resolve_prompt(p) for p in prompts], steps, targets)
+        for thought in thoughts:
+            thought.handoffs = {dst: ray.put(latent) for dst, latent in thought.handoffs.items()}
+        return thoughts
+
+    def generate(self, prompts: Sequence[Prompt], sampling: dict) -> list:
+        return self.engine.generate([resolve_prompt(p) for p in prompts], **sampling)
+
+    def batch_sizes(self) -> list[int]:
+        return list(self.engine.batches)
+
+    def _link_set(self, topology: str, links_ref: list):
+        if topology not in self._links:
+            (self._links[topology],) = ray.get(links_ref)  # wrapped in a list so Ray does not resolve it for us
+        return self._links[topology]

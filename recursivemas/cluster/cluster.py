@@ -1,0 +1,161 @@
+"""``Cluster``: the same topologies as in-process, on a Ray cluster (a laptop's local Ray or many GPU nodes).
+
+- every unique backbone (same model, dtype, device) becomes ONE actor, shared by all agents and topologies;
+- each topology gets a coordinator actor that drives its rounds; latents move actor to actor by reference;
+- the driver only submits questions and receives ``RunResult``s (text and accounting, never tensors).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import ray
+from ray.exceptions import RayActorError
+
+from recursivemas.cluster.backbone_actor import BackboneActor
+from recursivemas.cluster.coordinator import Coordinator
+from recursivemas.config import BackboneConfig, Mode, Topology, load_topology
+from recursivemas.model_zoo import resolve_model
+from recursivemas.runtime import RunResult
+from recursivemas.runtime.local import build_links
+
+log = logging.getLogger("recursivemas")
+
+
+class _Dims:
+    """What build_links needs from a backbone, read from its actor once."""
+
+    def __init__(self, info: dict):
+        self.hidden_size = info["hidden_size"]
+        self.embedding_scale = info["embedding_scale"]
+
+
+class Cluster:
+    """Start a local Ray (bound to 127.0.0.1) or join one with ``address``; run topologies on it.
+
+    ``with Cluster() as cluster: result = cluster.run("sequential-demo", "What is 15% of 240?")``
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: float | None = None, namespace: str = "recursivemas",
+                 max_batch: int = 16, batch_wait_s: float = 0.005, **ray_init: object):
+        self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
+        self._started = False
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to 127.0.0.1, not eth0
+            try:
+                ray.init(address=address, num_cpus=num_cpus, namespace=namespace, include_dashboard=False,
+                         log_to_driver=False, **ray_init)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise ConnectionError(f"cannot start or reach Ray at address={address!r}: {exc}") from exc
+            self._started = address is None
+        self._actors: dict[tuple, object] = {}  # backbone key -> actor handle
+        self._dims: dict[tuple, _Dims] = {}
+        self._systems: dict[str, tuple[Topology, object]] = {}  # topology name -> (topology, coordinator)
+
+    # --- context manager -----------------------------------------------------------------------------------------
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Kill this cluster's actors; stop Ray if this object started it."""
+        for _, coordinator in self._systems.values():
+            ray.kill(coordinator)
+        for actor in self._actors.values():
+            ray.kill(actor)
+        self._systems.clear()
+        self._actors.clear()
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+        self._started = False
+
+    # --- running -------------------------------------------------------------------------------------------------
+    def run(self, topology: Topology | str | Path, prompt: str, mode: Mode = "latent", rounds: int | None = None,
+            latent_steps: int | None = None) -> RunResult:
+        return self.run_batch(topology, [prompt], mode, rounds, latent_steps)[0]
+
+    def run_batch(self, topology: Topology | str | Path, prompts: Sequence[str], mode: Mode = "latent",
+                  rounds: int | None = None, latent_steps: int | None = None) -> list[RunResult]:
+        coordinator = self.load(topology)
+        return ray.get(coordinator.run_batch.remote(list(prompts), mode, rounds, latent_steps))
+
+    def submit(self, topology: Topology | str | Path, prompt: str, mode: Mode = "latent", rounds: int | None = None,
+               latent_steps: int | None = None) -> ray.ObjectRef:
+        """Start a run and return at once; ``ray.get`` the reference for a list holding its ``RunResult``."""
+        return self.load(topology).run_batch.remote([prompt], mode, rounds, latent_steps)
+
+    def load(self, topology: Topology | str | Path):
+        """The coordinator for a topology, creating its backbone actors (only those not running yet) and links."""
+        if not isinstance(topology, Topology):
+            topology = load_topology(topology)
+        known = self._systems.get(topology.name)
+        if known is not None:
+            if known[0] != topology:
+                raise ValueError(f"topology name {topology.name!r} is already loaded with another definition; "
+                                 "give the new one its own `name`")
+            return known[1]
+        actors = {name: self._backbone(name, cfg) for name, cfg in topology.backbones.items()}
+        dims = {name: self._dims[_key(cfg)] for name, cfg in topology.backbones.items()}
+        links = build_links(topology, dims)
+        coordinator = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=64).remote(
+            topology.to_dict(), actors, [ray.put(links)])
+        ray.get(coordinator.ready.remote())
+        self._systems[topology.name] = (topology, coordinator)
+        return coordinator
+
+    @property
+    def backbone_actors(self) -> dict[tuple, object]:
+        return dict(self._actors)
+
+    def backbone_info(self) -> list[dict]:
+        return ray.get([actor.info.remote() for actor in self._actors.values()])
+
+    # --- backbone actors -----------------------------------------------------------------------------------------
+    def _backbone(self, name: str, cfg: BackboneConfig):
+        key = _key(cfg)
+        if key in self._actors:
+            return self._actors[key]
+        _check_feasible(name, cfg)
+        path = resolve_model(cfg.model)
+        options = dict(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=dict(cfg.resources) or None,
+                       max_concurrency=64, max_restarts=cfg.max_restarts, max_task_retries=0)
+        actor = ray.remote(BackboneActor).options(**options).remote(
+            name, path, cfg.dtype, cfg.device, self.max_batch, self.batch_wait_s)
+        try:
+            info = ray.get(actor.info.remote())
+        except RayActorError as exc:
+            ray.kill(actor)
+            raise OSError(f"backbone {name!r}: the actor could not load model {cfg.model!r} ({path}): "
+                          f"{_root_cause(exc)}") from None
+        self._actors[key] = actor
+        self._dims[key] = _Dims(info)
+        return actor
+
+
+def _key(cfg: BackboneConfig) -> tuple:
+    return (cfg.model, cfg.dtype, cfg.device)
+
+
+def _check_feasible(name: str, cfg: BackboneConfig) -> None:
+    """Fail fast where Ray would wait forever for resources no node has."""
+    total = ray.cluster_resources()
+    wanted = {"CPU": cfg.num_cpus, "GPU": cfg.num_gpus, **cfg.resources}
+    for resource, amount in wanted.items():
+        if amount and total.get(resource, 0) < amount:
+            raise ValueError(
+                f"backbones.{name}: needs {resource}={amount}, but the cluster has {total.get(resource, 0):g} "
+                f"in total; lower it or add nodes that provide {resource}"
+            )
+
+
+def _root_cause(exc: BaseException) -> str:
+    text = str(exc)
+    for line in reversed(text.splitlines()):
+        if "Error" in line and ":" in line:
+            return line.strip()
+    return text.splitlines()[-1] if text else type(exc).__name__

@@ -1,0 +1,81 @@
+"""The coordinator actor: one per topology, it drives the rounds against backbone actors.
+
+It runs the same :class:`~recursivemas.runtime.Executor` as an in-process system, over :class:`ActorBackend` proxies.
+Latent hand-offs come back as object references and go out again inside the next prompts, so the coordinator moves
+references only. Several runs may be in flight at once (a threaded actor); each backbone actor batches them.
+
+A run whose backbone actor dies is retried once after the actor restarts (its latents died with it, so the whole run
+starts again); if the retry fails too, the error names the backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import ray
+from ray.exceptions import ObjectLostError, RayActorError
+
+from recursivemas.actors import Prompt
+from recursivemas.config import Topology
+from recursivemas.runtime import Executor, RunResult
+from recursivemas.runtime.backend import Thought
+
+log = logging.getLogger("recursivemas")
+
+
+class BackboneFailure(RuntimeError):
+    """A backbone actor failed during a run; carries the backbone's name."""
+
+    def __init__(self, backbone: str, cause: BaseException):
+        super().__init__(f"backbone {backbone!r} failed during the run: {type(cause).__name__}: {cause}")
+        self.backbone = backbone
+
+
+class ActorBackend:
+    """The executor's backend interface, forwarded to a backbone actor."""
+
+    def __init__(self, name: str, actor, topology: str, links_ref: ray.ObjectRef, handoff: str):
+        self.name = name
+        self.actor = actor
+        self.topology = topology
+        self.links_ref = links_ref
+        self.handoff = handoff
+
+    def think(self, agents: Sequence[str], prompts: Sequence[Prompt], steps: int,
+              targets: Sequence[Sequence[str]]) -> list[Thought]:
+        call = self.actor.think.remote(self.topology, [self.links_ref], self.handoff, list(agents), list(prompts),
+                                       steps, [list(t) for t in targets])
+        return self._get(call)
+
+    def generate(self, prompts: Sequence[Prompt], **sampling) -> list:
+        return self._get(self.actor.generate.remote(list(prompts), sampling))
+
+    def _get(self, call: ray.ObjectRef):
+        try:
+            return ray.get(call)
+        except (RayActorError, ObjectLostError) as exc:
+            raise BackboneFailure(self.name, exc) from exc
+
+
+class Coordinator:
+    def __init__(self, topology: dict, actors: dict, links_ref: list):
+        self.topology = Topology.model_validate(topology)
+        (ref,) = links_ref  # keep the reference itself: actors fetch the links from the object store
+        backends = {name: ActorBackend(name, actor, self.topology.name, ref, self.topology.handoff)
+                    for name, actor in actors.items()}
+        self.executor = Executor(self.topology, backends)
+
+    def run_batch(self, questions: list[str], mode: str, rounds: int | None, latent_steps: int | None,
+                  retries: int = 1) -> list[RunResult]:
+        for attempt in range(retries + 1):
+            try:
+                return self.executor.run_batch(questions, mode, rounds, latent_steps)
+            except BackboneFailure as exc:
+                if attempt == retries:
+                    raise
+                log.warning("%s; retrying the run (attempt %d of %d)", exc, attempt + 2, retries + 1)
+        raise AssertionError("unreachable")
+
+    def ready(self) -> bool:
+        return True
