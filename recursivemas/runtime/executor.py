@@ -73,7 +73,7 @@ class Executor:
 
     def __init__(
         self, topology: Topology, backbones: Mapping[str, object], links: LinkSet | None = None,
-        toolbox: Toolbox | None = None,
+        toolbox: Toolbox | None = None, max_parallel_calls: int = 32,
     ):
         missing = sorted(set(topology.backbones) - set(backbones))
         if missing:
@@ -87,7 +87,9 @@ class Executor:
             python=PythonTool(timeout_s=tools.python_timeout_s, memory_mb=tools.python_memory_mb),
             max_rounds=tools.max_rounds,
         )
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.backends)), thread_name_prefix="backbone")
+        # Calls to different backbones in a level run at once; concurrent runs (a coordinator serving many
+        # requests) share the pool, so size it for several runs, not one.
+        self._pool = ThreadPoolExecutor(max_workers=max_parallel_calls, thread_name_prefix="backbone")
 
     def run(self, question: str, mode: Mode = "latent", rounds: int | None = None, latent_steps: int | None = None,
             on_turn: Callable[[AgentUsage], None] | None = None) -> RunResult:

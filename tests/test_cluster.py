@@ -1,0 +1,116 @@
+"""The cluster runtime on a real local Ray: same answers as in-process, shared actors, batching, faults, bad input."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+from recursivemas.cluster import Cluster
+from recursivemas.config import Topology
+from recursivemas.runtime import load_system
+from tiny import save_tiny
+
+QUESTION = "What is 6*7?"
+PATTERN_AGENTS = {
+    "sequential": [("planner", "a"), ("critic", "b"), ("solver", "b")],
+    "mixture": [("e1", "a"), ("e2", "b"), ("e3", "a"), ("summ", "b")],
+    "distillation": [("expert", "a"), ("learner", "b")],
+    "deliberation": [("reflector", "a"), ("caller", "b")],
+}
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster-models")
+    return {"a": save_tiny(root / "llama", "llama"), "b": save_tiny(root / "qwen2", "qwen2", chat=False)}
+
+
+def topology(model_dirs, pattern: str, name: str | None = None, **extra) -> Topology:
+    data = {
+        "name": name or f"cluster-{pattern}",
+        "backbones": {k: {"model": v} for k, v in model_dirs.items()},
+        "agents": [{"name": n, "backbone": b} for n, b in PATTERN_AGENTS[pattern]],
+        "pattern": pattern, "rounds": 2, "latent_steps": 3, "generation": {"max_new_tokens": 6},
+        **extra,
+    }
+    return Topology.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with Cluster(num_cpus=2) as c:
+        yield c
+
+
+@pytest.mark.parametrize("pattern", sorted(PATTERN_AGENTS))
+def test_cluster_equals_in_process(cluster, model_dirs, pattern):
+    t = topology(model_dirs, pattern)
+    local = load_system(t)
+    for mode in ("latent", "text"):
+        remote, here = cluster.run(t, QUESTION, mode=mode), local.run(QUESTION, mode=mode)
+        assert remote.text == here.text, (pattern, mode)
+        assert [(u.agent, u.round, u.kind, u.prompt_tokens, u.latent_in, u.decoded_tokens) for u in remote.usage] == \
+               [(u.agent, u.round, u.kind, u.prompt_tokens, u.latent_in, u.decoded_tokens) for u in here.usage]
+    assert any(u.decoded_tokens for u in remote.usage), "the text run decoded nothing: the comparison is empty"
+
+
+def test_backbones_are_shared_across_agents_and_topologies(cluster, model_dirs):
+    for pattern in PATTERN_AGENTS:
+        cluster.load(topology(model_dirs, pattern))
+    assert len(cluster.backbone_actors) == 2  # two unique backbones, however many agents and topologies
+    other = topology(model_dirs, "sequential", name="another-topology")
+    cluster.run(other, QUESTION)
+    assert len(cluster.backbone_actors) == 2
+    pids = {info["pid"] for info in cluster.backbone_info()}
+    assert len(pids) == 2
+
+
+def test_concurrent_runs_are_batched_and_correct(cluster, model_dirs):
+    t = topology(model_dirs, "mixture", name="cluster-batching")
+    questions = [f"What is {i} + {i}?" for i in range(6)]
+    expected = [cluster.run(t, q).text for q in questions]
+    before = {k: len(v) for k, v in _batches(cluster).items()}
+    refs = [cluster.submit(t, q) for q in questions]
+    results = [r for ref in refs for r in ray.get(ref)]
+    assert [r.text for r in results] == expected
+    new = {k: v[before[k]:] for k, v in _batches(cluster).items()}
+    assert max(size for sizes in new.values() for size in sizes) > 3, new  # requests of several runs coalesced
+
+
+def _batches(cluster) -> dict:
+    return {key: ray.get(actor.batch_sizes.remote()) for key, actor in cluster.backbone_actors.items()}
+
+
+def test_run_batch_matches_single_runs(cluster, model_dirs):
+    t = topology(model_dirs, "sequential")
+    questions = [QUESTION, "What is 2+2?", "Name a prime."]
+    assert [r.text for r in cluster.run_batch(t, questions, mode="text")] == \
+           [cluster.run(t, q, mode="text").text for q in questions]
+
+
+def test_gpu_request_beyond_the_cluster_fails_fast(cluster, model_dirs):
+    t = topology(model_dirs, "distillation", name="needs-gpu",
+                 backbones={"a": {"model": model_dirs["a"] + "-gpu", "num_gpus": 1}, "b": {"model": model_dirs["b"]}})
+    start = time.monotonic()
+    with pytest.raises(ValueError) as info:
+        cluster.load(t)
+    assert "backbones.a" in str(info.value) and "GPU=1" in str(info.value)
+    assert time.monotonic() - start < 5
+
+
+def test_unloadable_model_names_backbone_and_path(cluster, model_dirs, tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    t = topology(model_dirs, "distillation", name="broken",
+                 backbones={"a": {"model": model_dirs["a"]}, "b": {"model": missing}})
+    with pytest.raises(OSError) as info:
+        cluster.load(t)
+    assert "backbone 'b'" in str(info.value) and missing in str(info.value)
+    assert cluster.run(topology(model_dirs, "distillation"), QUESTION).text is not None  # the cluster still works
+
+
+def test_same_name_other_definition_is_refused(cluster, model_dirs):
+    cluster.load(topology(model_dirs, "sequential"))
+    with pytest.raises(ValueError, match="already loaded"):
+        cluster.load(topology(model_dirs, "sequential", latent_steps=5))
