@@ -7,7 +7,7 @@ import time
 import pytest
 import ray
 
-from recursivemas.cluster import Cluster
+from recursivemas.cluster import BackboneFailure, Cluster
 from recursivemas.config import Topology
 from recursivemas.runtime import load_system
 from tiny import save_tiny
@@ -114,3 +114,34 @@ def test_same_name_other_definition_is_refused(cluster, model_dirs):
     cluster.load(topology(model_dirs, "sequential"))
     with pytest.raises(ValueError, match="already loaded"):
         cluster.load(topology(model_dirs, "sequential", latent_steps=5))
+
+
+def _actor_of(cluster, model_dir):
+    return next(actor for key, actor in cluster.backbone_actors.items() if key[0] == model_dir)
+
+
+def test_a_run_survives_its_backbone_dying_once(cluster, model_dirs):
+    t = topology(model_dirs, "sequential", name="fault", rounds=3, latent_steps=48,
+                 generation={"max_new_tokens": 48})
+    expected = cluster.run(t, QUESTION).text
+    victim = _actor_of(cluster, model_dirs["b"])
+    pid = ray.get(victim.info.remote())["pid"]
+    ref = cluster.submit(t, QUESTION)
+    time.sleep(0.3)
+    ray.kill(victim, no_restart=False)  # dies mid-run; Ray restarts it (max_restarts: 1)
+    assert ray.get(ref)[0].text == expected  # the coordinator retried the run and got the same answer
+    assert ray.get(cluster.load(t).stats.remote())["retries"] == 1
+    assert ray.get(victim.info.remote())["pid"] != pid  # a new process serves the backbone
+    assert cluster.run(t, QUESTION).text == expected  # and later runs are fine
+
+
+def test_a_backbone_that_stays_dead_fails_with_its_name(cluster, model_dirs, tmp_path):
+    path = save_tiny(tmp_path / "fragile", "qwen2", chat=False, seed=3)
+    t = topology(model_dirs, "distillation", name="fragile",
+                 backbones={"a": {"model": model_dirs["a"]}, "b": {"model": path, "max_restarts": 0}})
+    cluster.load(t)
+    ray.kill(_actor_of(cluster, path))
+    with pytest.raises(BackboneFailure) as info:
+        cluster.run(t, QUESTION)
+    assert "backbone 'b'" in str(info.value) and "Traceback" not in str(info.value)
+    assert cluster.run(topology(model_dirs, "distillation"), QUESTION).text is not None  # others unaffected

@@ -16,7 +16,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from recursivemas.cluster.backbone_actor import BackboneActor
-from recursivemas.cluster.coordinator import Coordinator
+from recursivemas.cluster.coordinator import BackboneFailure, Coordinator
 from recursivemas.config import BackboneConfig, Mode, Topology, load_topology
 from recursivemas.model_zoo import resolve_model
 from recursivemas.runtime import RunResult
@@ -82,7 +82,7 @@ class Cluster:
     def run_batch(self, topology: Topology | str | Path, prompts: Sequence[str], mode: Mode = "latent",
                   rounds: int | None = None, latent_steps: int | None = None) -> list[RunResult]:
         coordinator = self.load(topology)
-        return ray.get(coordinator.run_batch.remote(list(prompts), mode, rounds, latent_steps))
+        return _unwrap(coordinator.run_batch.remote(list(prompts), mode, rounds, latent_steps))
 
     def submit(self, topology: Topology | str | Path, prompt: str, mode: Mode = "latent", rounds: int | None = None,
                latent_steps: int | None = None) -> ray.ObjectRef:
@@ -135,6 +135,16 @@ class Cluster:
         self._actors[key] = actor
         self._dims[key] = _Dims(info)
         return actor
+
+
+def _unwrap(ref: ray.ObjectRef):
+    """``ray.get``, but a user-facing error from the coordinator comes out as itself, without Ray's wrapping."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, (BackboneFailure, ValueError)):
+            raise exc.cause from None
+        raise
 
 
 def _key(cfg: BackboneConfig) -> tuple:

@@ -11,10 +11,11 @@ starts again); if the retry fails too, the error names the backbone.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import ray
-from ray.exceptions import ObjectLostError, RayActorError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, ObjectLostError, RayActorError
 
 from recursivemas.actors import Prompt
 from recursivemas.config import Topology
@@ -25,11 +26,15 @@ log = logging.getLogger("recursivemas")
 
 
 class BackboneFailure(RuntimeError):
-    """A backbone actor failed during a run; carries the backbone's name."""
+    """A backbone actor failed during a run; carries the backbone's name (and pickles, to reach the driver)."""
 
-    def __init__(self, backbone: str, cause: BaseException):
-        super().__init__(f"backbone {backbone!r} failed during the run: {type(cause).__name__}: {cause}")
+    def __init__(self, backbone: str, cause: BaseException | str):
         self.backbone = backbone
+        self.cause_text = cause if isinstance(cause, str) else f"{type(cause).__name__}: {str(cause).splitlines()[0]}"
+        super().__init__(f"backbone {backbone!r} failed during the run: {self.cause_text}")
+
+    def __reduce__(self):
+        return (BackboneFailure, (self.backbone, self.cause_text))
 
 
 class ActorBackend:
@@ -65,6 +70,7 @@ class Coordinator:
         backends = {name: ActorBackend(name, actor, self.topology.name, ref, self.topology.handoff)
                     for name, actor in actors.items()}
         self.executor = Executor(self.topology, backends)
+        self.retries = 0  # runs started again after a backbone failure
 
     def run_batch(self, questions: list[str], mode: str, rounds: int | None, latent_steps: int | None,
                   retries: int = 1) -> list[RunResult]:
@@ -72,10 +78,28 @@ class Coordinator:
             try:
                 return self.executor.run_batch(questions, mode, rounds, latent_steps)
             except BackboneFailure as exc:
-                if attempt == retries:
+                if attempt == retries or not self._back(exc.backbone):
                     raise
                 log.warning("%s; retrying the run (attempt %d of %d)", exc, attempt + 2, retries + 1)
+                self.retries += 1
         raise AssertionError("unreachable")
+
+    def _back(self, backbone: str, timeout_s: float = 120.0) -> bool:
+        """Wait for a restarting backbone actor to answer again; False if it is gone for good."""
+        actor = self.executor.backends[backbone].actor
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                ray.get(actor.info.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return True
+            except ActorUnavailableError:
+                time.sleep(0.2)
+            except (RayActorError, GetTimeoutError):
+                return False
+        return False
 
     def ready(self) -> bool:
         return True
+
+    def stats(self) -> dict:
+        return {"retries": self.retries}
