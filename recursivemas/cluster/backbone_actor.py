@@ -1,9 +1,9 @@
 """One Ray actor per unique backbone: the engine, loaded once, shared by every agent and topology that names it.
 
-The actor keeps latents where they are made. ``think`` resolves the latent references in its prompts (fetched from
-the producing actor's object store, never via the coordinator or the driver), rolls the agents out, applies the
-topology's links, and returns each hand-off as a new reference that it owns. Link sets arrive as object references
-owned by the driver, so an actor that restarts after a crash simply fetches them again.
+The actor keeps latents where they are made. ``think`` receives the latent references of its prompts as arguments
+(Ray fetches them from the producing actor's object store, never via the coordinator or the driver), rolls the
+agents out, applies the topology's links, and returns each hand-off as a new reference that it owns. Link sets arrive
+as object references owned by the driver, so an actor that restarts after a crash simply fetches them again.
 
 Concurrent calls (several runs, several topologies) are coalesced into batched engine calls.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -22,14 +23,36 @@ from recursivemas.actors.batching import CoalescingEngine
 from recursivemas.runtime.backend import LocalBackend, Thought
 
 
-def resolve_prompt(prompt: Prompt) -> Prompt:
-    """Replace latent references by their tensors (one batched fetch per prompt)."""
-    refs = [s for s in prompt.segments if isinstance(s, ray.ObjectRef)]
-    if not refs:
-        return prompt
-    values = iter(ray.get(refs))
-    return Prompt([next(values) if isinstance(s, ray.ObjectRef) else s for s in prompt.segments],
-                  prompt.response_prefix)
+@dataclass(frozen=True)
+class LatentArg:
+    """Stands in a prompt for the latent passed as the call's ``index``-th extra argument.
+
+    Latent references travel as top-level arguments, so Ray fetches them all, in parallel, before the method runs
+    (references nested inside a prompt would be fetched one by one, by hand).
+    """
+
+    index: int
+
+
+def lift_latents(prompts: Sequence[Prompt]) -> tuple[list[Prompt], list[ray.ObjectRef]]:
+    """Swap each latent reference in the prompts for a :class:`LatentArg`; return the references in order."""
+    refs: list[ray.ObjectRef] = []
+    lifted = []
+    for prompt in prompts:
+        segments = []
+        for segment in prompt.segments:
+            if isinstance(segment, ray.ObjectRef):
+                segments.append(LatentArg(len(refs)))
+                refs.append(segment)
+            else:
+                segments.append(segment)
+        lifted.append(Prompt(segments, prompt.response_prefix))
+    return lifted, refs
+
+
+def lower_latents(prompts: Sequence[Prompt], latents: Sequence[torch.Tensor]) -> list[Prompt]:
+    return [Prompt([latents[s.index] if isinstance(s, LatentArg) else s for s in p.segments], p.response_prefix)
+            for p in prompts]
 
 
 class BackboneActor:
@@ -47,15 +70,15 @@ class BackboneActor:
         }
 
     def think(self, topology: str, links_ref: list, handoff: str, agents: Sequence[str], prompts: Sequence[Prompt],
-              steps: int, targets: Sequence[Sequence[str]]) -> list[Thought]:
+              steps: int, targets: Sequence[Sequence[str]], *latents: torch.Tensor) -> list[Thought]:
         backend = LocalBackend(self.engine, self._link_set(topology, links_ref), handoff)
-        thoughts = backend.think(agents, [resolve_prompt(p) for p in prompts], steps, targets)
+        thoughts = backend.think(agents, lower_latents(prompts, latents), steps, targets)
         for thought in thoughts:
             thought.handoffs = {dst: ray.put(latent) for dst, latent in thought.handoffs.items()}
         return thoughts
 
-    def generate(self, prompts: Sequence[Prompt], sampling: dict) -> list:
-        return self.engine.generate([resolve_prompt(p) for p in prompts], **sampling)
+    def generate(self, prompts: Sequence[Prompt], sampling: dict, *latents: torch.Tensor) -> list:
+        return self.engine.generate(lower_latents(prompts, latents), **sampling)
 
     def batch_sizes(self) -> list[int]:
         return list(self.engine.batches)

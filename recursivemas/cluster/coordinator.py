@@ -18,6 +18,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, ObjectLostError, RayActorError
 
 from recursivemas.actors import Prompt
+from recursivemas.cluster.backbone_actor import lift_latents
 from recursivemas.config import Topology
 from recursivemas.runtime import Executor, RunResult
 from recursivemas.runtime.backend import Thought
@@ -49,12 +50,14 @@ class ActorBackend:
 
     def think(self, agents: Sequence[str], prompts: Sequence[Prompt], steps: int,
               targets: Sequence[Sequence[str]]) -> list[Thought]:
-        call = self.actor.think.remote(self.topology, [self.links_ref], self.handoff, list(agents), list(prompts),
-                                       steps, [list(t) for t in targets])
+        lifted, latents = lift_latents(prompts)
+        call = self.actor.think.remote(self.topology, [self.links_ref], self.handoff, list(agents), lifted,
+                                       steps, [list(t) for t in targets], *latents)
         return self._get(call)
 
     def generate(self, prompts: Sequence[Prompt], **sampling) -> list:
-        return self._get(self.actor.generate.remote(list(prompts), sampling))
+        lifted, latents = lift_latents(prompts)
+        return self._get(self.actor.generate.remote(lifted, sampling, *latents))
 
     def _get(self, call: ray.ObjectRef):
         try:
