@@ -31,14 +31,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if changes:
         topology = topology.replace(**changes)
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
-    system = load_system(topology)
+    cluster = _cluster(args) if args.cluster or args.address else None
+    system = None if cluster else load_system(topology)
     results = []
     for mode in modes:
         if not args.json:
             t = topology
-            print(f"\n=== {mode} mode: {t.name}, rounds {t.rounds}, latent steps {t.latent_steps} ===", flush=True)
-        progress = None if args.json else _progress(1 if mode == "single" else topology.rounds)
-        result = system.run(args.prompt, mode=mode, on_turn=progress)
+            where = " on Ray" if cluster else ""
+            print(f"\n=== {mode} mode{where}: {t.name}, rounds {t.rounds}, latent steps {t.latent_steps} ===",
+                  flush=True)
+        if cluster:
+            result = cluster.run(topology, args.prompt, mode=mode)
+        else:
+            progress = None if args.json else _progress(1 if mode == "single" else topology.rounds)
+            result = system.run(args.prompt, mode=mode, on_turn=progress)
         results.append(result)
         if not args.json:
             print(f"\nanswer ({mode}):\n{result.text.strip()}\n")
@@ -48,6 +54,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif len(results) > 1:
         print("\n" + _comparison(results))
     return 0
+
+
+def _cluster(args: argparse.Namespace):
+    """Join ``--address`` (or the cluster a ``ray job submit`` job runs in), else start a local Ray."""
+    from recursivemas.cluster import Cluster
+
+    return Cluster(address=args.address)
 
 
 def _progress(rounds: int):
@@ -120,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--latent-steps", type=int)
     run.add_argument("--max-new-tokens", type=int)
     run.add_argument("--json", action="store_true", help="print the RunResult(s) as JSON")
+    run.add_argument("--cluster", action="store_true",
+                     help="run on Ray: backbone actors and a coordinator (joins the job's cluster under `ray job "
+                          "submit`, else starts a local Ray)")
+    run.add_argument("--address", help="Ray address to join, e.g. 127.0.0.1:6379 (implies --cluster)")
     run.set_defaults(func=cmd_run)
 
     models = sub.add_parser("models", help="offline model zoo (real small models from PyPI)")

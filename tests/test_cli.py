@@ -54,6 +54,7 @@ def test_run_json_overrides(topology_file, capsys):
     (["run", "--topology", "{topology}", "--mode", "bogus"], "mode: 'bogus'"),
     (["models", "pull", "no-such-model"], "smollm2-135m-instruct"),
     (["links", "import", "--inner", "planner", "--out", "x"], "expected KEY=PATH"),
+    (["run", "--topology", "{topology}", "--address", "127.0.0.1:9"], "cannot reach a Ray cluster at '127.0.0.1:9'"),
 ])
 def test_user_errors_exit_2_with_one_clear_line(topology_file, capsys, argv, expected):
     argv = [a.replace("{topology}", str(topology_file)) for a in argv]

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,7 +44,7 @@ class Cluster:
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self._started = False
         if not ray.is_initialized():
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # bind to 127.0.0.1, not eth0
+            _probe(address)
             try:
                 ray.init(address=address, num_cpus=num_cpus, namespace=namespace, include_dashboard=False,
                          log_to_driver=False, **ray_init)
@@ -135,6 +135,19 @@ class Cluster:
         self._actors[key] = actor
         self._dims[key] = _Dims(info)
         return actor
+
+
+def _probe(address: str | None, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at an explicit ``host:port``."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as exc:
+        raise ConnectionError(f"cannot reach a Ray cluster at {address!r} ({exc}); start one with "
+                              "`ray start --head` or leave the address out to start a local Ray") from None
 
 
 def _unwrap(ref: ray.ObjectRef):
