@@ -17,25 +17,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from recursivemas.config import Topology, load_topology  # noqa: E402
+from benchmarks._common import QUESTIONS, smol_topology  # noqa: E402
+from recursivemas.config import load_topology  # noqa: E402
 from recursivemas.runtime import load_system  # noqa: E402
-
-QUESTIONS = [
-    "A baker makes 24 muffins in the morning and 18 in the afternoon. She sells 30 of them. How many are left?",
-    "Tom has 3 boxes with 12 pencils each. He gives away 7 pencils. How many pencils does he have now?",
-    "A train travels 60 km per hour for 2.5 hours. How far does it travel?",
-    "What is 15% of 240?",
-]
-
-
-def smol_topology(latent_steps: int, max_new_tokens: int) -> Topology:
-    return Topology.model_validate({
-        "name": "sequential-smol",
-        "backbones": {"smol": {"model": "smollm2-135m-instruct"}},
-        "agents": [{"name": n, "backbone": "smol"} for n in ("planner", "critic", "solver")],
-        "pattern": "sequential", "latent_steps": latent_steps,
-        "generation": {"max_new_tokens": max_new_tokens},
-    })
 
 
 def main() -> None:

@@ -56,8 +56,9 @@ def lower_latents(prompts: Sequence[Prompt], latents: Sequence[torch.Tensor]) ->
 
 
 class BackboneActor:
-    def __init__(self, name: str, path: str, dtype: str, device: str, max_batch: int = 16, batch_wait_s: float = 0.005):
-        torch.set_num_threads(max(1, int(os.environ.get("RECURSIVEMAS_TORCH_THREADS", "1"))))
+    def __init__(self, name: str, path: str, dtype: str, device: str, max_batch: int = 16,
+                 batch_wait_s: float = 0.005, torch_threads: int = 1):
+        torch.set_num_threads(torch_threads)  # as many as the CPUs Ray reserved for us, not every core
         self.name = name
         self.engine = CoalescingEngine(BackboneEngine.load(path, dtype=dtype, device=device, name=name),
                                        max_batch=max_batch, wait_s=batch_wait_s)

@@ -125,7 +125,7 @@ class Cluster:
         options = dict(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=dict(cfg.resources) or None,
                        max_concurrency=64, max_restarts=cfg.max_restarts, max_task_retries=0)
         actor = ray.remote(BackboneActor).options(**options).remote(
-            name, path, cfg.dtype, cfg.device, self.max_batch, self.batch_wait_s)
+            name, path, cfg.dtype, cfg.device, self.max_batch, self.batch_wait_s, max(1, int(cfg.num_cpus)))
         try:
             info = ray.get(actor.info.remote())
         except RayActorError as exc:
