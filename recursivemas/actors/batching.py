@@ -30,10 +30,12 @@ class _Request:
 class CoalescingEngine:
     """Same ``rollout``/``generate`` interface as the engine; concurrent callers are batched together."""
 
-    def __init__(self, engine, max_batch: int = 16, wait_s: float = 0.005):
+    def __init__(self, engine, max_batch: int = 16, wait_s: float = 0.005, rejoin_s: float = 0.05):
         self.engine = engine
         self.max_batch = max_batch
         self.wait_s = wait_s
+        self.rejoin_s = rejoin_s
+        self._returning = 0  # rows just answered, whose callers are likely to send their next request now
         self._queue: list[_Request] = []
         self._cond = threading.Condition()
         self.batches: list[int] = []  # sizes of the engine calls made, for tests and metrics
@@ -61,10 +63,14 @@ class CoalescingEngine:
             with self._cond:
                 while not self._queue:
                     self._cond.wait()
-                first = self._queue[0]
-                deadline = time.monotonic() + self.wait_s
-                while self._rows(first.key) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                # Callers that the last batch just answered tend to come straight back (the next agent of their
+                # run). Waiting briefly for them keeps concurrent runs in one batch instead of two alternating ones.
+                expected = min(self.max_batch, self._rows() + self._returning) if self._returning else self.max_batch
+                deadline = time.monotonic() + (self.rejoin_s if self._returning else self.wait_s)
+                while self._rows() < expected and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
+                self._returning = 0
+                first = self._queue[0]
                 group, rows = [], 0
                 for request in list(self._queue):
                     if request.key == first.key and (not group or rows + len(request.prompts) <= self.max_batch):
@@ -73,8 +79,8 @@ class CoalescingEngine:
                         self._queue.remove(request)
             self._run(group)
 
-    def _rows(self, key: tuple) -> int:
-        return sum(len(r.prompts) for r in self._queue if r.key == key)
+    def _rows(self) -> int:
+        return sum(len(r.prompts) for r in self._queue)
 
     def _run(self, group: list[_Request]) -> None:
         prompts = [p for r in group for p in r.prompts]
@@ -92,6 +98,8 @@ class CoalescingEngine:
             first.future.set_exception(exc)
             return
         self.batches.append(len(prompts))
+        with self._cond:
+            self._returning = len(prompts)
         start = 0
         for request in group:
             request.future.set_result(outputs[start : start + len(request.prompts)])
