@@ -109,4 +109,4 @@ def test_a_failing_request_fails_alone():
 def test_attributes_pass_through():
     assert CoalescingEngine(SlowEngine()).hidden_size == 8
     with pytest.raises(AttributeError):
-        CoalescingEngine(SlowEngine()).no_such_thing
+        _ = CoalescingEngine(SlowEngine()).no_such_thing
