@@ -86,6 +86,9 @@ class Topology(BaseModel):
     rounds: int = Field(3, ge=1)
     latent_steps: int = Field(32, ge=0)
     handoff: Literal["inner_outer", "outer"] = "inner_outer"
+    transport: Literal["object_store", "gloo", "nccl"] = "object_store"
+    """How latents cross between backbone actors on a cluster: Ray's object store, or Ray Direct Transport over a
+    collective group (gloo on CPU, nccl on GPUs). Direct transport gives the topology its own backbone actors."""
     links: str | None = None
     link_norm: bool = True
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

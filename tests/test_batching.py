@@ -110,3 +110,11 @@ def test_attributes_pass_through():
     assert CoalescingEngine(SlowEngine()).hidden_size == 8
     with pytest.raises(AttributeError):
         _ = CoalescingEngine(SlowEngine()).no_such_thing
+
+
+def test_a_lone_caller_never_waits_for_company():
+    inner = SlowEngine(delay=0.01)
+    engine = CoalescingEngine(inner, wait_s=0.0, rejoin_s=0.5)
+    start = time.monotonic()
+    run_callers(1, 10, engine)
+    assert time.monotonic() - start < 1.0  # 10 calls of 10 ms; a wrong rejoin wait would cost 0.5 s each

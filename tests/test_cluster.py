@@ -145,3 +145,15 @@ def test_a_backbone_that_stays_dead_fails_with_its_name(cluster, model_dirs, tmp
         cluster.run(t, QUESTION)
     assert "backbone 'b'" in str(info.value) and "Traceback" not in str(info.value)
     assert cluster.run(topology(model_dirs, "distillation"), QUESTION).text is not None  # others unaffected
+
+
+def test_gloo_direct_transport_moves_latents_and_gives_the_same_answer(cluster, model_dirs):
+    t = topology(model_dirs, "sequential", name="direct-gloo", transport="gloo")
+    expected = load_system(t).run(QUESTION).text
+    assert cluster.run(t, QUESTION).text == expected
+    own = {key: actor for key, actor in cluster.backbone_actors.items() if key[-1] == "direct-gloo"}
+    assert len(own) == 2  # a collective group binds actors for life, so this topology has its own
+    infos = ray.get([actor.info.remote() for actor in own.values()])
+    # sequential, 2 rounds: planner->critic, critic->solver, solver->planner, planner->critic, critic->solver
+    assert sum(i["direct_handoffs"] for i in infos) == 5
+    assert all(i["stashed"] == 0 for i in infos)  # every stashed hand-off was picked up

@@ -36,6 +36,7 @@ class CoalescingEngine:
         self.wait_s = wait_s
         self.rejoin_s = rejoin_s
         self._returning = 0  # rows just answered, whose callers are likely to send their next request now
+        self._waiting_at_return = 0
         self._queue: list[_Request] = []
         self._cond = threading.Condition()
         self.batches: list[int] = []  # sizes of the engine calls made, for tests and metrics
@@ -65,7 +66,10 @@ class CoalescingEngine:
                     self._cond.wait()
                 # Callers that the last batch just answered tend to come straight back (the next agent of their
                 # run). Waiting briefly for them keeps concurrent runs in one batch instead of two alternating ones.
-                expected = min(self.max_batch, self._rows() + self._returning) if self._returning else self.max_batch
+                if self._returning:  # rows that were waiting when the last batch ended, plus the callers it answered
+                    expected = min(self.max_batch, self._waiting_at_return + self._returning)
+                else:
+                    expected = self.max_batch
                 deadline = time.monotonic() + (self.rejoin_s if self._returning else self.wait_s)
                 while self._rows() < expected and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
@@ -99,7 +103,7 @@ class CoalescingEngine:
             return
         self.batches.append(len(prompts))
         with self._cond:
-            self._returning = len(prompts)
+            self._returning, self._waiting_at_return = len(prompts), self._rows()
         start = 0
         for request in group:
             request.future.set_result(outputs[start : start + len(request.prompts)])

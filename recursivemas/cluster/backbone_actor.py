@@ -10,6 +10,7 @@ Concurrent calls (several runs, several topologies) are coalesced into batched e
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,20 +64,46 @@ class BackboneActor:
         self.engine = CoalescingEngine(BackboneEngine.load(path, dtype=dtype, device=device, name=name),
                                        max_batch=max_batch, wait_s=batch_wait_s)
         self._links: dict[str, Any] = {}  # topology key -> LinkSet
+        self._stash: dict[str, torch.Tensor] = {}  # hand-offs waiting for a direct-transport pickup
+        self._keys = itertools.count()
+        self._direct_handoffs = 0
 
     def info(self) -> dict:
         return {
             "name": self.name, "hidden_size": self.engine.hidden_size, "embedding_scale": self.engine.embedding_scale,
             "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+            "direct_handoffs": self._direct_handoffs, "stashed": len(self._stash),
         }
 
-    def think(self, topology: str, links_ref: list, handoff: str, agents: Sequence[str], prompts: Sequence[Prompt],
-              steps: int, targets: Sequence[Sequence[str]], *latents: torch.Tensor) -> list[Thought]:
+    def think(self, topology: str, links_ref: list, handoff: str, transport: str, agents: Sequence[str],
+              prompts: Sequence[Prompt], steps: int, targets: Sequence[Sequence[str]],
+              *latents: torch.Tensor) -> list[Thought]:
+        """Roll out; each hand-off comes back as an object reference, or as a stash key for direct transport."""
         backend = LocalBackend(self.engine, self._link_set(topology, links_ref), handoff)
         thoughts = backend.think(agents, lower_latents(prompts, latents), steps, targets)
         for thought in thoughts:
-            thought.handoffs = {dst: ray.put(latent) for dst, latent in thought.handoffs.items()}
+            thought.handoffs = {dst: self._publish(latent, transport) for dst, latent in thought.handoffs.items()}
         return thoughts
+
+    def _publish(self, latent: torch.Tensor, transport: str):
+        if transport == "object_store":
+            return ray.put(latent)
+        key = f"{self.name}-{next(self._keys)}"
+        self._stash[key] = latent.contiguous()
+        return key
+
+    @ray.method(tensor_transport="gloo")
+    def take_gloo(self, key: str) -> torch.Tensor:
+        """A stashed hand-off, sent over the gloo collective group straight to the actor that consumes it."""
+        return self._take(key)
+
+    @ray.method(tensor_transport="nccl")
+    def take_nccl(self, key: str) -> torch.Tensor:
+        return self._take(key)
+
+    def _take(self, key: str) -> torch.Tensor:
+        self._direct_handoffs += 1
+        return self._stash.pop(key)
 
     def generate(self, prompts: Sequence[Prompt], sampling: dict, *latents: torch.Tensor) -> list:
         return self.engine.generate(lower_latents(prompts, latents), **sampling)

@@ -99,8 +99,10 @@ class Cluster:
                 raise ValueError(f"topology name {topology.name!r} is already loaded with another definition; "
                                  "give the new one its own `name`")
             return known[1]
-        actors = {name: self._backbone(name, cfg) for name, cfg in topology.backbones.items()}
-        dims = {name: self._dims[_key(cfg)] for name, cfg in topology.backbones.items()}
+        # Direct transport binds actors to one collective group for life: such a topology gets its own actors.
+        owner = topology.name if topology.transport != "object_store" else None
+        actors = {name: self._backbone(name, cfg, owner) for name, cfg in topology.backbones.items()}
+        dims = {name: self._dims[_key(cfg, owner)] for name, cfg in topology.backbones.items()}
         links = build_links(topology, dims)
         coordinator = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=64).remote(
             topology.to_dict(), actors, [ray.put(links)])
@@ -116,8 +118,8 @@ class Cluster:
         return ray.get([actor.info.remote() for actor in self._actors.values()])
 
     # --- backbone actors -----------------------------------------------------------------------------------------
-    def _backbone(self, name: str, cfg: BackboneConfig):
-        key = _key(cfg)
+    def _backbone(self, name: str, cfg: BackboneConfig, owner: str | None = None):
+        key = _key(cfg, owner)
         if key in self._actors:
             return self._actors[key]
         _check_feasible(name, cfg)
@@ -160,8 +162,9 @@ def _unwrap(ref: ray.ObjectRef):
         raise
 
 
-def _key(cfg: BackboneConfig) -> tuple:
-    return (cfg.model, cfg.dtype, cfg.device)
+def _key(cfg: BackboneConfig, owner: str | None = None) -> tuple:
+    """Backbones with equal keys share one actor; ``owner`` names a topology that needs actors of its own."""
+    return (cfg.model, cfg.dtype, cfg.device) + ((owner,) if owner else ())
 
 
 def _check_feasible(name: str, cfg: BackboneConfig) -> None:

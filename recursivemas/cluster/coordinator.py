@@ -41,19 +41,26 @@ class BackboneFailure(RuntimeError):
 class ActorBackend:
     """The executor's backend interface, forwarded to a backbone actor."""
 
-    def __init__(self, name: str, actor, topology: str, links_ref: ray.ObjectRef, handoff: str):
+    def __init__(self, name: str, actor, topology: str, links_ref: ray.ObjectRef, handoff: str,
+                 transport: str = "object_store"):
         self.name = name
         self.actor = actor
         self.topology = topology
         self.links_ref = links_ref
         self.handoff = handoff
+        self.transport = transport
 
     def think(self, agents: Sequence[str], prompts: Sequence[Prompt], steps: int,
               targets: Sequence[Sequence[str]]) -> list[Thought]:
         lifted, latents = lift_latents(prompts)
-        call = self.actor.think.remote(self.topology, [self.links_ref], self.handoff, list(agents), lifted,
-                                       steps, [list(t) for t in targets], *latents)
-        return self._get(call)
+        call = self.actor.think.remote(self.topology, [self.links_ref], self.handoff, self.transport, list(agents),
+                                       lifted, steps, [list(t) for t in targets], *latents)
+        thoughts = self._get(call)
+        if self.transport != "object_store":  # pick each stashed hand-off up as a direct-transport reference
+            take = getattr(self.actor, f"take_{self.transport}")
+            for thought in thoughts:
+                thought.handoffs = {dst: take.remote(key) for dst, key in thought.handoffs.items()}
+        return thoughts
 
     def generate(self, prompts: Sequence[Prompt], **sampling) -> list:
         lifted, latents = lift_latents(prompts)
@@ -70,8 +77,16 @@ class Coordinator:
     def __init__(self, topology: dict, actors: dict, links_ref: list):
         self.topology = Topology.model_validate(topology)
         (ref,) = links_ref  # keep the reference itself: actors fetch the links from the object store
-        backends = {name: ActorBackend(name, actor, self.topology.name, ref, self.topology.handoff)
+        transport = self.topology.transport
+        backends = {name: ActorBackend(name, actor, self.topology.name, ref, self.topology.handoff, transport)
                     for name, actor in actors.items()}
+        if transport != "object_store":
+            # Ray Direct Transport: the process that submits both ends of a transfer must own the group, so the
+            # coordinator creates it over its (dedicated) backbone actors.
+            from ray.experimental.collective import create_collective_group
+
+            unique = list({actor._actor_id: actor for actor in actors.values()}.values())
+            create_collective_group(unique, backend="torch_gloo" if transport == "gloo" else "nccl")
         self.executor = Executor(self.topology, backends)
         self.retries = 0  # runs started again after a backbone failure
 
