@@ -87,6 +87,8 @@ class Topology(BaseModel):
     latent_steps: int = Field(32, ge=0)
     handoff: Literal["inner_outer", "outer"] = "inner_outer"
     transport: Literal["object_store", "gloo", "nccl"] = "object_store"
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = None
+    """On a cluster, place the backbone actors this topology starts as one Ray placement group with this strategy."""
     """How latents cross between backbone actors on a cluster: Ray's object store, or Ray Direct Transport over a
     collective group (gloo on CPU, nccl on GPUs). Direct transport gives the topology its own backbone actors."""
     links: str | None = None

@@ -46,3 +46,20 @@ def test_backbones_follow_their_node_constraints(nodes, tmp_path):
                 "b": topology.backbones["b"].model_dump()}))
     assert placed == {"a": node_ids["node_a"], "b": node_ids["node_b"]}
     assert result.text == load_system(topology).run("What is 6*7?").text
+
+
+@pytest.mark.parametrize("strategy, same_node", [("STRICT_PACK", True), ("STRICT_SPREAD", False)])
+def test_placement_strategy_packs_or_spreads_backbones(nodes, tmp_path, strategy, same_node):
+    sim, _ = nodes
+    topology = Topology.model_validate({
+        "name": f"placed-{strategy}",
+        "backbones": {"a": {"model": save_tiny(tmp_path / "llama", "llama", seed=1)},
+                      "b": {"model": save_tiny(tmp_path / "qwen2", "qwen2", chat=False, seed=1)}},
+        "agents": [{"name": "expert", "backbone": "a"}, {"name": "learner", "backbone": "b"}],
+        "pattern": "distillation", "rounds": 1, "latent_steps": 2, "generation": {"max_new_tokens": 4},
+        "placement": strategy,
+    })
+    with Cluster(address=sim.address) as cluster:
+        cluster.run(topology, "What is 6*7?")
+        placed = {info["name"]: info["node_id"] for info in cluster.backbone_info()}
+    assert (placed["a"] == placed["b"]) is same_node

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import ray
 from ray.exceptions import RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from recursivemas.cluster.backbone_actor import BackboneActor
 from recursivemas.cluster.coordinator import BackboneFailure, Coordinator
@@ -101,7 +103,8 @@ class Cluster:
             return known[1]
         # Direct transport binds actors to one collective group for life: such a topology gets its own actors.
         owner = topology.name if topology.transport != "object_store" else None
-        actors = {name: self._backbone(name, cfg, owner) for name, cfg in topology.backbones.items()}
+        bundles = self._placement(topology, owner)
+        actors = {name: self._backbone(name, cfg, owner, bundles.get(name)) for name, cfg in topology.backbones.items()}
         dims = {name: self._dims[_key(cfg, owner)] for name, cfg in topology.backbones.items()}
         links = build_links(topology, dims)
         coordinator = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=64).remote(
@@ -118,7 +121,24 @@ class Cluster:
         return ray.get([actor.info.remote() for actor in self._actors.values()])
 
     # --- backbone actors -----------------------------------------------------------------------------------------
-    def _backbone(self, name: str, cfg: BackboneConfig, owner: str | None = None):
+    def _placement(self, topology: Topology, owner: str | None) -> dict[str, object]:
+        """One placement group for the backbones this topology starts; backbone name -> scheduling strategy."""
+        new = {name: cfg for name, cfg in topology.backbones.items() if _key(cfg, owner) not in self._actors}
+        new = {name: cfg for name, cfg in new.items()  # two names for one backbone share one bundle
+               if name == next(n for n, c in new.items() if _key(c, owner) == _key(cfg, owner))}
+        if topology.placement is None or not new:
+            return {}
+        for name, cfg in new.items():
+            _check_feasible(name, cfg)
+        group = placement_group([_bundle(cfg) for cfg in new.values()], strategy=topology.placement)
+        if not group.wait(timeout_seconds=30):
+            remove_placement_group(group)
+            raise ValueError(f"placement: the cluster cannot place {sorted(new)} with strategy {topology.placement} "
+                             "(not enough nodes or resources); choose PACK/SPREAD or add nodes")
+        return {name: PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)
+                for index, name in enumerate(new)}
+
+    def _backbone(self, name: str, cfg: BackboneConfig, owner: str | None = None, strategy: object = None):
         key = _key(cfg, owner)
         if key in self._actors:
             return self._actors[key]
@@ -126,6 +146,8 @@ class Cluster:
         path = resolve_model(cfg.model)
         options = dict(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=dict(cfg.resources) or None,
                        max_concurrency=64, max_restarts=cfg.max_restarts, max_task_retries=0)
+        if strategy is not None:
+            options["scheduling_strategy"] = strategy
         actor = ray.remote(BackboneActor).options(**options).remote(
             name, path, cfg.dtype, cfg.device, self.max_batch, self.batch_wait_s, max(1, int(cfg.num_cpus)))
         try:
@@ -165,6 +187,10 @@ def _unwrap(ref: ray.ObjectRef):
 def _key(cfg: BackboneConfig, owner: str | None = None) -> tuple:
     """Backbones with equal keys share one actor; ``owner`` names a topology that needs actors of its own."""
     return (cfg.model, cfg.dtype, cfg.device) + ((owner,) if owner else ())
+
+
+def _bundle(cfg: BackboneConfig) -> dict[str, float]:
+    return {k: v for k, v in {"CPU": cfg.num_cpus, "GPU": cfg.num_gpus, **cfg.resources}.items() if v}
 
 
 def _check_feasible(name: str, cfg: BackboneConfig) -> None:
