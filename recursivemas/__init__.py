@@ -3,5 +3,14 @@
 from recursivemas.config import Topology, load_topology
 from recursivemas.runtime import Executor, RunResult, load_system
 
-__all__ = ["Executor", "RunResult", "Topology", "load_system", "load_topology"]
+__all__ = ["Cluster", "Executor", "RunResult", "Topology", "load_system", "load_topology"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``recursivemas.Cluster`` imports Ray only when asked for, so the engine runs where Ray is not installed."""
+    if name == "Cluster":
+        from recursivemas.cluster import Cluster
+
+        return Cluster
+    raise AttributeError(f"module 'recursivemas' has no attribute {name!r}")
