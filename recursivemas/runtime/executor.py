@@ -200,17 +200,10 @@ class Executor:
 
     # --- prompts and hand-offs -----------------------------------------------------------------------------------
     def _prompt(self, agent: str, state: _QuestionState, with_slots: bool) -> Prompt:
-        template = self.topology.template(agent)
-        contents: dict[str, Content] = {}
-        sources: dict[str, list[str]] = defaultdict(list)
-        if with_slots:
-            for is_feedback, box in ((False, state.inbox[agent]), (True, state.feedback.get(agent, {}))):
-                for src, content in box.items():
-                    sources[prompts.slot_for(template, src, is_feedback)].append(src)
-                    contents[src] = content
-        pieces = prompts.render(template, state.question, sources)
-        segments = [contents[p.source] if isinstance(p, prompts.Slot) else p for p in pieces]
-        return Prompt(_join_text(segments))
+        if not with_slots:
+            return fill_prompt(self.topology.template(agent), state.question, {}, {})
+        return fill_prompt(self.topology.template(agent), state.question, state.inbox[agent],
+                           state.feedback.get(agent, {}))
 
     def _targets(self, agent: str, final: bool) -> tuple[str, ...]:
         """Who reads this agent's turn: its in-round targets, and its feedback targets unless the run ends here."""
@@ -222,6 +215,18 @@ class Executor:
         for dst in turn.targets:
             box = state.inbox if dst in self.plan.targets[turn.agent] else next_feedback
             box[dst][turn.agent] = turn.handoffs[dst] if turn.handoffs is not None else (turn.message or "")
+
+
+def fill_prompt(template: str, question: str, inbox: Mapping[str, Content], feedback: Mapping[str, Content]) -> Prompt:
+    """An agent's prompt: its template with the question, and each hand-off (latent or text) in its source's slot."""
+    contents: dict[str, Content] = {}
+    sources: dict[str, list[str]] = defaultdict(list)
+    for is_feedback, box in ((False, inbox), (True, feedback)):
+        for src, content in box.items():
+            sources[prompts.slot_for(template, src, is_feedback)].append(src)
+            contents[src] = content
+    pieces = prompts.render(template, question, sources)
+    return Prompt(_join_text([contents[p.source] if isinstance(p, prompts.Slot) else p for p in pieces]))
 
 
 def _join_text(segments: list[Content]) -> list[Content]:
