@@ -1,0 +1,252 @@
+"""Training rows: where they come from, which field each agent learns, and errors that point at the exact line.
+
+Rows for inner and outer training (DESIGN.md section 2) come from two places: a user's JSON Lines file, or a
+procedural generator from ``reasoning_gym`` (deterministic from a seed, with a held-out split that never shares a
+question with training). Every row has a ``question`` and an ``answer``; the paper rewrites each answer into role
+targets, so a sequential row may also carry ``plan`` and ``refined_plan``. Any extra field is kept as-is.
+
+Data files are written by hand or by scripts and break in boring ways (a stray comma, a missing key on line 4812).
+A training job that dies hours later, or a traceback from deep inside pydantic, costs far more than a loader that
+reads the whole file first and reports every bad line (up to 20) at once, naming file, 1-based line, field and fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+__all__ = [
+    "SUPPORTED_DATASETS",
+    "DataError",
+    "RoleTargets",
+    "Row",
+    "check_rows_have",
+    "generate_rows",
+    "load_jsonl",
+    "resolve_targets",
+    "save_jsonl",
+]
+
+MAX_PROBLEMS = 20
+"""At most this many problems are listed in one :class:`DataError`; the rest are counted."""
+
+SUPPORTED_DATASETS = ("basic_arithmetic", "gsm_symbolic")
+"""Names accepted by :func:`generate_rows` (``reasoning_gym`` dataset names)."""
+
+RoleTargets = dict[str, str]
+"""Agent name -> name of the row field that is that agent's teacher-forced target text."""
+
+
+class DataError(ValueError):
+    """Bad training data or target mapping; the message names the file/row, line, field and the fix."""
+
+
+def _summarise(header: str, problems: Sequence[str], total: int | None = None) -> str:
+    total = len(problems) if total is None else total
+    shown = list(problems[:MAX_PROBLEMS])
+    lines = [header, *(f"  - {p}" for p in shown)]
+    if total > len(shown):
+        lines.append(f"  ... and {total - len(shown)} more problem(s) not shown")
+    return "\n".join(lines)
+
+
+class Row(BaseModel):
+    """One training example: ``question`` and ``answer`` (non-empty strings) plus any extra role-target fields.
+
+    Numbers given for ``question``/``answer`` (e.g. ``"answer": 42`` in a JSON file) are accepted as their text.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    question: str
+    answer: str
+
+    @field_validator("question", "answer", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return str(v)
+        return v
+
+    @field_validator("question", "answer")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a non-empty string")
+        return v
+
+    def target(self, field: str) -> str | None:
+        """The text in ``field`` (``question``, ``answer`` or an extra field), or None if absent, empty or not text."""
+        if field in ("question", "answer"):
+            return getattr(self, field)
+        value = (self.model_extra or {}).get(field)
+        if isinstance(value, str) and value.strip():
+            return value
+        return None
+
+
+def _row_problems(obj: Any, where: str) -> tuple[Row | None, list[str]]:
+    """Validate one decoded JSON value; return the row or a list of problems prefixed with ``where``."""
+    if not isinstance(obj, dict):
+        kind = type(obj).__name__ if obj is not None else "null"
+        return None, [f'{where}: expected a JSON object like {{"question": ..., "answer": ...}}, got a {kind}']
+    problems = []
+    for field in ("question", "answer"):
+        if field not in obj:
+            problems.append(f"{where}, field '{field}': missing; add a non-empty \"{field}\" string")
+        else:
+            v = obj[field]
+            if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+                problems.append(f"{where}, field '{field}': must be a string, got {type(v).__name__}; quote it")
+            elif isinstance(v, str) and not v.strip():
+                problems.append(f"{where}, field '{field}': empty; give a non-empty \"{field}\" string")
+    if problems:
+        return None, problems
+    try:
+        return Row.model_validate(obj), []
+    except ValidationError as e:  # defensive: anything the checks above did not anticipate
+        return None, [f"{where}, field '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in e.errors()]
+
+
+def load_jsonl(path: str | Path, max_rows: int | None = None) -> list[Row]:
+    """Read rows from a JSON Lines file (one object per line; blank lines skipped).
+
+    Reads at most ``max_rows`` non-blank lines. Every bad line is collected (up to 20 listed) and reported in a
+    single :class:`DataError` naming the file, the 1-based line number and the field.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"training data file not found: {p} (check the path; expected a .jsonl file)")
+    rows: list[Row] = []
+    problems: list[str] = []
+    seen = 0
+    with p.open(encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            if max_rows is not None and seen >= max_rows:
+                break
+            seen += 1
+            where = f"{p} line {lineno}"
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                problems.append(f"{where}: invalid JSON ({e.msg} at column {e.colno}); fix the syntax on this line")
+                continue
+            row, errs = _row_problems(obj, where)
+            if errs:
+                problems.extend(errs)
+            else:
+                rows.append(row)
+    if problems:
+        raise DataError(_summarise(f"{len(problems)} problem(s) in training data {p}:", problems))
+    return rows
+
+
+def save_jsonl(rows: Iterable[Row], path: str | Path) -> None:
+    """Write rows as JSON Lines (UTF-8, one object per line, extra fields kept); parent folders are created."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row.model_dump(), ensure_ascii=False) + "\n")
+
+
+def resolve_targets(agents: Sequence[str], decoder: str, mapping: Mapping[str, str] | None = None) -> RoleTargets:
+    """Map every agent to the row field it is teacher-forced on.
+
+    Agents named in ``mapping`` get that field; every other agent (the decoder included) defaults to ``"answer"``:
+    the paper rewrites answers into role targets (e.g. ``plan``, ``refined_plan``), and without those the answer is
+    the best target available. Unknown agent names or empty field names raise :class:`DataError`.
+    """
+    agents = list(agents)
+    if decoder not in agents:
+        raise DataError(f"decoder '{decoder}' is not an agent of this topology; agents are: {', '.join(agents)}")
+    mapping = dict(mapping or {})
+    problems = []
+    for name, field in mapping.items():
+        if name not in agents:
+            problems.append(f"unknown agent '{name}' in role targets; the topology's agents are: {', '.join(agents)}")
+        elif not isinstance(field, str) or not field.strip():
+            problems.append(f"agent '{name}': target field must be a non-empty field name, got {field!r}")
+    if problems:
+        raise DataError(_summarise("bad role-target mapping:", problems))
+    return {name: mapping.get(name, "answer") for name in agents}
+
+
+def check_rows_have(rows: Sequence[Row], targets: Mapping[str, str]) -> None:
+    """Raise :class:`DataError` if any row lacks (or has empty) a field that ``targets`` maps an agent to.
+
+    Rows are numbered from 1 (``row 1`` is ``rows[0]``, the first row of the file); up to 20 problems are listed.
+    """
+    problems: list[str] = []
+    total = 0
+    fields = sorted(set(targets.values()))
+    for i, row in enumerate(rows, start=1):
+        for field in fields:
+            if row.target(field) is None:
+                total += 1
+                if len(problems) < MAX_PROBLEMS:
+                    users = ", ".join(a for a, f in targets.items() if f == field)
+                    problems.append(
+                        f"row {i}, field '{field}' (target of {users}): missing or empty; add it to the row "
+                        f"or map the agent to another field (default: 'answer')"
+                    )
+    if total:
+        raise DataError(_summarise(f"{total} missing target(s) in training rows:", problems, total))
+
+
+def _is_heldout(question: str, heldout_fraction: float) -> bool:
+    """Stable split: depends only on the question text (sha256), not on seed, order or n."""
+    h = int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:8], "big")
+    return h / 2.0**64 < heldout_fraction
+
+
+def generate_rows(dataset: str, n: int, seed: int, split: str = "train", heldout_fraction: float = 0.2) -> list[Row]:
+    """The first ``n`` rows of ``split`` ("train" or "heldout") from a ``reasoning_gym`` generator.
+
+    Items are generated in order, deterministically from ``seed`` (item i does not depend on the pool size), and
+    each question goes to "heldout" iff a stable hash of its text falls below ``heldout_fraction``. So the same
+    question never lands in both splits, and the first k rows are the same for any ``n >= k``. Duplicate
+    questions within a split are dropped.
+    """
+    if dataset not in SUPPORTED_DATASETS:
+        raise DataError(f"unknown dataset '{dataset}'; supported: {', '.join(SUPPORTED_DATASETS)}")
+    if split not in ("train", "heldout"):
+        raise DataError(f"split must be 'train' or 'heldout', got {split!r}")
+    if not 0.0 < heldout_fraction < 1.0:
+        raise DataError(f"heldout_fraction must be strictly between 0 and 1, got {heldout_fraction}")
+    if n < 0:
+        raise DataError(f"n must be >= 0, got {n}")
+    try:
+        import reasoning_gym
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise DataError("generate_rows needs reasoning_gym: pip install reasoning-gym") from e
+
+    want_heldout = split == "heldout"
+    frac = heldout_fraction if want_heldout else 1.0 - heldout_fraction
+    rows: list[Row] = []
+    seen: set[str] = set()
+    consumed = 0
+    size = max(64, int(n / frac * 1.3) + 16)
+    while len(rows) < n:
+        ds = reasoning_gym.create_dataset(dataset, size=size, seed=seed)
+        for idx in range(consumed, size):
+            item = ds[idx]
+            q, a = str(item["question"]), str(item["answer"])
+            if _is_heldout(q, heldout_fraction) != want_heldout or q in seen or not q.strip() or not a.strip():
+                continue
+            seen.add(q)
+            rows.append(Row(question=q, answer=a))
+            if len(rows) == n:
+                break
+        consumed = size
+        if size > 1000 * max(n, 1) + 10_000:  # pragma: no cover - generator ran dry (only duplicates left)
+            raise DataError(f"dataset '{dataset}' produced only {len(rows)} distinct {split} rows; ask for fewer")
+        size *= 2
+    return rows
