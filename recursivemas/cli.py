@@ -1,4 +1,4 @@
-"""``recursivemas``: one command per stage (run, models, links).
+"""``recursivemas``: one command per stage (run, train, models, links).
 
 Errors a user can fix (a bad topology, a missing model, a link checkpoint for another system) print one clear message
 and exit 2; ``--debug`` shows the traceback.
@@ -118,6 +118,14 @@ def cmd_links_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from recursivemas.train.local import load_train_config, train
+
+    path = train(load_train_config(args.config), stage=args.stage)
+    print(f"links saved to {path}; point a topology's `links:` at it to use them")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recursivemas", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -138,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "submit`, else starts a local Ray)")
     run.add_argument("--address", help="Ray address to join, e.g. 127.0.0.1:6379 (implies --cluster)")
     run.set_defaults(func=cmd_run)
+
+    train_cmd = sub.add_parser("train", help="train a topology's links (stage 1 inner, stage 2 outer)")
+    train_cmd.add_argument("--config", required=True, help="train YAML: topology, data, targets, inner, outer, output")
+    train_cmd.add_argument("--stage", choices=["inner", "outer", "both"], default="both")
+    train_cmd.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="offline model zoo (real small models from PyPI)")
     models_sub = models.add_subparsers(dest="action", required=True)

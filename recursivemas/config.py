@@ -319,21 +319,20 @@ def load_topology(path: str | Path) -> Topology:
     return topology
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
     """One line per problem, field first; a typo'd key gets a "did you mean" from the model's own fields."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key{_suggest(err['loc'])}"
+            msg = f"unknown key{_suggest(err['loc'], root or Topology)}"
         lines.append(f"  - {loc + ': ' if loc else ''}{msg}")
     return "\n".join(lines)
 
 
-def _suggest(loc: tuple) -> str:
-    """Look the bad key up among the fields of the model it was found in."""
-    model: type[BaseModel] = Topology
+def _suggest(loc: tuple, model: type[BaseModel]) -> str:
+    """Look the bad key up among the fields of the model it was found in (walking down from ``model``)."""
     for part in loc[:-1]:
         field = model.model_fields.get(str(part)) if isinstance(part, str) else None
         annotation = getattr(field, "annotation", None) if field else None

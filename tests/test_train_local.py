@@ -1,0 +1,72 @@
+"""``recursivemas train`` end to end on tiny models: a checkpoint with exactly the topology's link keys, used by run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from recursivemas.cli import main
+from recursivemas.config import ConfigError
+from recursivemas.train.local import _cosine, load_train_config
+from tiny import save_tiny
+
+
+@pytest.fixture()
+def files(tmp_path):
+    topology = {
+        "name": "train-seq",
+        "backbones": {"a": {"model": save_tiny(tmp_path / "llama", "llama")},
+                      "b": {"model": save_tiny(tmp_path / "qwen2", "qwen2", chat=False)}},
+        "agents": [{"name": "planner", "backbone": "a"}, {"name": "solver", "backbone": "b"}],
+        "pattern": "sequential", "rounds": 2, "latent_steps": 2, "generation": {"max_new_tokens": 4},
+    }
+    (tmp_path / "topology.yaml").write_text(yaml.safe_dump(topology))
+    rows = [{"question": f"What is {i}+{i}?", "answer": str(2 * i), "plan": f"add {i} to itself"} for i in range(4)]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    config = {"topology": "topology.yaml", "data": {"path": "rows.jsonl"}, "targets": {"planner": "plan"},
+              "inner": {"steps": 2, "batch_size": 2}, "outer": {"steps": 2, "batch_size": 2, "warmup_steps": 1},
+              "output": "out/links"}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def test_train_writes_links_that_run_uses(files, capsys):
+    assert main(["train", "--config", str(files / "train.yaml")]) == 0
+    ckpt = files / "out" / "links"
+    with safe_open(str(ckpt / "links.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    parts = ["pre_ln", "proj1", "proj2", "post_ln"]
+    outer_parts = ["ln_source", "proj1", "proj2", "residual_proj", "ln_target"]
+    expected = {f"inner.{a}.{p}.{w}" for a in ("planner", "solver") for p in parts for w in ("weight", "bias")}
+    expected |= {f"outer.{e}.{p}.{w}" for e in ("planner->solver", "solver->planner") for p in outer_parts
+                 for w in ("weight", "bias")}
+    assert keys == expected  # link weights only, nothing of the backbones
+    topology = yaml.safe_load((files / "topology.yaml").read_text())
+    (files / "trained.yaml").write_text(yaml.safe_dump({**topology, "links": str(ckpt)}))
+    capsys.readouterr()
+    assert main(["run", "--topology", str(files / "trained.yaml"), "--prompt", "What is 3+3?", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["mode"] == "latent"
+
+
+def test_bad_train_config_names_the_field(files):
+    (files / "bad.yaml").write_text(yaml.safe_dump({"topology": "topology.yaml", "data": {}, "inner": {"stpes": 1}}))
+    with pytest.raises(ConfigError) as info:
+        load_train_config(files / "bad.yaml")
+    msg = str(info.value)
+    assert "exactly one of `path`" in msg and "inner.stpes: unknown key; did you mean 'steps'?" in msg
+
+
+def test_unknown_agent_in_targets_fails_before_loading_models(files, capsys):
+    config = yaml.safe_load((files / "train.yaml").read_text())
+    (files / "t2.yaml").write_text(yaml.safe_dump({**config, "targets": {"critic": "plan"}}))
+    assert main(["train", "--config", str(files / "t2.yaml")]) == 2
+    assert "critic" in capsys.readouterr().err
+
+
+def test_schedule_warms_up_then_decays():
+    values = [_cosine(s, 2, 10) for s in range(10)]
+    assert values[:2] == [0.5, 1.0] and values[2] == 1.0 and values[-1] < 0.1
+    assert all(a >= b for a, b in zip(values[2:], values[3:]))
