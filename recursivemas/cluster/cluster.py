@@ -56,6 +56,7 @@ class Cluster:
         self._actors: dict[tuple, object] = {}  # backbone key -> actor handle
         self._dims: dict[tuple, _Dims] = {}
         self._systems: dict[str, tuple[Topology, object]] = {}  # topology name -> (topology, coordinator)
+        self._groups: list = []  # placement groups this object created
 
     # --- context manager -----------------------------------------------------------------------------------------
     def __enter__(self) -> Cluster:
@@ -70,8 +71,11 @@ class Cluster:
             ray.kill(coordinator)
         for actor in self._actors.values():
             ray.kill(actor)
+        for group in self._groups:
+            remove_placement_group(group)
         self._systems.clear()
         self._actors.clear()
+        self._groups.clear()
         if self._started and ray.is_initialized():
             ray.shutdown()
         self._started = False
@@ -135,6 +139,7 @@ class Cluster:
             remove_placement_group(group)
             raise ValueError(f"placement: the cluster cannot place {sorted(new)} with strategy {topology.placement} "
                              "(not enough nodes or resources); choose PACK/SPREAD or add nodes")
+        self._groups.append(group)
         return {name: PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)
                 for index, name in enumerate(new)}
 
