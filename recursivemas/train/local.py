@@ -117,7 +117,9 @@ def train(config: TrainConfig, stage: Literal["inner", "outer", "both"] = "both"
 
 
 def _train_outer(topology, engines, links, rows: list[Row], targets: dict, cfg: OuterStageConfig,
-                 progress: bool) -> list[float]:
+                 progress: bool, rank: int = 0, world: int = 1) -> list[float]:
+    """Stage 2. With ``world > 1`` (Ray Train workers) each rank takes its share of every batch and the gradients
+    of the outer links are averaged across ranks before each step, so all replicas stay identical."""
     params = outer_parameters(links)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _cosine(step, cfg.warmup_steps, cfg.steps))
@@ -125,15 +127,18 @@ def _train_outer(topology, engines, links, rows: list[Row], targets: dict, cfg: 
     losses = []
     bar = tqdm(range(cfg.steps), desc="outer", disable=not progress)
     for step in bar:
-        batch = [rows[(step * cfg.batch_size + i) % len(rows)] for i in range(cfg.batch_size)]
+        batch = [rows[(step * cfg.batch_size + i) % len(rows)] for i in range(cfg.batch_size)][rank::world]
         loss = torch.stack([
             unroll_loss(topology, engines, links, row.question, row.answer,
                         {agent: row.target(field) for agent, field in targets.items()},
                         cfg.max_latent_tokens, cfg.aux_weight)
             for row in batch
-        ]).mean()
+        ]).sum() / cfg.batch_size  # this rank's part of the batch mean
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            _all_reduce_sum(params)
+            loss = _all_reduce_sum([loss.detach()], grads=False)[0]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -141,6 +146,17 @@ def _train_outer(topology, engines, links, rows: list[Row], targets: dict, cfg: 
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     links.eval()
     return losses
+
+
+def _all_reduce_sum(tensors: list, grads: bool = True) -> list:
+    import torch.distributed as dist
+
+    for tensor in tensors:
+        value = tensor.grad if grads else tensor
+        if value is None:  # an unused link (e.g. feedback with rounds=1) gets no gradient on any rank
+            continue
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return tensors
 
 
 def _cosine(step: int, warmup: int, total: int) -> float:
