@@ -121,8 +121,8 @@ def _actor_of(cluster, model_dir):
 
 
 def test_a_run_survives_its_backbone_dying_once(cluster, model_dirs):
-    t = topology(model_dirs, "sequential", name="fault", rounds=3, latent_steps=48,
-                 generation={"max_new_tokens": 48})
+    t = topology(model_dirs, "sequential", name="fault", rounds=3, latent_steps=96,  # long enough to be killed
+                 generation={"max_new_tokens": 64})                                  # mid-run (asserted below)
     expected = cluster.run(t, QUESTION).text
     victim = _actor_of(cluster, model_dirs["b"])
     pid = ray.get(victim.info.remote())["pid"]
