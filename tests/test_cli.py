@@ -10,7 +10,7 @@ import yaml
 
 from recursivemas.cli import main
 from recursivemas.links import LinkSet, load_links
-from tiny import save_tiny
+from tiny import save_tiny_pair
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,7 @@ def topology_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     doc = {
         "name": "cli-seq",
-        "backbones": {"a": {"model": save_tiny(root / "llama", "llama")},
-                      "b": {"model": save_tiny(root / "qwen2", "qwen2", chat=False)}},
+        "backbones": {name: {"model": path} for name, path in save_tiny_pair(root).items()},
         "agents": [{"name": "planner", "backbone": "a"}, {"name": "critic", "backbone": "b"},
                    {"name": "solver", "backbone": "b"}],
         "pattern": "sequential", "rounds": 2, "latent_steps": 3, "generation": {"max_new_tokens": 6},

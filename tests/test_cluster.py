@@ -10,7 +10,7 @@ import ray
 from recursivemas.cluster import BackboneFailure, Cluster
 from recursivemas.config import Topology
 from recursivemas.runtime import load_system
-from tiny import save_tiny
+from tiny import save_tiny, save_tiny_pair
 
 QUESTION = "What is 6*7?"
 PATTERN_AGENTS = {
@@ -24,7 +24,7 @@ PATTERN_AGENTS = {
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster-models")
-    return {"a": save_tiny(root / "llama", "llama"), "b": save_tiny(root / "qwen2", "qwen2", chat=False)}
+    return save_tiny_pair(root)
 
 
 def topology(model_dirs, pattern: str, name: str | None = None, **extra) -> Topology:

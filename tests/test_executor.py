@@ -16,7 +16,7 @@ from recursivemas.actors import ContextLengthError, Generation, Prompt, Rollout
 from recursivemas.config import Topology
 from recursivemas.links import LinkCheckpointError, save_links
 from recursivemas.runtime import Executor, Plan, RunResult, build_links, load_system
-from tiny import save_tiny, tiny_engine
+from tiny import save_tiny_pair, tiny_engine
 
 STEPS = 3
 NEW_TOKENS = 6
@@ -597,7 +597,7 @@ def test_agent_named_question_hand_off_is_not_lost(two_engines):
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {"a": save_tiny(root / "llama", "llama"), "b": save_tiny(root / "qwen2", "qwen2", chat=False)}
+    return save_tiny_pair(root)
 
 
 def write_topology(path: Path, model_dirs, agents=None, **extra) -> Path:

@@ -11,15 +11,14 @@ from safetensors import safe_open
 from recursivemas.cli import main
 from recursivemas.config import ConfigError
 from recursivemas.train.local import _cosine, load_train_config
-from tiny import save_tiny
+from tiny import save_tiny_pair
 
 
 @pytest.fixture()
 def files(tmp_path):
     topology = {
         "name": "train-seq",
-        "backbones": {"a": {"model": save_tiny(tmp_path / "llama", "llama")},
-                      "b": {"model": save_tiny(tmp_path / "qwen2", "qwen2", chat=False)}},
+        "backbones": {name: {"model": path} for name, path in save_tiny_pair(tmp_path).items()},
         "agents": [{"name": "planner", "backbone": "a"}, {"name": "solver", "backbone": "b"}],
         "pattern": "sequential", "rounds": 2, "latent_steps": 2, "generation": {"max_new_tokens": 4},
     }

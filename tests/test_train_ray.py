@@ -10,13 +10,10 @@ import torch
 import yaml
 
 from recursivemas.cluster import Cluster  # sets the 127.0.0.1 binding before Ray starts
-from recursivemas.config import load_topology
 from recursivemas.links import LinkSet, load_links
-from recursivemas.runtime import build_links, load_engines
-from recursivemas.train.data import resolve_targets
-from recursivemas.train.local import _train_outer, load_rows, load_train_config
+from recursivemas.train.local import load_train_config, prepare, train_outer
 from recursivemas.train.ray_train import train_outer_replicated
-from tiny import save_tiny
+from tiny import save_tiny_pair
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +21,7 @@ def config(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-train")
     topology = {
         "name": "ray-train-seq",
-        "backbones": {"a": {"model": save_tiny(root / "llama", "llama")},
-                      "b": {"model": save_tiny(root / "qwen2", "qwen2", chat=False)}},
+        "backbones": {name: {"model": path} for name, path in save_tiny_pair(root).items()},
         "agents": [{"name": "planner", "backbone": "a"}, {"name": "solver", "backbone": "b"}],
         "pattern": "sequential", "rounds": 2, "latent_steps": 2,
     }
@@ -41,13 +37,8 @@ def config(tmp_path_factory):
 
 
 def single_process(config):
-    torch.manual_seed(config.seed)
-    topology = load_topology(config.topology)
-    engines = load_engines(topology)
-    links = build_links(topology, engines)
-    targets = resolve_targets([a.name for a in topology.agents], topology.decoder, config.targets)
-    losses = _train_outer(topology, engines, links, load_rows(config.data), targets, config.outer, progress=False)
-    return losses, links
+    setup = prepare(config)
+    return train_outer(setup, config.outer, progress=False), setup.links
 
 
 def test_replicated_matches_single_process(config):

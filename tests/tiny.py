@@ -72,3 +72,8 @@ def save_tiny(path, family: str = "llama", chat: bool = True, seed: int = 0) -> 
     engine.model.save_pretrained(path)
     engine.tokenizer.save_pretrained(path)
     return str(path)
+
+
+def save_tiny_pair(root) -> dict[str, str]:
+    """Two model dirs of different families and widths, the usual backbones "a" (Llama 64) and "b" (Qwen2 48)."""
+    return {"a": save_tiny(root / "llama", "llama"), "b": save_tiny(root / "qwen2", "qwen2", chat=False)}

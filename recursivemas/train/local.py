@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,8 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from tqdm import tqdm
 
-from recursivemas.config import ConfigError, format_validation_error, load_topology
-from recursivemas.links import save_links
+from recursivemas.config import ConfigError, Topology, format_validation_error, load_topology
+from recursivemas.links import LinkSet, save_links
 from recursivemas.runtime import build_links, load_engines
 from recursivemas.train.data import Row, check_rows_have, generate_rows, load_jsonl, resolve_targets
 from recursivemas.train.inner import InnerExample, agent_prompt, train_inner
@@ -90,16 +91,32 @@ def load_rows(data: DataConfig) -> list[Row]:
     return generate_rows(data.generator, data.n, data.seed, split="train")
 
 
-def train(config: TrainConfig, stage: Literal["inner", "outer", "both"] = "both", progress: bool = True) -> Path:
-    """Train the topology's links and save them to ``config.output``; returns the checkpoint directory."""
+@dataclass
+class Setup:
+    """Everything a trainer (this process or a Ray Train worker) builds from a config, built the same way."""
+
+    topology: Topology
+    rows: list[Row]
+    targets: dict[str, str]
+    engines: dict
+    links: LinkSet
+
+
+def prepare(config: TrainConfig) -> Setup:
+    """Check the data against the topology before any model loads, then load the backbones and seeded links."""
     torch.manual_seed(config.seed)
     topology = load_topology(config.topology)
     rows = load_rows(config.data)
-    names = [a.name for a in topology.agents]
-    targets = resolve_targets(names, topology.decoder, config.targets)
+    targets = resolve_targets([a.name for a in topology.agents], topology.decoder, config.targets)
     check_rows_have(rows, targets)
     engines = load_engines(topology)
-    links = build_links(topology, engines)
+    return Setup(topology, rows, targets, engines, build_links(topology, engines))
+
+
+def train(config: TrainConfig, stage: Literal["inner", "outer", "both"] = "both", progress: bool = True) -> Path:
+    """Train the topology's links and save them to ``config.output``; returns the checkpoint directory."""
+    setup = prepare(config)
+    topology, rows, targets, engines, links = setup.topology, setup.rows, setup.targets, setup.engines, setup.links
     if stage in ("inner", "both"):
         for agent in topology.agents:
             examples = [InnerExample(agent_prompt(topology.template(agent.name), row.question),
@@ -110,16 +127,16 @@ def train(config: TrainConfig, stage: Literal["inner", "outer", "both"] = "both"
                         on_step=lambda step, loss, bar=bar: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
             bar.close()
     if stage in ("outer", "both"):
-        _train_outer(topology, engines, links, rows, targets, config.outer, progress)
+        train_outer(setup, config.outer, progress)
     path = save_links(links, config.output)
     log.info("saved links to %s", path)
     return path
 
 
-def _train_outer(topology, engines, links, rows: list[Row], targets: dict, cfg: OuterStageConfig,
-                 progress: bool, rank: int = 0, world: int = 1) -> list[float]:
+def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool, rank: int = 0, world: int = 1) -> list[float]:
     """Stage 2. With ``world > 1`` (Ray Train workers) each rank takes its share of every batch and the gradients
     of the outer links are averaged across ranks before each step, so all replicas stay identical."""
+    topology, rows, targets, engines, links = setup.topology, setup.rows, setup.targets, setup.engines, setup.links
     params = outer_parameters(links)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _cosine(step, cfg.warmup_steps, cfg.steps))

@@ -10,32 +10,24 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from recursivemas.train.local import TrainConfig, _train_outer, load_rows
+from recursivemas.train.local import TrainConfig, prepare, train_outer
 
 
 def _worker(loop_config: dict) -> None:
     import ray.train
     import torch
 
-    from recursivemas.config import load_topology
     from recursivemas.links import save_links
-    from recursivemas.runtime import build_links, load_engines
-    from recursivemas.train.data import resolve_targets
 
     torch.set_num_threads(1)
     config = TrainConfig.model_validate(loop_config["config"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(config.seed)
-    topology = load_topology(config.topology)
-    rows = load_rows(config.data)
-    targets = resolve_targets([a.name for a in topology.agents], topology.decoder, config.targets)
-    engines = load_engines(topology)
-    links = build_links(topology, engines)
+    setup = prepare(config)  # same seed on every worker: identical links to start from
+    links = setup.links
     if loop_config.get("links"):
         links.load_state_dict(loop_config["links"])
-    losses = _train_outer(topology, engines, links, rows, targets, config.outer, progress=False, rank=rank,
-                          world=world)
+    losses = train_outer(setup, config.outer, progress=False, rank=rank, world=world)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
