@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from recursivemas.cli import main
 from recursivemas.config import ConfigError
-from recursivemas.train.local import _cosine, load_train_config
+from recursivemas.train.local import cosine as _cosine, load_train_config
 from tiny import save_tiny_pair
 
 

@@ -1,56 +1,130 @@
-"""Stage 2 on Ray Train, ``replicated`` placement: every worker holds all backbones, rows are split across workers,
-and only the outer links' gradients are all-reduced (the frozen backbones never need synchronising).
+"""Both training stages on Ray Train: ``TorchTrainer`` workers run the same loop as one process
+(:func:`recursivemas.train.loop.fit`), over a gloo (CPU) process group.
 
-Each worker builds the same links from the same seed and trains them in lock-step, so rank 0's links are everyone's;
-rank 0 writes the link checkpoint. The pipelined placement (backbones on different workers) is still to come.
+- ``replicated``: ``workers`` ranks, each with every backbone; rows split, link gradients summed.
+- ``pipelined``: one rank per backbone (``workers`` copies of that pipeline), for backbones that do not fit together:
+  hand-offs and their gradients cross ranks point to point.
+
+Checkpoints (links + optimizer, scheduler, step) go through ``ray.train.Checkpoint``; a worker that dies is
+replaced and the group resumes from the newest one (``cluster.max_failures``), and a new job can start from a
+checkpoint directory (``resume_from``). When the run ends the driver copies the links to ``config.output``.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from recursivemas.train.local import TrainConfig, prepare, train_outer
+from recursivemas.config import load_topology
+from recursivemas.links import LinkSet
+from recursivemas.train.checkpoints import LINKS_DIR, read_checkpoint, write_checkpoint
+from recursivemas.train.config import ClusterTrainConfig, TrainConfig
+from recursivemas.train.loop import Stage, fit
+from recursivemas.train.parallel import World, pipeline_stages
+from recursivemas.train.setup import eval_rows, prepare
+
+
+class RayCheckpoints:
+    """The loop's checkpoints as Ray Train reports: every rank reports, rank 0 attaches the directory."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def restore(self, links: LinkSet) -> dict | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return read_checkpoint(directory, links)
+
+    def save(self, metrics: dict, links: LinkSet, state: dict) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                checkpoint = ray.train.Checkpoint.from_directory(str(write_checkpoint(tmp, links, state)))
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+    def report(self, metrics: dict) -> None:
+        import ray.train
+
+        ray.train.report(metrics)
 
 
 def _worker(loop_config: dict) -> None:
     import ray.train
     import torch
 
-    from recursivemas.links import save_links
-
-    torch.set_num_threads(1)
     config = TrainConfig.model_validate(loop_config["config"])
+    torch.set_num_threads(max(1, int(config.cluster.cpus_per_worker)))
     context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    setup = prepare(config)  # same seed on every worker: identical links to start from
-    links = setup.links
-    if loop_config.get("links"):
-        links.load_state_dict(loop_config["links"])
-    losses = train_outer(setup, config.outer, progress=False, rank=rank, world=world)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:
-            save_links(links, Path(tmp) / "links")
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report({"outer_loss": losses[-1] if losses else float("nan"), "losses": losses},
-                         checkpoint=checkpoint)
+    world = World(context.get_world_rank(), context.get_world_size(), tuple(loop_config["stages"]))
+    setup = prepare(config, world)
+    checkpoints = RayCheckpoints(world.rank)
+    summary = fit(setup, config, checkpoints, world, stage=loop_config["stage"], progress=False,
+                  heldout=eval_rows(config))
+    # Ray keeps the metrics of the newest checkpoint as the result's: the summary goes with a final one
+    checkpoints.save({"done": True, **_flat(summary)}, setup.links, {"stage": "done", "step": config.outer.steps})
 
 
-def train_outer_replicated(config: TrainConfig, num_workers: int = 2, cpus_per_worker: float = 0.5,
-                           storage_path: str | None = None, initial_links: dict | None = None):
-    """Run stage 2 on ``num_workers`` Ray Train workers; returns the ``ray.train.Result`` (metrics, checkpoint)."""
-    from ray.train import RunConfig, ScalingConfig
+def _flat(summary: dict) -> dict:
+    out = {}
+    for key, value in summary.items():
+        out.update(value if isinstance(value, dict) else {key: value})
+    return out
+
+
+def world_size(config: TrainConfig) -> tuple[int, tuple[str, ...]]:
+    """Ranks and pipeline stages (backbone per stage; empty when replicated) for a config."""
+    cluster = config.cluster or ClusterTrainConfig()
+    if cluster.placement == "replicated":
+        return cluster.workers, ()
+    stages = pipeline_stages(load_topology(config.topology))
+    return cluster.workers * len(stages), stages
+
+
+def train_on_ray(config: TrainConfig, stage: Stage = "both", storage_path: str | None = None,
+                 resume_from: str | None = None):
+    """Train on the Ray cluster this process is connected to; returns the ``ray.train.Result`` after copying the
+    trained links to ``config.output``."""
+    from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if config.outer.batch_size % num_workers:
+    cluster = config.cluster or ClusterTrainConfig()
+    size, stages = world_size(config)
+    replicas = size // len(stages) if stages else size
+    if config.outer.batch_size % replicas:
         raise ValueError(f"outer.batch_size: {config.outer.batch_size} rows per step do not split evenly over "
-                         f"{num_workers} workers; use a multiple of {num_workers}")
+                         f"{replicas} data-parallel replicas; use a multiple of {replicas}")
+    config = config.model_copy(update={"cluster": cluster})
+    resources = {"CPU": cluster.cpus_per_worker, **({"GPU": cluster.gpus_per_worker} if cluster.gpus_per_worker else {})}
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"config": config.model_dump(), "links": initial_links},
+        train_loop_config={"config": config.model_dump(), "stage": stage, "stages": list(stages)},
         torch_config=TorchConfig(backend="gloo"),
-        scaling_config=ScalingConfig(num_workers=num_workers, resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(storage_path=storage_path or str(Path(config.output).parent / "ray_results")),
+        scaling_config=ScalingConfig(num_workers=size, use_gpu=bool(cluster.gpus_per_worker),
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=f"{Path(config.output).name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=storage_path or str(Path(config.output).parent / "ray_results"),
+            failure_config=FailureConfig(max_failures=cluster.max_failures),
+        ),
+        resume_from_checkpoint=Checkpoint(str(resume_from)) if resume_from else None,
     )
-    return trainer.fit()
+    result = trainer.fit()
+    if result.checkpoint is not None:
+        with result.checkpoint.as_directory() as directory:
+            shutil.rmtree(config.output, ignore_errors=True)
+            shutil.copytree(Path(directory) / LINKS_DIR, config.output)
+        summary = {k: v for k, v in result.metrics.items() if k != "done"}
+        (Path(config.output) / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result
+
+
+__all__ = ["RayCheckpoints", "read_checkpoint", "train_on_ray", "world_size"]

@@ -1,0 +1,116 @@
+"""The train config tree (``train.yaml``): what to train, on which rows, for how long, and where it runs.
+
+One typed tree serves the single-process trainer and both Ray Train placements, so a config that trains on a laptop
+trains on a cluster by adding a ``cluster:`` block. Relative paths in the file are relative to the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recursivemas.config import ConfigError, format_validation_error
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    """Rows from a JSONL file (``path``) or from a built-in generator (``generator``, ``n``, ``seed``).
+
+    ``max_length`` bounds the tokens of any role target or answer: a longer one is a data error named by row and
+    field, found before training starts rather than as a memory blow-up hours in.
+    """
+
+    path: str | None = None
+    generator: str | None = None
+    n: int = Field(200, ge=1)
+    seed: int = 0
+    max_length: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.path is None) == (self.generator is None):
+            raise ValueError("data: set exactly one of `path` (a JSONL file) or `generator` (e.g. basic_arithmetic)")
+        return self
+
+
+class EvalConfig(Strict):
+    """Held-out rows scored after training: the generator's held-out split, or a JSONL ``path``. ``n: 0`` skips."""
+
+    path: str | None = None
+    n: int = Field(20, ge=0)
+    max_new_tokens: int = Field(16, ge=1)
+
+
+class StageConfig(Strict):
+    steps: int = Field(100, ge=0)
+    lr: float = Field(5e-4, gt=0)
+    batch_size: int = Field(4, ge=1)
+    warmup_steps: int = Field(10, ge=0)
+
+
+class OuterStageConfig(StageConfig):
+    max_latent_tokens: int = Field(80, ge=1)
+    aux_weight: float = Field(0.0, ge=0)
+    checkpoint_every: int = Field(50, ge=1)
+
+
+class ClusterTrainConfig(Strict):
+    """Run on Ray Train. ``replicated``: every worker holds every backbone, ``workers`` data-parallel copies.
+    ``pipelined``: one worker per backbone, latents and their gradients cross workers point to point; ``workers``
+    is then the number of data-parallel copies of that pipeline."""
+
+    placement: Literal["replicated", "pipelined"] = "replicated"
+    workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_failures: int = Field(1, ge=0)
+    deepspeed: dict | None = None  # DeepSpeed options (recursivemas.train.zero); replicated placement only
+
+    @model_validator(mode="after")
+    def _deepspeed_replicated(self) -> ClusterTrainConfig:
+        if self.deepspeed is not None and self.placement != "replicated":
+            raise ValueError("cluster.deepspeed: DeepSpeed is offered for `placement: replicated` only; "
+                             "remove `deepspeed` or set `placement: replicated`")
+        return self
+
+
+class TrainConfig(Strict):
+    topology: str
+    data: DataConfig
+    targets: dict[str, str] = Field(default_factory=dict)
+    inner: StageConfig = Field(default_factory=StageConfig)
+    outer: OuterStageConfig = Field(default_factory=OuterStageConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    cluster: ClusterTrainConfig | None = None
+    output: str = "runs/links"
+    seed: int = 0
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """Resumable training state (links, optimizer, scheduler, step) of single-process runs."""
+        return f"{self.output}.checkpoints"
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"train config {path} does not exist")
+    try:
+        config = TrainConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid train config\n{format_validation_error(exc, TrainConfig)}") from None
+    here = path.parent  # relative paths in the file are relative to the file
+    if not Path(config.topology).is_absolute() and (here / config.topology).is_file():
+        config.topology = str((here / config.topology).resolve())
+    if not Path(config.output).is_absolute():
+        config.output = str((here / config.output).resolve())
+    for section in (config.data, config.eval):
+        if section.path and not Path(section.path).is_absolute():
+            section.path = str((here / section.path).resolve())
+    return config
