@@ -61,7 +61,7 @@ def single_process(config):
 
 @pytest.mark.parametrize("pattern,placement,workers", [
     ("sequential", "replicated", 2), ("sequential", "pipelined", 1),
-    ("mixture", "replicated", 2), ("mixture", "pipelined", 1),
+    ("mixture", "replicated", 2),
     ("mixture", "pipelined", 2),  # two data-parallel copies of a two-stage pipeline: 4 ranks
 ])
 def test_placement_matches_single_process(root, ray_cluster, pattern, placement, workers):

@@ -35,13 +35,12 @@ def read_checkpoint(directory: str | Path, links: LinkSet) -> dict:
 
 
 class Checkpoints(Protocol):
-    """Where the loop's state goes. ``save`` and ``report`` are called on every rank; one rank writes."""
+    """Where the loop's state goes. ``save`` is called on every rank (with the metrics since the last save);
+    one rank writes."""
 
     def restore(self, links: LinkSet) -> dict | None: ...
 
     def save(self, metrics: dict, links: LinkSet, state: dict) -> None: ...
-
-    def report(self, metrics: dict) -> None: ...
 
 
 class LocalCheckpoints:
@@ -65,7 +64,7 @@ class LocalCheckpoints:
         return None if latest is None else read_checkpoint(latest, links)
 
     def save(self, metrics: dict, links: LinkSet, state: dict) -> None:
-        self.report(metrics)
+        self.history.append(metrics)
         final = self.root / f"step-{state['step']:06d}-{state['stage']}"
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -74,6 +73,3 @@ class LocalCheckpoints:
         tmp.rename(final)
         for old in self.saved()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
-
-    def report(self, metrics: dict) -> None:
-        self.history.append(metrics)

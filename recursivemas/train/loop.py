@@ -91,7 +91,8 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
     agent_backbone = {a.name: a.backbone for a in topology.agents}
     rows = setup.rows
     links.train()
-    losses = []
+    losses: list[float] = []
+    recent: list[dict] = []
     bar = tqdm(range(start, cfg.steps), desc="outer", disable=not progress, initial=start, total=cfg.steps)
     for step in bar:
         began = time.perf_counter()
@@ -112,16 +113,15 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
         optimizer.step()
         scheduler.step()
         done = step + 1
-        metrics = {"stage": "outer", "step": done, "loss": losses[-1], "lr": scheduler.get_last_lr()[0],
-                   "rows_seen": done * cfg.batch_size, "samples_per_s": cfg.batch_size / (time.perf_counter() - began)}
+        recent.append({"step": done, "loss": losses[-1], "lr": scheduler.get_last_lr()[0],
+                       "samples_per_s": cfg.batch_size / (time.perf_counter() - began)})
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if checkpoints is None:
-            continue
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if checkpoints is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            # one report per checkpoint, carrying every step since the last (a report is a barrier on Ray Train)
+            metrics = {"stage": "outer", "rows_seen": done * cfg.batch_size, **recent[-1], "steps": recent}
             checkpoints.save(metrics, links, {"stage": "outer", "step": done, "rows_seen": done * cfg.batch_size,
                                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
-        else:
-            checkpoints.report(metrics)
+            recent = []
     links.eval()
     return losses
 

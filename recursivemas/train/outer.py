@@ -87,7 +87,8 @@ def unroll_loss(topology: Topology, engines: Mapping[str, object], links: LinkSe
 def used_edges(topology: Topology) -> list[tuple[str, str]]:
     """The outer links an unrolled row trains (feedback links only with ``rounds > 1``)."""
     plan = Plan.from_topology(topology)
-    found = [(agent, dst) for _, final, agent in turns(plan, topology.rounds) for dst, _ in handoffs(plan, agent, final)]
+    found = [(agent, dst) for _, final, agent in turns(plan, topology.rounds)
+             for dst, _ in handoffs(plan, agent, final)]
     return list(dict.fromkeys(found))
 
 

@@ -51,11 +51,6 @@ class RayCheckpoints:
                 checkpoint = ray.train.Checkpoint.from_directory(str(write_checkpoint(tmp, links, state)))
             ray.train.report(metrics, checkpoint=checkpoint)
 
-    def report(self, metrics: dict) -> None:
-        import ray.train
-
-        ray.train.report(metrics)
-
 
 def _worker(loop_config: dict) -> None:
     import ray.train
@@ -103,7 +98,9 @@ def train_on_ray(config: TrainConfig, stage: Stage = "both", storage_path: str |
         raise ValueError(f"outer.batch_size: {config.outer.batch_size} rows per step do not split evenly over "
                          f"{replicas} data-parallel replicas; use a multiple of {replicas}")
     config = config.model_copy(update={"cluster": cluster})
-    resources = {"CPU": cluster.cpus_per_worker, **({"GPU": cluster.gpus_per_worker} if cluster.gpus_per_worker else {})}
+    resources = {"CPU": cluster.cpus_per_worker}
+    if cluster.gpus_per_worker:
+        resources["GPU"] = cluster.gpus_per_worker
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"config": config.model_dump(), "stage": stage, "stages": list(stages)},
