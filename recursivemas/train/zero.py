@@ -1,4 +1,4 @@
-"""Stage 2 with DeepSpeed ZeRO, an optional engine for the ``replicated`` placement (CPU/gloo or GPUs).
+"""Stage 2 with DeepSpeed ZeRO, an optional engine for the ``replicated`` placement (tested on CPU with gloo).
 
 When to use it: the plain replicated trainer (``ray_train.py``) keeps on every worker the full backbones, the full
 outer links, their gradients and their AdamW state (two more copies of every link weight), and all-reduces the whole
@@ -33,7 +33,7 @@ import torch
 from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
-DEFAULT_BUCKET = 500_000_000  # DeepSpeed's own default reduce bucket, in elements
+_DEFAULT_BUCKET = 500_000_000  # DeepSpeed's own default reduce bucket, in elements
 
 
 class DeepSpeedOptions(BaseModel, extra="forbid"):
@@ -122,6 +122,9 @@ def initialize(trainable: nn.Module, frozen: Sequence[nn.Module], options: DeepS
     ``lr * schedule(step)``, gradients clipped to ``max_grad_norm``; 0 turns clipping off); its other parameters
     are carried along frozen. ``frozen`` (the backbones, every parameter frozen) are sharded with stage 3 and left
     alone with stage 2. Every worker must call this with identically initialised modules.
+
+    Freeze whatever should not move (e.g. outer links the topology never uses): ZeRO keeps gradients in flat
+    buffers, so a parameter that requires grad but gets none still takes AdamW's weight decay each step.
     """
     import torch.distributed as dist
 
@@ -153,7 +156,7 @@ def initialize(trainable: nn.Module, frozen: Sequence[nn.Module], options: DeepS
         model = nn.ModuleDict({"trainable": trainable})
     zero: dict = {"stage": options.stage,
                   # One bucket for all trainable gradients: DeepSpeed allocates a whole bucket per backward.
-                  "reduce_bucket_size": max(1, min(DEFAULT_BUCKET, sum(p.numel() for p in params)))}
+                  "reduce_bucket_size": max(1, min(_DEFAULT_BUCKET, sum(p.numel() for p in params)))}
     if options.stage == 3 and options.param_persistence_threshold is not None:
         zero["stage3_param_persistence_threshold"] = options.param_persistence_threshold
     config = {
