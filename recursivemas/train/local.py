@@ -13,8 +13,9 @@ from pathlib import Path
 from recursivemas.links import save_links
 from recursivemas.train.checkpoints import LocalCheckpoints
 from recursivemas.train.config import TrainConfig, load_train_config
-from recursivemas.train.loop import Stage, cosine, fit, train_outer
+from recursivemas.train.loop import Stage, fit, train_outer
 from recursivemas.train.setup import Setup, eval_rows, prepare
+from recursivemas.train.updaters import cosine
 
 __all__ = ["Setup", "TrainConfig", "cosine", "load_train_config", "prepare", "train", "train_outer"]
 

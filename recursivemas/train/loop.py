@@ -21,7 +21,8 @@ from recursivemas.train.config import OuterStageConfig, TrainConfig
 from recursivemas.train.data import Row
 from recursivemas.train.inner import InnerExample, agent_prompt, train_inner
 from recursivemas.train.outer import outer_parameters, unroll_loss
-from recursivemas.train.parallel import Wire, World, broadcast_module, sum_gradients, sum_scalar
+from recursivemas.train.parallel import Wire, World, broadcast_module, sum_scalar
+from recursivemas.train.updaters import TorchUpdater, ZeroUpdater
 from recursivemas.train.setup import Setup
 
 log = logging.getLogger("recursivemas")
@@ -41,7 +42,8 @@ def fit(setup: Setup, config: TrainConfig, checkpoints: Checkpoints, world: Worl
         state = {"stage": "inner", "step": 0}
         checkpoints.save({"stage": "inner", **summary["inner_loss"]}, setup.links, state)
     if stage in ("outer", "both"):
-        losses = train_outer(setup, config.outer, progress, world, checkpoints, state)
+        deepspeed = config.cluster.deepspeed if config.cluster else None
+        losses = train_outer(setup, config.outer, progress, world, checkpoints, state, deepspeed)
         summary.update(outer_loss=losses[-1] if losses else None, outer_losses=losses, outer_steps=config.outer.steps)
     if heldout:
         summary.update(evaluate_heldout(setup, config, heldout, world))
@@ -70,7 +72,8 @@ def train_inner_links(setup: Setup, config: TrainConfig, world: World, progress:
 
 
 def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, world: World | None = None,
-                checkpoints: Checkpoints | None = None, state: dict | None = None) -> list[float]:
+                checkpoints: Checkpoints | None = None, state: dict | None = None,
+                deepspeed: dict | None = None) -> list[float]:
     """Stage 2 from ``state["step"]`` to ``cfg.steps``; returns the batch-mean loss of each step it ran.
 
     Each replica takes its share of every batch; gradients of the outer links are summed over ranks before each
@@ -82,12 +85,12 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
                          f"{world.replicas} data-parallel replicas; use a multiple of {world.replicas}")
     topology, links = setup.topology, setup.links
     params = outer_parameters(links, topology)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine(step, cfg.warmup_steps, cfg.steps))
+    if deepspeed is None:
+        updater = TorchUpdater(params, cfg, world)
+    else:
+        updater = ZeroUpdater(links, setup.engines, params, cfg, world, deepspeed)
     start = (state or {}).get("step", 0)
-    if state and "optimizer" in state:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    updater.load_state_dict(state or {})
     agent_backbone = {a.name: a.backbone for a in topology.agents}
     rows = setup.rows
     links.train()
@@ -97,38 +100,43 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
     for step in bar:
         began = time.perf_counter()
         batch = [rows[(step * cfg.batch_size + i) % len(rows)] for i in range(cfg.batch_size)]
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        here: list[torch.Tensor] = []
         for row in world.share(batch):
             wire = Wire(world, agent_backbone)
             loss = unroll_loss(topology, setup.engines, links, row.question, row.answer, setup.role_texts(row),
                                cfg.max_latent_tokens, cfg.aux_weight, wire=wire)
             if loss is not None:  # this rank holds the decoder
-                loss = loss / cfg.batch_size
-                total += loss.item()
-            wire.backward(loss)
-        sum_gradients(world, params)
+                here.append(loss / cfg.batch_size)
+            if world.pipelined:  # hand-offs cross ranks row by row, so their gradients go back row by row
+                wire.backward(here[-1] if loss is not None else None)
+        total = sum(loss.item() for loss in here)
+        if here and not world.pipelined:
+            updater.backward(torch.stack(here).sum())
         losses.append(sum_scalar(world, total))
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
+        lr = updater.lr
+        updater.step()
         done = step + 1
-        recent.append({"step": done, "loss": losses[-1], "lr": scheduler.get_last_lr()[0],
+        recent.append({"step": done, "loss": losses[-1], "lr": lr,
                        "samples_per_s": cfg.batch_size / (time.perf_counter() - began)})
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if checkpoints is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             # one report per checkpoint, carrying every step since the last (a report is a barrier on Ray Train)
             metrics = {"stage": "outer", "rows_seen": done * cfg.batch_size, **recent[-1], "steps": recent}
             checkpoints.save(metrics, links, {"stage": "outer", "step": done, "rows_seen": done * cfg.batch_size,
-                                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+                                              **updater.state_dict()})
             recent = []
     links.eval()
     return losses
 
 
 def evaluate_heldout(setup: Setup, config: TrainConfig, rows: list[Row], world: World) -> dict:
-    """Held-out answer loss (teacher-forced, every placement) and accuracy of latent-mode answers (when this
-    process holds every backbone, i.e. not pipelined; rank 0 answers for all)."""
+    """Held-out answer loss (teacher-forced, every placement) and accuracy of latent-mode answers (when rank 0
+    holds every backbone whole: not pipelined, not ZeRO-3, whose sharded weights need every rank in each call)."""
+    sharded = bool(config.cluster and config.cluster.deepspeed and config.cluster.deepspeed.get("stage") == 3)
+    if sharded:  # ZeRO-3 gathers weights in every module call: every rank must make the same calls
+        rows = rows[: len(rows) - len(rows) % world.size] or rows[:0]
+    if not rows:
+        return {}
     total = 0.0
     with torch.no_grad():
         for row in world.share(rows):
@@ -137,17 +145,9 @@ def evaluate_heldout(setup: Setup, config: TrainConfig, rows: list[Row], world: 
                                setup.role_texts(row), config.outer.max_latent_tokens, wire=wire)
             total += 0.0 if loss is None else loss.item()
     out = {"eval_rows": len(rows), "eval_answer_loss": sum_scalar(world, total) / len(rows)}
-    if not world.pipelined and world.rank == 0:
+    if not world.pipelined and not sharded and world.rank == 0:
         from recursivemas.train.evaluate import evaluate
 
         scores = evaluate(setup.topology, setup.engines, setup.links, rows, config.eval.max_new_tokens)
         out["eval_accuracy"] = scores["accuracy"]
     return out
-
-
-def cosine(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to zero (the paper's schedule)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
