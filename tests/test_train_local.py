@@ -69,3 +69,29 @@ def test_schedule_warms_up_then_decays():
     values = [_cosine(s, 2, 10) for s in range(10)]
     assert values[:2] == [0.5, 1.0] and values[2] == 1.0 and values[-1] < 0.1
     assert all(a >= b for a, b in zip(values[2:], values[3:]))
+
+
+def test_target_longer_than_max_length_names_row_and_field(files, capsys):
+    rows = [{"question": "What is 1+1?", "answer": "2", "plan": "add " * 40}, {"question": "q", "answer": "1", "plan": "ok"}]
+    (files / "long.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    config = yaml.safe_load((files / "train.yaml").read_text())
+    (files / "long.yaml").write_text(yaml.safe_dump({**config, "data": {"path": "long.jsonl", "max_length": 64}}))
+    assert main(["train", "--config", str(files / "long.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "row 1, field 'plan' (agent 'planner'): 160 tokens > data.max_length 64" in err
+    assert "row 2" not in err
+
+
+def test_checkpoint_from_another_topology_is_refused_with_the_difference(files, capsys):
+    """Links trained for a planner->solver pair cannot seed a topology whose solver is another backbone."""
+    assert main(["train", "--config", str(files / "train.yaml"), "--stage", "inner"]) == 0
+    topology = yaml.safe_load((files / "topology.yaml").read_text())
+    topology["agents"][1]["backbone"] = "a"  # the solver is now 64 wide, not 48
+    (files / "other.yaml").write_text(yaml.safe_dump({**topology, "links": str(files / "out" / "links")}))
+    config = yaml.safe_load((files / "train.yaml").read_text())
+    (files / "t3.yaml").write_text(yaml.safe_dump({**config, "topology": "other.yaml", "output": "out/other"}))
+    capsys.readouterr()
+    assert main(["train", "--config", str(files / "t3.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "solver" in err and "48" in err and "64" in err
+    assert not (files / "out" / "other").exists()
