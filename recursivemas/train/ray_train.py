@@ -7,7 +7,8 @@
 
 Checkpoints (links + optimizer, scheduler, step) go through ``ray.train.Checkpoint``; a worker that dies is
 replaced and the group resumes from the newest one (``cluster.max_failures``), and a new job can start from a
-checkpoint directory (``resume_from``). When the run ends the driver copies the links to ``config.output``.
+checkpoint directory (``resume_from``, on storage every worker can read). When the run ends the driver copies
+the links to ``config.output``.
 """
 
 from __future__ import annotations
@@ -30,15 +31,16 @@ from recursivemas.train.setup import eval_rows, prepare
 class RayCheckpoints:
     """The loop's checkpoints as Ray Train reports: every rank reports, rank 0 attaches the directory."""
 
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
+    def __init__(self, rank: int, resume_from: str | None = None) -> None:
+        self.rank, self.resume_from = rank, resume_from
 
     def restore(self, links: LinkSet) -> dict | None:
+        """This run's newest checkpoint (after a worker failure), else the one the run was started from."""
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            return None
+            return read_checkpoint(self.resume_from, links) if self.resume_from else None
         with checkpoint.as_directory() as directory:
             return read_checkpoint(directory, links)
 
@@ -61,7 +63,7 @@ def _worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     world = World(context.get_world_rank(), context.get_world_size(), tuple(loop_config["stages"]))
     setup = prepare(config, world)
-    checkpoints = RayCheckpoints(world.rank)
+    checkpoints = RayCheckpoints(world.rank, loop_config["resume_from"])
     summary = fit(setup, config, checkpoints, world, stage=loop_config["stage"], progress=False,
                   heldout=eval_rows(config))
     # Ray keeps the metrics of the newest checkpoint as the result's: the summary goes with a final one
@@ -88,7 +90,7 @@ def train_on_ray(config: TrainConfig, stage: Stage = "both", storage_path: str |
                  resume_from: str | None = None):
     """Train on the Ray cluster this process is connected to; returns the ``ray.train.Result`` after copying the
     trained links to ``config.output``."""
-    from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cluster = config.cluster or ClusterTrainConfig()
@@ -97,13 +99,19 @@ def train_on_ray(config: TrainConfig, stage: Stage = "both", storage_path: str |
     if config.outer.batch_size % replicas:
         raise ValueError(f"outer.batch_size: {config.outer.batch_size} rows per step do not split evenly over "
                          f"{replicas} data-parallel replicas; use a multiple of {replicas}")
+    if resume_from is not None:
+        resume_from = str(Path(resume_from).resolve())
+        if not (Path(resume_from) / "trainer.pt").is_file():
+            raise FileNotFoundError(f"--resume {resume_from}: not a training checkpoint (no trainer.pt); pass a "
+                                    f"checkpoint_* directory of a Ray Train run of this config")
     config = config.model_copy(update={"cluster": cluster})
     resources = {"CPU": cluster.cpus_per_worker}
     if cluster.gpus_per_worker:
         resources["GPU"] = cluster.gpus_per_worker
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"config": config.model_dump(), "stage": stage, "stages": list(stages)},
+        train_loop_config={"config": config.model_dump(), "stage": stage, "stages": list(stages),
+                           "resume_from": resume_from},
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=size, use_gpu=bool(cluster.gpus_per_worker),
                                      resources_per_worker=resources),
@@ -112,7 +120,6 @@ def train_on_ray(config: TrainConfig, stage: Stage = "both", storage_path: str |
             storage_path=storage_path or str(Path(config.output).parent / "ray_results"),
             failure_config=FailureConfig(max_failures=cluster.max_failures),
         ),
-        resume_from_checkpoint=Checkpoint(str(resume_from)) if resume_from else None,
     )
     result = trainer.fit()
     if result.checkpoint is not None:
