@@ -5,6 +5,8 @@ Both run on SmolLM2-135M in the sequential pattern (all three roles on the one b
 ``torch.cuda.max_memory_allocated`` on GPU) is not shared:
 - ``links``: stage 2, AdamW on the outer links only, gradients through the frozen backbone;
 - ``full_ft``: the same unrolled loss, AdamW on every backbone weight too (the baseline, only here).
+Both recompute each backbone call in backward (gradient checkpointing, the trainer's default) unless
+``--no-gradient-checkpointing``.
 
 Run: ``python benchmarks/train_memory.py [--steps 3]``. Last line: JSON with ``trainable_fraction`` (link parameters /
 backbone parameters; target <= 0.01) and ``peak_mem_over_full_ft`` (target <= 0.5).
@@ -24,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def measure(mode: str, steps: int) -> dict:
+def measure(mode: str, steps: int, checkpointing: bool) -> dict:
     import torch
 
     from benchmarks._common import QUESTIONS, smol_topology
@@ -33,6 +35,7 @@ def measure(mode: str, steps: int) -> dict:
 
     topology = smol_topology(rounds=2)
     engines = load_engines(topology)
+    engines["smol"].gradient_checkpointing = checkpointing  # as the trainer does (outer.gradient_checkpointing)
     links = build_links(topology, engines)
     params = outer_parameters(links)
     backbone = engines["smol"].model
@@ -62,14 +65,18 @@ def measure(mode: str, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--no-gradient-checkpointing", action="store_true",
+                        help="keep every backbone call's activations (both modes; the trainer checkpoints by default)")
     parser.add_argument("--mode", help=argparse.SUPPRESS)  # set in the subprocesses
     args = parser.parse_args()
+    checkpointing = not args.no_gradient_checkpointing
     if args.mode:
-        print(json.dumps(measure(args.mode, args.steps)))
+        print(json.dumps(measure(args.mode, args.steps, checkpointing)))
         return
     results = {}
     for mode in ("links", "full_ft"):
-        out = subprocess.run([sys.executable, __file__, "--mode", mode, "--steps", str(args.steps)],
+        extra = [] if checkpointing else ["--no-gradient-checkpointing"]
+        out = subprocess.run([sys.executable, __file__, "--mode", mode, "--steps", str(args.steps), *extra],
                              capture_output=True, text=True, check=True, cwd=ROOT)
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         r = results[mode]
@@ -77,7 +84,8 @@ def main() -> None:
               f"(+{r['train_peak_over_loaded_mb']:.0f} MB while training), step {r['step_s']:.2f} s")
     links, full = results["links"], results["full_ft"]
     print(json.dumps({
-        "device": "cpu", "trainable_params": links["trainable"], "backbone_params": links["backbone_params"],
+        "device": "cpu", "gradient_checkpointing": checkpointing,
+        "trainable_params": links["trainable"], "backbone_params": links["backbone_params"],
         "trainable_fraction": round(links["trainable"] / links["backbone_params"], 5),
         "peak_mem_mb": round(links["peak_rss_mb"]), "peak_mem_full_ft_mb": round(full["peak_rss_mb"]),
         "peak_mem_over_full_ft": round(links["peak_rss_mb"] / full["peak_rss_mb"], 3),

@@ -6,7 +6,7 @@ import torch
 
 from recursivemas.config import Topology
 from recursivemas.runtime import build_links
-from recursivemas.train.outer import outer_parameters, unroll_loss
+from recursivemas.train.outer import outer_parameters, unroll_loss, used_edges
 from tiny import tiny_engine
 
 ROW = {"question": "What is 6*7?", "answer": "42", "plan": "multiply six by seven", "refined_plan": "6*7=42"}
@@ -70,3 +70,24 @@ def test_training_the_outer_links_lowers_the_answer_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.02, losses
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """Recomputing each backbone call in backward changes memory, not the result."""
+    grads = []
+    for checkpointing in (False, True):
+        topology, engines, links = setup()
+        for engine in engines.values():
+            engine.gradient_checkpointing = checkpointing
+        params = outer_parameters(links)
+        loss_of(topology, engines, links).backward()
+        grads.append([p.grad.clone() for p in params])
+    for plain, recomputed in zip(*grads):
+        torch.testing.assert_close(recomputed, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_used_edges_follow_the_rounds():
+    topology, _, _ = setup(rounds=1)
+    assert used_edges(topology) == [("planner", "critic"), ("critic", "solver")]
+    topology, _, _ = setup(rounds=2)
+    assert used_edges(topology) == [("planner", "critic"), ("critic", "solver"), ("solver", "planner")]

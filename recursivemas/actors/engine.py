@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from recursivemas.actors.inputs import Embedded, Prompt, embed, extend, left_pad
@@ -63,6 +64,9 @@ class BackboneEngine:
         self.hidden_size: int = config.hidden_size
         self.max_context: int = getattr(config, "max_position_embeddings", None) or 2**31
         self.eos_ids = _eos_ids(model, tokenizer)
+        # Training through the frozen backbone (stage 2): keep only each call's inputs and recompute the decoder in
+        # backward, so an unrolled system holds one call's activations at a time instead of every round's.
+        self.gradient_checkpointing = False
 
     @classmethod
     def load(cls, path: str, dtype: str = "float32", device: str = "cpu", name: str | None = None) -> BackboneEngine:
@@ -240,9 +244,15 @@ class BackboneEngine:
             rows.append(torch.cat([item.embeds, self.embedding(ids_t)], dim=0))
             target_ids.append(ids_t)
         batch = left_pad(rows)
-        hidden = self.decoder(
-            inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-        ).last_hidden_state
+
+        def run(embeds: torch.Tensor) -> torch.Tensor:
+            return self.decoder(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                position_ids=batch.position_ids, use_cache=False).last_hidden_state
+
+        if self.gradient_checkpointing and torch.is_grad_enabled() and batch.embeds.requires_grad:
+            hidden = torch.utils.checkpoint.checkpoint(run, batch.embeds, use_reentrant=False)
+        else:
+            hidden = run(batch.embeds)
         out = []
         for row, ids in enumerate(target_ids):
             span = hidden[row, -len(ids) - 1 : -1]  # the state before each target token predicts it

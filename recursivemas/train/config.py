@@ -58,6 +58,7 @@ class OuterStageConfig(StageConfig):
     max_latent_tokens: int = Field(80, ge=1)
     aux_weight: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(50, ge=1)
+    gradient_checkpointing: bool = True  # recompute each backbone call in backward: less memory, about +1/3 time
 
 
 class ClusterTrainConfig(Strict):

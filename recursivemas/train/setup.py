@@ -66,6 +66,8 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     mine = topology.model_copy(update={"backbones": {
         name: spec for name, spec in topology.backbones.items() if world.holds(name)}})
     engines = load_engines(mine)
+    for engine in engines.values():
+        engine.gradient_checkpointing = config.outer.gradient_checkpointing
     check_lengths(topology, engines, rows, targets, config.data.max_length)
     shapes: dict[str, SimpleNamespace] = {}
     for part in gather_objects(world, {name: (e.hidden_size, e.embedding_scale) for name, e in engines.items()}):
