@@ -56,32 +56,59 @@ def ray_cluster():
         yield
 
 
+def assert_links(config, expected: dict, atol=1e-5):
+    trained = load_links(config.output, into=prepare(config).links).state_dict()
+    for key, value in expected.items():
+        torch.testing.assert_close(trained[key], value, atol=atol, rtol=0, msg=key)
+
+
 def single_process(config):
     setup = prepare(config)
     return train_outer(setup, config.outer, progress=False), setup
 
 
-@pytest.mark.parametrize("pattern,placement,workers,deepspeed", [
-    ("sequential", "replicated", 2, None), ("sequential", "pipelined", 1, None),
-    ("sequential", "replicated", 2, {"stage": 2}),  # DeepSpeed ZeRO-2 through the same loop
-    ("mixture", "replicated", 2, None),
-    ("mixture", "pipelined", 2, None),  # two data-parallel copies of a two-stage pipeline: 4 ranks
+@pytest.mark.parametrize("pattern,placement,workers", [
+    ("sequential", "replicated", 2), ("sequential", "pipelined", 1),
+    ("mixture", "replicated", 2),
+    ("mixture", "pipelined", 2),  # two data-parallel copies of a two-stage pipeline: 4 ranks
 ])
-def test_placement_matches_single_process(root, ray_cluster, pattern, placement, workers, deepspeed):
+def test_placement_matches_single_process(root, ray_cluster, pattern, placement, workers):
     config = load_train_config(root / f"{pattern}-train.yaml")
     expected_losses, expected = single_process(config)
     config = config.model_copy(update={
-        "cluster": ClusterTrainConfig(placement=placement, workers=workers, cpus_per_worker=0.5, deepspeed=deepspeed),
-        "output": str(root / "out" / f"{pattern}-{placement}-{workers}-{bool(deepspeed)}"),
+        "cluster": ClusterTrainConfig(placement=placement, workers=workers, cpus_per_worker=0.5),
+        "output": str(root / "out" / f"{pattern}-{placement}-{workers}"),
     })
     result = train_on_ray(config, stage="outer")
     assert result.metrics["outer_losses"] == pytest.approx(expected_losses, abs=1e-5)
-    trained = load_links(config.output, into=prepare(config).links)
-    for key, value in expected.links.state_dict().items():
-        torch.testing.assert_close(trained.state_dict()[key], value, atol=1e-5, rtol=0, msg=key)
+    assert_links(config, expected.links.state_dict())
     moved = [k for k, v in expected.links.state_dict().items() if k.startswith("outer.")
              and not torch.equal(v, prepare(config).links.state_dict()[k])]
     assert moved, "stage 2 changed no outer link"
+
+
+def test_deepspeed_matches_single_process_and_resumes_from_its_sharded_checkpoint(root, ray_cluster):
+    """ZeRO-2 through the same loop: the one-process losses and links; then a new run started from the step-2
+    checkpoint (links, each rank's optimizer shard, schedule) ends with exactly the same links."""
+    config = load_train_config(root / "sequential-train.yaml")
+    config.outer.checkpoint_every = 2
+    expected_losses, expected = single_process(config)
+    config = config.model_copy(update={
+        "cluster": ClusterTrainConfig(workers=2, cpus_per_worker=0.5, deepspeed={"stage": 2}),
+        "output": str(root / "out" / "zero"), "eval": config.eval.model_copy(update={"n": 0}),
+    })
+    first = train_on_ray(config, stage="outer", storage_path=str(root / "zero_results"))
+    assert first.metrics["outer_losses"] == pytest.approx(expected_losses, abs=1e-5)
+    assert_links(config, expected.links.state_dict())
+    saved = [c for c in (root / "zero_results").glob("*/checkpoint_*") if c.is_dir()]
+    (step2,) = [c for c in saved if torch.load(c / "trainer.pt", weights_only=True)["step"] == 2]
+    assert sorted(p.name for p in (step2 / "zero" / "zero").glob("*optim_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    config.output = str(root / "out" / "zero-resumed")
+    second = train_on_ray(config, stage="outer", resume_from=str(step2))
+    assert second.metrics["resumed_from_step"] == 2
+    assert second.metrics["outer_losses"] == pytest.approx(expected_losses[2:], abs=1e-5)
+    assert_links(config, expected.links.state_dict())
 
 
 def test_train_command_on_ray_runs_both_stages_and_evaluates(root, ray_cluster, capsys):

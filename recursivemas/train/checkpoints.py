@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -28,10 +29,15 @@ def write_checkpoint(directory: str | Path, links: LinkSet, state: dict) -> Path
 
 
 def read_checkpoint(directory: str | Path, links: LinkSet) -> dict:
-    """Load the links in place (checked key by key against this topology's) and return the trainer state."""
+    """Load the links in place (checked key by key against this topology's) and return the trainer state, with
+    ``directory`` added for state kept in files of its own (DeepSpeed's sharded optimizer)."""
     directory = Path(directory)
     load_links(directory / LINKS_DIR, into=links)
-    return torch.load(directory / STATE_FILE, weights_only=True)
+    return {**torch.load(directory / STATE_FILE, weights_only=True), "directory": str(directory)}
+
+
+Shards = Callable[[Path], None]
+"""Writes this rank's own part of the state into a checkpoint directory (every rank calls it)."""
 
 
 class Checkpoints(Protocol):
@@ -40,7 +46,7 @@ class Checkpoints(Protocol):
 
     def restore(self, links: LinkSet) -> dict | None: ...
 
-    def save(self, metrics: dict, links: LinkSet, state: dict) -> None: ...
+    def save(self, metrics: dict, links: LinkSet, state: dict, shards: Shards | None = None) -> None: ...
 
 
 class LocalCheckpoints:
@@ -63,12 +69,14 @@ class LocalCheckpoints:
         latest = self.latest() if self.resume else None
         return None if latest is None else read_checkpoint(latest, links)
 
-    def save(self, metrics: dict, links: LinkSet, state: dict) -> None:
+    def save(self, metrics: dict, links: LinkSet, state: dict, shards: Shards | None = None) -> None:
         self.history.append(metrics)
         final = self.root / f"step-{state['step']:06d}-{state['stage']}"
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         write_checkpoint(tmp, links, state)
+        if shards is not None:
+            shards(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         for old in self.saved()[: -self.keep]:

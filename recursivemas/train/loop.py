@@ -123,7 +123,7 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
             # one report per checkpoint, carrying every step since the last (a report is a barrier on Ray Train)
             metrics = {"stage": "outer", "rows_seen": done * cfg.batch_size, **recent[-1], "steps": recent}
             checkpoints.save(metrics, links, {"stage": "outer", "step": done, "rows_seen": done * cfg.batch_size,
-                                              **updater.state_dict()})
+                                              **updater.state_dict()}, updater.shards)
             recent = []
     links.eval()
     return losses

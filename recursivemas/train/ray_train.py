@@ -21,7 +21,7 @@ from pathlib import Path
 
 from recursivemas.config import load_topology
 from recursivemas.links import LinkSet
-from recursivemas.train.checkpoints import LINKS_DIR, read_checkpoint, write_checkpoint
+from recursivemas.train.checkpoints import LINKS_DIR, Shards, read_checkpoint, write_checkpoint
 from recursivemas.train.config import ClusterTrainConfig, TrainConfig
 from recursivemas.train.loop import Stage, fit
 from recursivemas.train.parallel import World, pipeline_stages
@@ -41,17 +41,20 @@ class RayCheckpoints:
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return read_checkpoint(self.resume_from, links) if self.resume_from else None
-        with checkpoint.as_directory() as directory:
-            return read_checkpoint(directory, links)
+        return read_checkpoint(checkpoint.to_directory(), links)  # a local copy that outlives this call
 
-    def save(self, metrics: dict, links: LinkSet, state: dict) -> None:
+    def save(self, metrics: dict, links: LinkSet, state: dict, shards: Shards | None = None) -> None:
+        """Rank 0 writes links and trainer state; with ``shards`` every rank adds its own files, and Ray Train
+        gathers every rank's directory into one checkpoint."""
         import ray.train
 
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
             if self.rank == 0:
-                checkpoint = ray.train.Checkpoint.from_directory(str(write_checkpoint(tmp, links, state)))
-            ray.train.report(metrics, checkpoint=checkpoint)
+                write_checkpoint(tmp, links, state)
+            if shards is not None:
+                shards(Path(tmp))
+            attach = self.rank == 0 or shards is not None
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if attach else None)
 
 
 def _worker(loop_config: dict) -> None:

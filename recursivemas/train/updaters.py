@@ -5,6 +5,8 @@ divided by the batch size) and then ``step``; both give the paper's AdamW, warm-
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from recursivemas.train.config import OuterStageConfig
@@ -47,6 +49,8 @@ class TorchUpdater:
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
+    shards = None  # everything is in state_dict()
+
     def load_state_dict(self, state: dict) -> None:
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -57,8 +61,8 @@ class ZeroUpdater:
     """DeepSpeed ZeRO over the outer links (stage 3 also shards the frozen backbones). DeepSpeed averages
     gradients over ranks, so this rank's share of the batch-mean loss is scaled by the world size.
 
-    Its optimizer state is sharded, so checkpoints carry the links and the step but not the AdamW moments: a
-    resumed DeepSpeed run restarts them (and the schedule position is restored by stepping it)."""
+    Its optimizer state is sharded: each rank writes its shard into the checkpoint (``shards``) and reads it back
+    on resume, with the schedule and step count (DeepSpeed's own checkpoint format, in ``zero/``)."""
 
     def __init__(self, links, engines: dict, params: list[torch.nn.Parameter], cfg: OuterStageConfig, world: World,
                  options: dict) -> None:
@@ -84,6 +88,13 @@ class ZeroUpdater:
     def state_dict(self) -> dict:
         return {}
 
+    def shards(self, directory: Path) -> None:
+        self.trainer.save(directory / "zero")
+
     def load_state_dict(self, state: dict) -> None:
-        for _ in range(state.get("step", 0)):
-            self.trainer.engine.lr_scheduler.step()
+        saved = Path(state.get("directory", "")) / "zero"
+        if saved.is_dir():
+            self.trainer.load(saved)
+        elif state.get("step"):  # a checkpoint without shards (after stage 1): the links are loaded already
+            raise ValueError(f"{state.get('directory')}: no DeepSpeed state (zero/) to resume stage 2 from; "
+                             "resume DeepSpeed runs from their own checkpoints")
