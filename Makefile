@@ -5,7 +5,7 @@ TORCH  ?= torch==2.13.0
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean proto
 
 # torch first, pinned: any other torch request would pull several GB of CUDA packages on a CPU machine.
 $(STAMP): pyproject.toml
@@ -33,6 +33,10 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/rollout.py
 	$(PY) benchmarks/latent_vs_text.py
+
+# The gRPC stubs in recursivemas/serve/proto/ (committed): regenerate after editing recursivemas.proto.
+proto: setup
+	$(PY) recursivemas/serve/proto/generate.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,542 @@
+"""The OpenAI-compatible layer, as pure logic: parse and validate a chat-completion request, turn the chat into the
+topology's question, and build the response, stream-chunk, model-list and error bodies. No Ray, no web framework.
+
+Request fields (``POST /v1/chat/completions``), decided one by one:
+
+- used: ``model`` (the topology name), ``messages``, ``max_tokens`` (``max_completion_tokens`` is accepted as its
+  newer name; both at once must agree), ``temperature`` [0, 2], ``top_p`` (0, 1], ``stream``,
+  ``stream_options.include_usage``, ``stop`` (a string or up to 4), ``seed``, ``user`` (for logs), and the
+  extensions ``rounds``, ``latent_steps``, ``mode`` (``latent`` | ``text`` | ``single``) within :class:`Limits`.
+- accepted only at their no-op value, a 400 naming the field otherwise (the answer would silently differ from what
+  was asked): ``n`` = 1, ``presence_penalty`` = ``frequency_penalty`` = 0, ``logprobs`` false, ``top_logprobs`` 0,
+  ``logit_bias`` {}, ``response_format`` ``{"type": "text"}``, ``tools`` [], ``tool_choice`` ``none``/``auto``;
+  ``parallel_tool_calls`` and ``stream_options.include_obfuscation`` are accepted and ignored (no tools, no
+  obfuscation). ``null`` for any optional field means "not sent".
+- any other field: 400 ``unknown_parameter`` naming it, as OpenAI answers "Unrecognized request argument": a
+  misspelt ``latent_step`` must not be ignored.
+- messages: roles ``system``, ``developer`` (a system message under its newer name), ``user``, ``assistant``;
+  content a non-empty string or a list of ``{"type": "text", "text": ...}`` parts; an optional ``name`` is ignored,
+  and so are ``refusal``, ``tool_calls``, ``function_call``, ``annotations``, ``audio`` when null or empty (clients
+  echo them back with an assistant message). Tool and function messages, images and audio are refused. The last
+  message must be the user's question.
+
+Types are strict: ``"max_tokens": "64"`` or ``64.0`` is a 400, as is a bool where a number goes. Every error names
+the field (``param``, e.g. ``messages[1].content``), the value and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recursivemas.runtime.accounting import RunResult
+
+Mode = Literal["latent", "text", "single"]
+
+SSE_DONE = b"data: [DONE]\n\n"
+SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error",
+               429: "rate_limit_error", 500: "server_error", 503: "server_error"}
+
+
+class Limits(BaseModel):
+    """Server-side limits on what one request may ask for (413 for the body, 400 for the rest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = Field(1024, ge=1)
+    max_rounds: int = Field(8, ge=1)
+    max_latent_steps: int = Field(128, ge=0)
+    max_body_bytes: int = Field(1 << 20, ge=1)
+    max_messages: int = Field(64, ge=1)
+    max_stop: int = Field(4, ge=0)
+
+
+class APIError(Exception):
+    """A request that gets an OpenAI-style error: HTTP ``status``, OpenAI ``type``, ``message``, ``param``, ``code``."""
+
+    def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.param = param
+        self.code = code
+
+    def __repr__(self) -> str:
+        return (f"APIError({self.status}, {self.message!r}, type={self.type!r}, param={self.param!r}, "
+                f"code={self.code!r})")
+
+    @classmethod
+    def internal(cls, request_id: str) -> APIError:
+        """A 500 for an unexpected failure: no internals in the message, only the id to find it in the logs."""
+        return cls(500, f"The server failed while running this request and is still serving others; retry, or "
+                        f"report request id {request_id}.", code="internal_error")
+
+    @classmethod
+    def context_length(cls, prompt_tokens: int, context: int, max_tokens: int, agent: str = "") -> APIError:
+        """A 400 for a prompt that does not fit the context with ``max_tokens`` to generate."""
+        who = f" of agent {agent!r}" if agent else ""
+        return cls(400, f"messages: the prompt{who} is {prompt_tokens} tokens and max_tokens is {max_tokens}, "
+                        f"{prompt_tokens + max_tokens} in all, over the model's context of {context} tokens. "
+                        f"Shorten the messages or lower max_tokens.", param="messages", code="context_length_exceeded")
+
+
+def error_body(err: APIError, request_id: str | None = None) -> dict:
+    """``{"error": {"message", "type", "param", "code", "request_id"}}``, OpenAI's error object plus the request id.
+
+    The HTTP layer should also send the id as the ``x-request-id`` header (the ``openai`` client reads it there).
+    """
+    body = {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return {"error": body}
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+# ---------------------------------------------------------------------------------------------------- the request
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+    # what clients echo back with an assistant message: accepted when null or empty (no tools, no audio)
+    refusal: Any = None
+    tool_calls: Any = None
+    function_call: Any = None
+    annotations: Any = None
+    audio: Any = None
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None  # accepted, ignored: nothing is obfuscated
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text"]
+
+
+class ChatCompletionRequest(_Strict):
+    """A validated ``POST /v1/chat/completions`` body (see the module docstring for each field's treatment)."""
+
+    model: str
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    # extensions
+    rounds: int | None = None
+    latent_steps: int | None = None
+    mode: Mode | None = None
+    # accepted at their no-op value only
+    n: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+    @property
+    def max_new_tokens(self) -> int | None:
+        return self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
+
+    @property
+    def stop_sequences(self) -> list[str]:
+        return [] if self.stop is None else [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def question(self) -> str:
+        return question_from_messages(self.messages)
+
+    def run_options(self) -> dict:
+        """``mode``, ``rounds``, ``latent_steps`` as sent (None: the topology's own), for ``run``/``run_batch``."""
+        return {"mode": self.mode, "rounds": self.rounds, "latent_steps": self.latent_steps}
+
+    def generation_options(self) -> dict:
+        """The sampling overrides that were sent, named as in the topology's ``generation`` block (plus ``stop``)."""
+        sent = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed, "stop": self.stop_sequences or None}
+        return {k: v for k, v in sent.items() if v is not None}
+
+
+_FIELDS = {name for m in (ChatCompletionRequest, ChatMessage, TextPart, StreamOptions, ResponseFormat)
+           for name in m.model_fields}
+_EXPECTED = {
+    "model": "a topology name as a string (GET /v1/models lists them)",
+    "messages": "a list of {\"role\": ..., \"content\": ...} objects",
+    "message": "an object like {\"role\": \"user\", \"content\": \"...\"}",
+    "role": "one of system, developer, user, assistant (tool and function messages are not supported)",
+    "content": "a non-empty string or a list of {\"type\": \"text\", \"text\": ...} parts (text only)",
+    "type": "\"text\" (only text is supported)",
+    "text": "a string",
+    "name": "a string",
+    "max_tokens": "an integer (at least 1)",
+    "max_completion_tokens": "an integer (at least 1)",
+    "temperature": "a number from 0 to 2 (0 is greedy)",
+    "top_p": "a number greater than 0 and at most 1",
+    "stream": "true or false",
+    "stream_options": "an object like {\"include_usage\": true}",
+    "include_usage": "true or false",
+    "include_obfuscation": "true or false",
+    "stop": "a string or a list of strings",
+    "seed": "an integer",
+    "user": "a string",
+    "rounds": "an integer (at least 1)",
+    "latent_steps": "an integer (at least 0)",
+    "mode": "one of latent, text, single",
+    "n": "1 (one choice per request)",
+    "presence_penalty": "0 (penalties are not supported)",
+    "frequency_penalty": "0 (penalties are not supported)",
+    "logprobs": "false (log probabilities are not returned)",
+    "top_logprobs": "0",
+    "logit_bias": "{} (logit bias is not supported)",
+    "response_format": "{\"type\": \"text\"} (JSON modes are not supported)",
+    "tools": "[] (tool calling is not supported)",
+    "tool_choice": "\"none\"",
+    "parallel_tool_calls": "true or false",
+}
+
+
+def _param(loc: Sequence[str | int]) -> str:
+    """``('messages', 0, 'content', 'str')`` -> ``messages[0].content`` (union member tags dropped)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _FIELDS or not out:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str)  # ASCII: safe to echo whatever was sent
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bad(param: str, problem: str, value: Any = ..., fix: str = "", status: int = 400, code: str = "invalid_value",
+         **kw) -> APIError:
+    got = "" if value is ... else f" (got {_show(value)})"
+    return APIError(status, f"{param}: {problem}{got}. {fix}".rstrip(), param=param, code=code, **kw)
+
+
+def _from_validation(err: ValidationError) -> APIError:
+    errors = err.errors(include_url=False)
+    # Of a union's alternatives, the deepest complaint is the useful one: messages[0].content[0].type, not content.
+    e = max(errors, key=lambda x: _param(x["loc"]).count(".") + _param(x["loc"]).count("["))
+    param = _param(e["loc"])
+    if e["type"] == "extra_forbidden":  # the unknown name itself is no field of ours: keep it
+        param = f"{_param(e['loc'][:-1])}.{e['loc'][-1]}".lstrip(".")
+    leaf = param.rsplit(".", 1)[-1]
+    leaf = "message" if leaf.startswith("messages[") else leaf.split("[", 1)[0]
+    if e["type"] == "extra_forbidden":
+        return _bad(param, "unknown parameter", code="unknown_parameter",
+                    fix="Remove it or fix its spelling (the extensions are rounds, latent_steps, mode).")
+    if e["type"] == "missing":
+        return _bad(param, "is required", fix=f"Send {_EXPECTED.get(leaf, 'it')}.", code="missing_required_parameter")
+    code = "invalid_type" if e["type"].endswith("_type") or e["type"] == "model_attributes_type" else "invalid_value"
+    problem = "wrong type" if code == "invalid_type" else e["msg"][0].lower() + e["msg"][1:]
+    return _bad(param, problem, e.get("input"), f"Send {_EXPECTED.get(leaf, 'a valid value')}.", code=code)
+
+
+def _reject_nan(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_request(body: bytes, limits: Limits, models: Collection[str]) -> ChatCompletionRequest:
+    """Parse and validate a raw request body; any problem is an :class:`APIError` (4xx) naming the field."""
+    if len(body) > limits.max_body_bytes:
+        raise APIError(413, f"The request body is {len(body)} bytes, over the limit of {limits.max_body_bytes}. "
+                            "Send fewer or shorter messages.", code="request_too_large")
+    if not body.strip():
+        raise APIError(400, "The request body is empty. Send a JSON object with model and messages.",
+                       code="invalid_json")
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_reject_nan)
+    except UnicodeDecodeError as e:
+        raise APIError(400, f"The request body is not UTF-8 ({e.reason} at byte {e.start}). Send UTF-8 JSON.",
+                       code="invalid_json") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, NaN/Infinity, too many digits, too deep
+        raise APIError(400, f"The request body is not valid JSON: {e}. Send a JSON object with model and "
+                            "messages.", code="invalid_json") from None
+    try:  # a \ud800 escape decodes to a lone surrogate, which no response could encode back to UTF-8
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise APIError(400, "The request body is nested too deeply. Send a JSON object with model and messages.",
+                       code="invalid_json") from None
+    except UnicodeEncodeError:
+        raise APIError(400, "The request body has a \\u escape of a lone surrogate (half a UTF-16 pair), which is "
+                            "not a character. Send valid Unicode text.", code="invalid_json") from None
+    return parse_payload(data, limits, models)
+
+
+def parse_payload(data: Any, limits: Limits, models: Collection[str]) -> ChatCompletionRequest:
+    """Validate an already-decoded request (a JSON object as a dict); the gRPC path comes in here too."""
+    if not isinstance(data, Mapping):
+        kind = "null" if data is None else {list: "an array", str: "a string", bool: "a boolean"}.get(type(data),
+                                                                                                 "a number")
+        raise APIError(400, f"The request body must be a JSON object, not {kind} (got {_show(data)}). "
+                            'Send {"model": ..., "messages": [...]}.', code="invalid_json")
+    try:
+        req = ChatCompletionRequest.model_validate(dict(data))
+    except ValidationError as e:
+        raise _from_validation(e) from None
+    _check_messages(req, limits)
+    if req.model not in models:
+        names = ", ".join(sorted(models)) or "none"
+        raise _bad("model", "no such model", req.model, f"Use one of the served topologies: {names}.", status=404,
+                   code="model_not_found")
+    _check_numbers(req, limits)
+    _check_no_ops(req)
+    return req
+
+
+_ECHOED = ("refusal", "tool_calls", "function_call", "annotations", "audio")
+
+
+def _check_messages(req: ChatCompletionRequest, limits: Limits) -> None:
+    msgs = req.messages
+    if not msgs:
+        raise _bad("messages", "is empty", fix="Send at least one message with role user.", code="empty_messages")
+    if len(msgs) > limits.max_messages:
+        raise _bad("messages", f"{len(msgs)} messages, over the limit of {limits.max_messages}",
+                   fix="Send fewer messages (drop or summarise the oldest turns).")
+    for i, m in enumerate(msgs):
+        for name in _ECHOED:
+            if getattr(m, name) not in (None, [], {}, ""):
+                raise _bad(f"messages[{i}].{name}", "tools, refusals and audio are not supported", getattr(m, name),
+                           "Send null or leave it out.", code="unsupported_parameter")
+        if not m.text.strip():
+            raise _bad(f"messages[{i}].content", f"the {m.role} message is empty", m.content,
+                       "Send non-empty text, or drop the message.")
+    if not any(m.role == "user" for m in msgs):
+        raise _bad("messages", "there is no user message", fix="Add a message with role user: the question.")
+    if msgs[-1].role != "user":
+        i = len(msgs) - 1
+        raise _bad(f"messages[{i}].role", "the last message must be the user's question", msgs[-1].role,
+                   "End the messages with a user message (assistant prefill is not supported).")
+
+
+def _check_numbers(req: ChatCompletionRequest, limits: Limits) -> None:
+    if (req.max_tokens is not None and req.max_completion_tokens is not None
+            and req.max_tokens != req.max_completion_tokens):
+        raise _bad("max_completion_tokens", f"disagrees with max_tokens={req.max_tokens}", req.max_completion_tokens,
+                   "Send only one of the two.")
+    for name, low, high in (("max_tokens", 1, limits.max_tokens), ("max_completion_tokens", 1, limits.max_tokens),
+                            ("rounds", 1, limits.max_rounds), ("latent_steps", 0, limits.max_latent_steps)):
+        value = getattr(req, name)
+        if value is not None and not low <= value <= high:
+            where = "over the server's limit" if value > high else "too small"
+            raise _bad(name, f"{where}", value, f"Send an integer from {low} to {high}.")
+    if req.stop is not None:
+        stops = req.stop_sequences
+        if len(stops) > limits.max_stop:
+            raise _bad("stop", f"{len(stops)} sequences, over the limit of {limits.max_stop}", req.stop,
+                       f"Send at most {limits.max_stop}.")
+        for i, s in enumerate(stops):
+            if not s:
+                raise _bad("stop" if isinstance(req.stop, str) else f"stop[{i}]", "empty stop sequence", s,
+                           "Send non-empty strings, or leave stop out.")
+    if req.stream_options is not None and not req.stream:
+        sent = req.stream_options.model_dump(exclude_none=True)
+        raise _bad("stream_options", "is only allowed when stream is true", sent,
+                   "Set \"stream\": true, or leave stream_options out.")
+
+
+def _check_no_ops(req: ChatCompletionRequest) -> None:
+    unsupported = [
+        ("n", req.n not in (None, 1), "only n=1 is supported", "Leave n out or send 1; send several requests for "
+                                                                "several answers."),
+        ("presence_penalty", req.presence_penalty not in (None, 0), "penalties are not supported", "Send 0."),
+        ("frequency_penalty", req.frequency_penalty not in (None, 0), "penalties are not supported", "Send 0."),
+        ("logprobs", bool(req.logprobs), "log probabilities are not returned", "Send false or leave it out."),
+        ("top_logprobs", req.top_logprobs not in (None, 0), "log probabilities are not returned", "Leave it out."),
+        ("logit_bias", bool(req.logit_bias), "logit bias is not supported", "Leave it out."),
+        ("tools", bool(req.tools), "tool calling is not supported", "Leave tools out."),
+        ("tool_choice", req.tool_choice not in (None, "none", "auto"), "tool calling is not supported",
+         "Leave tool_choice out."),
+    ]
+    for name, bad, problem, fix in unsupported:
+        if bad:
+            raise _bad(name, problem, getattr(req, name), fix, code="unsupported_parameter")
+
+
+def question_from_messages(messages: Sequence[ChatMessage | Mapping[str, Any]]) -> str:
+    """The topology's ``{question}`` for a chat.
+
+    A chat of one user message (plus nothing else) is that message's text, unchanged: the same question
+    ``recursivemas run --prompt`` would ask, so HTTP, gRPC and the CLI agree. Otherwise the question is, separated
+    by blank lines: the system (and developer) texts in order; the turns before the last user message as a
+    transcript under ``Conversation so far:`` (``User: ...`` / ``Assistant: ...`` lines); then the last user
+    message, unlabelled, last. Every agent's prompt template receives this same text: the agents have no chat
+    history of their own, and the latest request stays at the end where the templates expect the task.
+    """
+    msgs = [m if isinstance(m, ChatMessage) else ChatMessage.model_validate(dict(m)) for m in messages]
+    last = max((i for i, m in enumerate(msgs) if m.role == "user"), default=None)
+    if last is None:
+        raise ValueError("no user message: the last user message is the question")
+    system = [m.text.strip() for m in msgs[:last] if m.role in ("system", "developer")]
+    turns = [f"{m.role.capitalize()}: {m.text.strip()}" for m in msgs[:last] if m.role in ("user", "assistant")]
+    parts = [*system, *(["Conversation so far:\n" + "\n".join(turns)] if turns else []), msgs[last].text.strip()]
+    return "\n\n".join(p for p in parts if p)
+
+
+# --------------------------------------------------------------------------------------------------- the responses
+
+
+def as_run_result(result: RunResult | Mapping[str, Any]) -> RunResult:
+    """A ``RunResult``, or its ``to_dict()`` (as it comes back from an actor or over JSON)."""
+    return result if isinstance(result, RunResult) else RunResult.model_validate(dict(result))
+
+
+def completion_id(request_id: str) -> str:
+    return request_id if request_id.startswith("chatcmpl-") else f"chatcmpl-{request_id}"
+
+
+def finish_reason(result: RunResult | Mapping[str, Any], max_tokens: int | None) -> Literal["stop", "length"]:
+    """``length`` when the answer used all of ``max_tokens`` (cut off), else ``stop``."""
+    answer = [u for u in as_run_result(result).usage if u.kind == "answer"]
+    return "length" if max_tokens is not None and answer and answer[-1].decoded_tokens >= max_tokens else "stop"
+
+
+def usage_body(result: RunResult | Mapping[str, Any]) -> dict:
+    """OpenAI ``usage`` plus the ``recursivemas`` extension.
+
+    ``prompt_tokens`` and ``completion_tokens`` count every agent in every round (what the run cost), the answer's
+    included; ``completion_tokens_details.reasoning_tokens`` is the part the other agents decoded (text mode), as
+    OpenAI counts a reasoning model's hidden tokens. Latent steps are not tokens: they are in the extension, with
+    the run's mode, rounds, latent steps per turn and in all, wall time and, per agent in topology order, turns,
+    prompt tokens, latent steps, decoded tokens and tool calls.
+    """
+    r = as_run_result(result)
+    t = r.totals
+    agents: dict[str, dict[str, int]] = {}
+    for u in r.usage:
+        a = agents.setdefault(u.agent, {"turns": 0, "prompt_tokens": 0, "latent_steps": 0, "decoded_tokens": 0,
+                                        "tool_calls": 0})
+        a["turns"] += 1
+        a["prompt_tokens"] += u.prompt_tokens
+        a["latent_steps"] += u.latent_steps
+        a["decoded_tokens"] += u.decoded_tokens
+        a["tool_calls"] += u.tool_calls
+    answer = sum(u.decoded_tokens for u in r.usage if u.kind == "answer")
+    return {
+        "prompt_tokens": t.prompt_tokens,
+        "completion_tokens": t.decoded_tokens,
+        "total_tokens": t.prompt_tokens + t.decoded_tokens,
+        "completion_tokens_details": {"reasoning_tokens": t.decoded_tokens - answer},
+        "recursivemas": {
+            "mode": r.mode, "rounds": r.rounds, "latent_steps": r.latent_steps,
+            "latent_steps_total": t.latent_steps, "decoded_tokens": t.decoded_tokens, "answer_tokens": answer,
+            "tool_calls": t.tool_calls, "wall_s": round(r.wall_s, 6), "agents": agents,
+        },
+    }
+
+
+def completion_body(request_id: str, model: str, created: int | None, text: str,
+                    result: RunResult | Mapping[str, Any], finish: Literal["stop", "length"] = "stop") -> dict:
+    """A ``chat.completion`` object: one choice holding ``text``, and :func:`usage_body` of ``result``."""
+    return {
+        "id": completion_id(request_id),
+        "object": "chat.completion",
+        "created": int(time.time()) if created is None else int(created),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                     "logprobs": None}],
+        "usage": usage_body(result),
+    }
+
+
+def chunk_body(request_id: str, model: str, created: int, *, role: str | None = None, content: str | None = None,
+               finish: str | None = None, usage: dict | None = None, include_usage: bool = False) -> dict:
+    """A ``chat.completion.chunk``: a choice with a ``delta`` (``role`` and/or ``content``) or a ``finish`` reason;
+    with ``usage`` given, the usage chunk instead (no choices), as sent last when ``stream_options.include_usage``.
+    ``include_usage`` adds ``"usage": null`` to the other chunks, as OpenAI does."""
+    body: dict[str, Any] = {"id": completion_id(request_id), "object": "chat.completion.chunk",
+                            "created": int(created), "model": model}
+    if usage is not None:
+        body["choices"] = []
+        body["usage"] = usage
+        return body
+    delta = {k: v for k, v in (("role", role), ("content", content)) if v is not None}
+    body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+    if include_usage:
+        body["usage"] = None
+    return body
+
+
+def sse(obj: Any) -> bytes:
+    """One server-sent event: ``data: <compact JSON>`` and a blank line (JSON escapes newlines, so one line)."""
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
+
+
+class ChunkStream:
+    """The SSE bytes of one streamed completion, in order: :meth:`start` (the role), :meth:`delta` per piece of
+    text, then :meth:`end` (finish reason, the usage chunk if asked for, ``[DONE]``), or :meth:`error` instead."""
+
+    def __init__(self, request_id: str, model: str, created: int | None = None, include_usage: bool = False):
+        self.request_id, self.model, self.include_usage = request_id, model, include_usage
+        self.created = int(time.time()) if created is None else int(created)
+
+    def _chunk(self, **kw) -> bytes:
+        return sse(chunk_body(self.request_id, self.model, self.created, include_usage=self.include_usage, **kw))
+
+    def start(self) -> bytes:
+        return self._chunk(role="assistant", content="")
+
+    def delta(self, text: str) -> bytes:
+        return self._chunk(content=text) if text else b""
+
+    def end(self, result: RunResult | Mapping[str, Any], finish: Literal["stop", "length"] = "stop") -> bytes:
+        out = self._chunk(finish=finish)
+        if self.include_usage:
+            out += sse(chunk_body(self.request_id, self.model, self.created, usage=usage_body(result)))
+        return out + SSE_DONE
+
+    def error(self, err: APIError) -> bytes:
+        """An error after the stream started (the status is already sent): an error event, which the ``openai``
+        client raises as ``APIError``, then ``[DONE]``."""
+        return sse(error_body(err, self.request_id)) + SSE_DONE
+
+
+def models_body(names: Iterable[str], created: int = 0, owned_by: str = "recursivemas") -> dict:
+    """``GET /v1/models``: one ``model`` object per served topology, sorted by name."""
+    return {"object": "list", "data": [{"id": n, "object": "model", "created": int(created), "owned_by": owned_by}
+                                       for n in sorted(names)]}
