@@ -54,8 +54,7 @@ def evaluate(topology: Topology, engines: Mapping[str, object], links: LinkSet, 
 
     ``answer_loss`` is the mean teacher-forced cross-entropy of the decoder's final-round answer, unrolled exactly as
     in training (``targets`` maps agents to row fields as ``TrainConfig.targets`` does, unnamed agents read
-    ``answer``; ``max_latent_tokens`` should be the training value). ``accuracy`` is the fraction of rows whose
-    latent-mode answer, greedily decoded up to ``max_new_tokens`` tokens, passes :func:`answer_matches`.
+    ``answer``; ``max_latent_tokens`` should be the training value). ``accuracy`` is :func:`latent_accuracy`.
     """
     if not rows:
         raise ValueError("evaluate: pass at least one row")
@@ -70,10 +69,22 @@ def evaluate(topology: Topology, engines: Mapping[str, object], links: LinkSet, 
                             {agent: row.target(field) for agent, field in fields.items()}, max_latent_tokens).item()
                 for row in rows
             ]
+    finally:
+        links.train(was_training)
+    accuracy = latent_accuracy(topology, engines, links, rows, max_new_tokens)
+    return {"answer_loss": sum(losses) / len(losses), "accuracy": accuracy, "rows": float(len(rows))}
+
+
+def latent_accuracy(topology: Topology, engines: Mapping[str, object], links: LinkSet, rows: Sequence[Row],
+                    max_new_tokens: int = 16) -> float:
+    """The fraction of rows whose latent-mode answer, greedily decoded up to ``max_new_tokens`` tokens, passes
+    :func:`answer_matches`: what a user of the trained system would see."""
+    was_training = links.training
+    links.eval()
+    try:
         generation = topology.generation.model_copy(update={"max_new_tokens": max_new_tokens})
         executor = Executor(topology.replace(generation=generation.model_dump()), engines, links)
         results = executor.run_batch([row.question for row in rows], mode="latent")
     finally:
         links.train(was_training)
-    correct = sum(answer_matches(result.text, row.answer) for result, row in zip(results, rows))
-    return {"answer_loss": sum(losses) / len(losses), "accuracy": correct / len(rows), "rows": float(len(rows))}
+    return sum(answer_matches(result.text, row.answer) for result, row in zip(results, rows)) / len(rows)

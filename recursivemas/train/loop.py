@@ -19,6 +19,7 @@ from tqdm import tqdm
 from recursivemas.train.checkpoints import Checkpoints
 from recursivemas.train.config import OuterStageConfig, TrainConfig
 from recursivemas.train.data import Row
+from recursivemas.train.evaluate import latent_accuracy
 from recursivemas.train.inner import InnerExample, agent_prompt, train_inner
 from recursivemas.train.outer import outer_parameters, unroll_loss
 from recursivemas.train.parallel import Wire, World, broadcast_module, sum_scalar
@@ -146,8 +147,6 @@ def evaluate_heldout(setup: Setup, config: TrainConfig, rows: list[Row], world: 
             total += 0.0 if loss is None else loss.item()
     out = {"eval_rows": len(rows), "eval_answer_loss": sum_scalar(world, total) / len(rows)}
     if not world.pipelined and not sharded and world.rank == 0:
-        from recursivemas.train.evaluate import evaluate
-
-        scores = evaluate(setup.topology, setup.engines, setup.links, rows, config.eval.max_new_tokens)
-        out["eval_accuracy"] = scores["accuracy"]
+        out["eval_accuracy"] = latent_accuracy(setup.topology, setup.engines, setup.links, rows,
+                                               config.eval.max_new_tokens)
     return out
