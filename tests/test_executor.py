@@ -750,3 +750,15 @@ def test_a_backend_with_think_is_used_as_is_and_latent_handles_stay_opaque(two_e
     direct = Executor(topology, two_engines, links).run(QUESTION)
     assert via_handles.text == direct.text
     assert sum(len(b.seen) for b in backends.values()) == 4  # handles read by critic, solver, planner (r2), critic (r2)
+
+
+@pytest.mark.parametrize("mode", ["latent", "text", "single"])
+def test_streamed_answer_equals_the_plain_answer(mode, two_engines):
+    """``on_delta`` hears the answer as it is decoded; the pieces join to the text of a run without it."""
+    executor = make_executor(make_topology("sequential", rounds=2, new_tokens=12), two_engines)
+    plain = executor.run("What is 2+3?", mode=mode)
+    pieces: list[str] = []
+    streamed = executor.run("What is 2+3?", mode=mode, on_delta=pieces.append)
+    assert "".join(pieces) == streamed.text == plain.text
+    assert bool(pieces) == bool(plain.text) and all(pieces)
+    assert streamed.usage[-1].decoded_tokens == plain.usage[-1].decoded_tokens

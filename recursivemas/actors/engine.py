@@ -163,28 +163,39 @@ class BackboneEngine:
             for r, ids in enumerate(tokens)
         ]
 
-    @torch.inference_mode()
     def stream(
         self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
         seed: int | None = None, stop: Sequence[str] = (),
     ) -> Iterator[str]:
         """Yield text deltas as tokens are decoded; the deltas join to ``generate``'s text."""
+        for piece in self.stream_generation(prompt, max_new_tokens, temperature, top_p, seed, stop):
+            if isinstance(piece, str):
+                yield piece
+
+    @torch.inference_mode()
+    def stream_generation(
+        self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+        seed: int | None = None, stop: Sequence[str] = (),
+    ) -> Iterator[str | Generation]:
+        """``stream``'s deltas, then the finished :class:`Generation` (its token counts are the run's usage)."""
         item = self.embed(prompt)
         ids: list[int] = []
-        sent = ""
+        sent, reason = "", "length"
         for step_tokens, finished in self._decode([item], max_new_tokens, Sampler(temperature, top_p, seed), stop):
-            if finished.get(0) == "eos":
-                break
             ids.extend(step_tokens.values())
+            reason = finished.get(0, reason)
+            if reason == "eos":
+                break
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                 continue
             if len(text) > len(sent):
                 yield text[len(sent) :]
                 sent = text
-        final = self._text(ids, "length")
+        final = self._text(ids, reason)
         if len(final) > len(sent):
             yield final[len(sent) :]
+        yield Generation(final, ids if reason != "eos" else ids[:-1], reason, item.text_tokens, item.latent_tokens)
 
     def _text(self, ids: list[int], reason: str) -> str:
         return self.tokenizer.decode(ids[:-1] if reason == "eos" else ids, skip_special_tokens=True)

@@ -11,7 +11,7 @@ input agent (the inner link and the outgoing outer links), as in DESIGN.md secti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +61,10 @@ class LocalBackend:
 
     def generate(self, prompts: Sequence[Prompt], **sampling: Any) -> list:
         return self.engine.generate(prompts, **sampling)
+
+    def stream(self, prompt: Prompt, **sampling: Any) -> Iterator:
+        """Text deltas of one answer as it is decoded, then its ``Generation`` (optional for backends)."""
+        return self.engine.stream_generation(prompt, **sampling)
 
 
 def as_backend(obj, links: LinkSet | None, handoff: str) -> Backend:

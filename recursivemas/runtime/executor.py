@@ -64,6 +64,8 @@ class _Run:
     steps: int
     questions: list[_QuestionState]
     on_turn: Callable[[AgentUsage], None] | None = None
+    on_delta: Callable[[str], None] | None = None
+
 
 class Executor:
     """Runs a topology over backends (see :mod:`recursivemas.runtime.backend`) keyed by backbone name.
@@ -92,19 +94,24 @@ class Executor:
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_calls, thread_name_prefix="backbone")
 
     def run(self, question: str, mode: Mode = "latent", rounds: int | None = None, latent_steps: int | None = None,
-            on_turn: Callable[[AgentUsage], None] | None = None) -> RunResult:
-        return self.run_batch([question], mode, rounds, latent_steps, on_turn)[0]
+            on_turn: Callable[[AgentUsage], None] | None = None,
+            on_delta: Callable[[str], None] | None = None) -> RunResult:
+        """One question. ``on_delta`` hears the answer's text as it is decoded (where the decoder's backend can
+        stream; otherwise once, whole); under greedy decoding the deltas join to the same text as without it."""
+        return self.run_batch([question], mode, rounds, latent_steps, on_turn, on_delta)[0]
 
     @torch.inference_mode()
     def run_batch(self, questions: Sequence[str], mode: Mode = "latent", rounds: int | None = None,
                   latent_steps: int | None = None, on_turn: Callable[[AgentUsage], None] | None = None,
-                  ) -> list[RunResult]:
+                  on_delta: Callable[[str], None] | None = None) -> list[RunResult]:
         """Answer every question; ``on_turn`` hears of each agent turn as it finishes (progress, logging)."""
         rounds = self.topology.rounds if rounds is None else rounds
         steps = self.topology.latent_steps if latent_steps is None else latent_steps
         _check_request(questions, mode, rounds, steps)
         start = time.perf_counter()
-        run = _Run(mode, rounds, steps, [_QuestionState(q) for q in questions], on_turn)
+        if on_delta is not None and len(questions) != 1:
+            raise ValueError("on_delta: streaming is for one question at a time; use run()")
+        run = _Run(mode, rounds, steps, [_QuestionState(q) for q in questions], on_turn, on_delta)
         if mode == "single":
             self._run_level(run, [self.plan.decoder], round_=1, final=True)
         else:
@@ -139,7 +146,8 @@ class Executor:
                 prompt = self._prompt(agent, state, with_slots=run.mode != "single")
                 usage = AgentUsage(agent=agent, round=round_, backbone=backbone, kind=kind)
                 by_backbone[backbone].append(_Turn(index, agent, prompt, usage, self._targets(agent, final)))
-        futures = [self._pool.submit(self._call, name, turns, run.steps) for name, turns in by_backbone.items()]
+        futures = [self._pool.submit(self._call, name, turns, run.steps, run.on_delta)
+                   for name, turns in by_backbone.items()]
         done = [turn for future in futures for turn in future.result()]
         for turn in done:
             state = run.questions[turn.question]
@@ -150,7 +158,8 @@ class Executor:
                 run.on_turn(turn.usage)
         return done
 
-    def _call(self, backbone_name: str, turns: list[_Turn], steps: int) -> list[_Turn]:
+    def _call(self, backbone_name: str, turns: list[_Turn], steps: int,
+              on_delta: Callable[[str], None] | None = None) -> list[_Turn]:
         backend = self.backends[backbone_name]
         start = time.perf_counter()
         latent = [t for t in turns if t.usage.kind == "latent"]
@@ -164,6 +173,11 @@ class Executor:
         decoding = [t for t in turns if t.usage.kind != "latent"]
         with_tools = [t for t in decoding if self.topology.agent(t.agent).tools]
         plain = [t for t in decoding if not self.topology.agent(t.agent).tools]
+        streamed = [t for t in plain if on_delta is not None and t.usage.kind == "answer"]
+        plain = [t for t in plain if t not in streamed]
+        for turn in streamed:
+            gen = self._stream(backend, turn.prompt, on_delta)
+            self._record_text(turn, gen.text, len(gen.token_ids), gen.prompt_tokens, gen.latent_tokens)
         if plain:
             for turn, gen in zip(plain, backend.generate([t.prompt for t in plain], **self._sampling())):
                 self._record_text(turn, gen.text, len(gen.token_ids), gen.prompt_tokens, gen.latent_tokens)
@@ -173,6 +187,18 @@ class Executor:
         for turn in turns:
             turn.usage.wall_s = wall
         return turns
+
+    def _stream(self, backend, prompt: Prompt, on_delta: Callable[[str], None]):
+        if not hasattr(backend, "stream"):
+            (gen,) = backend.generate([prompt], **self._sampling())
+            on_delta(gen.text)
+            return gen
+        for piece in backend.stream(prompt, **self._sampling()):
+            if isinstance(piece, str):
+                on_delta(piece)
+            else:
+                return piece
+        raise RuntimeError("backend stream ended without its final Generation")
 
     def _tool_turn(self, backend, turn: _Turn) -> None:
         segments = [*turn.prompt.segments, "\n\n" + self.toolbox.instructions()]
