@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -65,6 +66,7 @@ class _Run:
     questions: list[_QuestionState]
     on_turn: Callable[[AgentUsage], None] | None = None
     on_delta: Callable[[str], None] | None = None
+    sampling: dict = field(default_factory=dict)
 
 
 class Executor:
@@ -95,15 +97,17 @@ class Executor:
 
     def run(self, question: str, mode: Mode = "latent", rounds: int | None = None, latent_steps: int | None = None,
             on_turn: Callable[[AgentUsage], None] | None = None,
-            on_delta: Callable[[str], None] | None = None) -> RunResult:
+            on_delta: Callable[[str], None] | None = None, generation: Mapping[str, Any] | None = None) -> RunResult:
         """One question. ``on_delta`` hears the answer's text as it is decoded (where the decoder's backend can
-        stream; otherwise once, whole); under greedy decoding the deltas join to the same text as without it."""
-        return self.run_batch([question], mode, rounds, latent_steps, on_turn, on_delta)[0]
+        stream; otherwise once, whole); under greedy decoding the deltas join to the same text as without it.
+        ``generation`` overrides the topology's sampling for this run (``max_new_tokens``, ``temperature``, ...)."""
+        return self.run_batch([question], mode, rounds, latent_steps, on_turn, on_delta, generation)[0]
 
     @torch.inference_mode()
     def run_batch(self, questions: Sequence[str], mode: Mode = "latent", rounds: int | None = None,
                   latent_steps: int | None = None, on_turn: Callable[[AgentUsage], None] | None = None,
-                  on_delta: Callable[[str], None] | None = None) -> list[RunResult]:
+                  on_delta: Callable[[str], None] | None = None, generation: Mapping[str, Any] | None = None,
+                  ) -> list[RunResult]:
         """Answer every question; ``on_turn`` hears of each agent turn as it finishes (progress, logging)."""
         rounds = self.topology.rounds if rounds is None else rounds
         steps = self.topology.latent_steps if latent_steps is None else latent_steps
@@ -111,7 +115,12 @@ class Executor:
         start = time.perf_counter()
         if on_delta is not None and len(questions) != 1:
             raise ValueError("on_delta: streaming is for one question at a time; use run()")
-        run = _Run(mode, rounds, steps, [_QuestionState(q) for q in questions], on_turn, on_delta)
+        sampling = {**self._sampling(), **(generation or {})}
+        unknown = sorted(set(sampling) - set(self._sampling()) - {"stop"})
+        if unknown:
+            raise ValueError(f"generation: unknown setting(s) {unknown}; use max_new_tokens, temperature, top_p, "
+                             "seed or stop")
+        run = _Run(mode, rounds, steps, [_QuestionState(q) for q in questions], on_turn, on_delta, sampling)
         if mode == "single":
             self._run_level(run, [self.plan.decoder], round_=1, final=True)
         else:
@@ -146,8 +155,7 @@ class Executor:
                 prompt = self._prompt(agent, state, with_slots=run.mode != "single")
                 usage = AgentUsage(agent=agent, round=round_, backbone=backbone, kind=kind)
                 by_backbone[backbone].append(_Turn(index, agent, prompt, usage, self._targets(agent, final)))
-        futures = [self._pool.submit(self._call, name, turns, run.steps, run.on_delta)
-                   for name, turns in by_backbone.items()]
+        futures = [self._pool.submit(self._call, name, turns, run) for name, turns in by_backbone.items()]
         done = [turn for future in futures for turn in future.result()]
         for turn in done:
             state = run.questions[turn.question]
@@ -158,8 +166,8 @@ class Executor:
                 run.on_turn(turn.usage)
         return done
 
-    def _call(self, backbone_name: str, turns: list[_Turn], steps: int,
-              on_delta: Callable[[str], None] | None = None) -> list[_Turn]:
+    def _call(self, backbone_name: str, turns: list[_Turn], run: _Run) -> list[_Turn]:
+        steps, on_delta, sampling = run.steps, run.on_delta, run.sampling
         backend = self.backends[backbone_name]
         start = time.perf_counter()
         latent = [t for t in turns if t.usage.kind == "latent"]
@@ -176,36 +184,37 @@ class Executor:
         streamed = [t for t in plain if on_delta is not None and t.usage.kind == "answer"]
         plain = [t for t in plain if t not in streamed]
         for turn in streamed:
-            gen = self._stream(backend, turn.prompt, on_delta)
+            gen = self._stream(backend, turn.prompt, on_delta, sampling)
             self._record_text(turn, gen.text, len(gen.token_ids), gen.prompt_tokens, gen.latent_tokens)
         if plain:
-            for turn, gen in zip(plain, backend.generate([t.prompt for t in plain], **self._sampling())):
+            for turn, gen in zip(plain, backend.generate([t.prompt for t in plain], **sampling)):
                 self._record_text(turn, gen.text, len(gen.token_ids), gen.prompt_tokens, gen.latent_tokens)
         for turn in with_tools:
-            self._tool_turn(backend, turn)
+            self._tool_turn(backend, turn, sampling)
         wall = time.perf_counter() - start
         for turn in turns:
             turn.usage.wall_s = wall
         return turns
 
-    def _stream(self, backend, prompt: Prompt, on_delta: Callable[[str], None]):
+    @staticmethod
+    def _stream(backend, prompt: Prompt, on_delta: Callable[[str], None], sampling: dict):
         if not hasattr(backend, "stream"):
-            (gen,) = backend.generate([prompt], **self._sampling())
+            (gen,) = backend.generate([prompt], **sampling)
             on_delta(gen.text)
             return gen
-        for piece in backend.stream(prompt, **self._sampling()):
+        for piece in backend.stream(prompt, **sampling):
             if isinstance(piece, str):
                 on_delta(piece)
             else:
                 return piece
         raise RuntimeError("backend stream ended without its final Generation")
 
-    def _tool_turn(self, backend, turn: _Turn) -> None:
+    def _tool_turn(self, backend, turn: _Turn, sampling: dict) -> None:
         segments = [*turn.prompt.segments, "\n\n" + self.toolbox.instructions()]
         counts = {}
 
         def generate(prefix: str) -> tuple[str, int]:
-            gen = backend.generate([Prompt(segments, prefix)], stop=STOP_STRINGS, **self._sampling())[0]
+            gen = backend.generate([Prompt(segments, prefix)], **{**sampling, "stop": STOP_STRINGS})[0]
             counts.setdefault("prompt", (gen.prompt_tokens, gen.latent_tokens))
             return gen.text, len(gen.token_ids)
 
