@@ -1,0 +1,210 @@
+"""The Ray Serve deployments: one per unique backbone, one router for every served topology, one HTTP ingress.
+
+- ``BackboneServer`` wraps the cluster's backbone core (engine + request coalescing): concurrent requests from every
+  topology that names the backbone are batched into its rollout and generation calls.
+- ``Router`` runs each topology's :class:`~recursivemas.runtime.Executor` over handles to the backbone deployments.
+  Hand-offs stay object references owned by the backbone replica that made them: the replica that reads one fetches
+  it from the object store; the router and the ingress never hold a latent.
+- ``Ingress`` speaks OpenAI's chat-completions API (``recursivemas.serve.openai_api``), with server-sent events for
+  ``stream: true``; bad input is a 4xx with an OpenAI error object, an internal failure a 5xx with a request id.
+"""
+
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import ray
+from fastapi import Request  # module level: FastAPI resolves the route annotations against this module
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from recursivemas.actors import Prompt
+from recursivemas.cluster.backbone_actor import BackboneActor, lift_latents, lower_latents
+from recursivemas.config import Topology
+from recursivemas.runtime import Executor, build_links
+from recursivemas.serve.openai_api import (
+    SSE_HEADERS, APIError, ChunkStream, Limits, completion_body, error_body, finish_reason, models_body,
+    new_request_id, parse_request,
+)
+
+log = logging.getLogger("recursivemas")
+
+
+def _resolve(latents: Sequence) -> list:
+    """Latent arguments as tensors: references are fetched here, from the replica that made them."""
+    refs = [i for i, x in enumerate(latents) if isinstance(x, ray.ObjectRef)]
+    out = list(latents)
+    for i, value in zip(refs, ray.get([latents[i] for i in refs])):
+        out[i] = value
+    return out
+
+
+class BackboneServer:
+    """One backbone, loaded once per replica, shared by every topology and request that names it."""
+
+    def __init__(self, name: str, path: str, dtype: str, device: str, max_batch: int = 16,
+                 batch_wait_s: float = 0.005, torch_threads: int = 1) -> None:
+        self.core = BackboneActor(name, path, dtype, device, max_batch, batch_wait_s, torch_threads)
+
+    def info(self) -> dict:
+        return self.core.info()
+
+    def think(self, topology: str, links_ref: list, handoff: str, agents: list[str], prompts: list, steps: int,
+              targets: list, *latents):
+        return self.core.think(topology, links_ref, handoff, "object_store", agents, prompts, steps, targets,
+                               *_resolve(latents))
+
+    def generate(self, prompts: list, sampling: dict, *latents) -> list:
+        return self.core.generate(prompts, sampling, *_resolve(latents))
+
+    def stream(self, prompt, sampling: dict, *latents):
+        (prompt,) = lower_latents([prompt], _resolve(latents))
+        yield from self.core.engine.stream_generation(prompt, **sampling)
+
+    def batch_sizes(self) -> list[int]:
+        return self.core.batch_sizes()
+
+
+class HandleBackend:
+    """The executor's backend interface over a backbone deployment handle (called from router worker threads)."""
+
+    def __init__(self, handle, topology: str, links_ref: ray.ObjectRef, handoff: str) -> None:
+        self.handle, self.topology, self.links_ref, self.handoff = handle, topology, links_ref, handoff
+
+    def think(self, agents, prompts, steps, targets):
+        lifted, latents = lift_latents(prompts)
+        return self.handle.think.remote(self.topology, [self.links_ref], self.handoff, list(agents), lifted, steps,
+                                        [list(t) for t in targets], *latents).result()
+
+    def generate(self, prompts, **sampling):
+        lifted, latents = lift_latents(prompts)
+        return self.handle.generate.remote(lifted, sampling, *latents).result()
+
+    def stream(self, prompt: Prompt, **sampling):
+        (lifted,), latents = lift_latents([prompt])
+        yield from self.handle.options(stream=True).stream.remote(lifted, sampling, *latents)
+
+
+class Router:
+    """Every served topology's executor; a request names its topology (the OpenAI ``model``)."""
+
+    async def __init__(self, topologies: list[dict], backbones: dict[str, object],
+                       keys: dict[str, dict[str, str]]) -> None:
+        # keys: topology name -> {its backbone name: the deployment name serving it}
+        info = {key: await handle.info.remote() for key, handle in backbones.items()}
+        self.executors: dict[str, Executor] = {}
+        for raw in topologies:
+            topology = Topology.model_validate(raw)
+            mine = keys[topology.name]
+            dims = {name: _Dims(info[key]) for name, key in mine.items()}
+            links_ref = ray.put(build_links(topology, dims))
+            self.executors[topology.name] = Executor(topology, {
+                name: HandleBackend(backbones[key], topology.name, links_ref, topology.handoff)
+                for name, key in mine.items()})
+
+    def models(self) -> list[str]:
+        return list(self.executors)
+
+    async def run(self, model: str, question: str, options: dict, generation: dict) -> dict:
+        executor = self.executors[model]
+        result = await asyncio.to_thread(executor.run, question, generation=generation, **options)
+        return result.to_dict()
+
+    async def stream(self, model: str, question: str, options: dict, generation: dict):
+        """Text deltas of the answer as the decoder produces them, then the run's result (a dict)."""
+        executor, loop, queue = self.executors[model], asyncio.get_running_loop(), asyncio.Queue()
+
+        def work() -> None:
+            try:
+                result = executor.run(question, generation=generation,
+                                      on_delta=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d), **options)
+                loop.call_soon_threadsafe(queue.put_nowait, result.to_dict())
+            except BaseException as exc:  # handed to the caller, which maps it to an error event
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        threading.Thread(target=work, daemon=True, name=f"stream-{model}").start()
+        while True:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, dict):
+                return
+
+
+class _Dims:
+    def __init__(self, info: dict) -> None:
+        self.hidden_size, self.embedding_scale = info["hidden_size"], info["embedding_scale"]
+
+
+def make_ingress(app):
+    """The ingress class over a FastAPI ``app`` (Serve's ``@serve.ingress`` needs the app at class creation)."""
+    @serve.ingress(app)
+    class Ingress:
+        def __init__(self, router, limits: dict) -> None:
+            self.router = router
+            self.limits = Limits.model_validate(limits)
+            self.names: list[str] = []
+
+        async def _models(self) -> list[str]:
+            if not self.names:
+                self.names = await self.router.models.remote()
+            return self.names
+
+        @app.get("/health")
+        async def health(self) -> dict:
+            return {"status": "ok", "models": await self._models()}
+
+        @app.get("/v1/models")
+        async def list_models(self) -> dict:
+            return models_body(await self._models())
+
+        @app.post("/v1/chat/completions")
+        async def chat(self, request: Request):
+            request_id = request.headers.get("x-request-id") or new_request_id()
+            headers = {"x-request-id": request_id}
+            try:
+                req = parse_request(await request.body(), self.limits, await self._models())
+            except APIError as err:
+                return JSONResponse(error_body(err, request_id), status_code=err.status, headers=headers)
+            options = {k: v for k, v in req.run_options().items() if v is not None}  # None: the topology's own
+            args = (req.model, req.question(), options, req.generation_options())
+            if req.stream:
+                return StreamingResponse(self._events(request_id, req, args), media_type="text/event-stream",
+                                         headers={**SSE_HEADERS, **headers})
+            try:
+                result = await self.router.run.remote(*args)
+            except Exception as exc:  # noqa: BLE001 - any failure is this request's, not the server's
+                err = _as_api_error(exc, request_id)
+                return JSONResponse(error_body(err, request_id), status_code=err.status, headers=headers)
+            body = completion_body(request_id, req.model, int(time.time()), result["text"], result,
+                                   finish_reason(result, req.max_new_tokens))
+            return JSONResponse(body, headers=headers)
+
+        async def _events(self, request_id: str, req, args):
+            chunks = ChunkStream(request_id, req.model, include_usage=req.include_usage)
+            yield chunks.start()
+            try:
+                async for item in self.router.options(stream=True).stream.remote(*args):
+                    if isinstance(item, str):
+                        yield chunks.delta(item)
+                    else:
+                        yield chunks.end(item, finish_reason(item, req.max_new_tokens))
+            except Exception as exc:  # noqa: BLE001
+                yield chunks.error(_as_api_error(exc, request_id))
+
+    return Ingress
+
+
+def _as_api_error(exc: Exception, request_id: str) -> APIError:
+    """A failure inside a run: the user's fault (a prompt over the context, ...) is a 400, anything else a 500."""
+    cause = getattr(exc, "cause", None) or exc
+    from recursivemas.actors import ContextLengthError
+
+    if isinstance(cause, ContextLengthError | ValueError):
+        return APIError(400, str(cause).splitlines()[0], param="messages", code="invalid_request")
+    log.exception("request %s failed", request_id)
+    return APIError.internal(request_id)

@@ -1,0 +1,99 @@
+"""Ray Serve over real HTTP on 127.0.0.1 with tiny models: the official ``openai`` client gets completions and
+streams, two topologies share their backbone deployments, and bad requests get 4xx without hurting the server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+import yaml
+
+from recursivemas.cluster import Cluster  # sets the 127.0.0.1 binding before Ray starts
+from recursivemas.serve.app import build_app
+from tiny import save_tiny_pair
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from ray import serve
+
+    root = tmp_path_factory.mktemp("serve")
+    backbones = {name: {"model": path, "num_cpus": 0.25} for name, path in save_tiny_pair(root).items()}
+    common = {"backbones": backbones, "pattern": "sequential", "rounds": 2, "latent_steps": 2,
+              "generation": {"max_new_tokens": 8}}
+    seq = {**common, "name": "seq", "agents": [{"name": "planner", "backbone": "a"}, {"name": "solver", "backbone": "b"}]}
+    trio = {**common, "name": "trio", "agents": [{"name": "p", "backbone": "a"}, {"name": "c", "backbone": "b"},
+                                                 {"name": "s", "backbone": "a"}]}
+    paths = []
+    for topology in (seq, trio):
+        (root / f"{topology['name']}.yaml").write_text(yaml.safe_dump(topology))
+        paths.append(root / f"{topology['name']}.yaml")
+    port = free_port()
+    with Cluster(num_cpus=2):
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(paths), name="recursivemas", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+        serve.shutdown()
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_completion_and_stream_agree_under_greedy_decoding(server):
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    messages = [{"role": "user", "content": "What is 2+3?"}]
+    completion = client.chat.completions.create(model="seq", messages=messages, max_tokens=6, temperature=0)
+    text = completion.choices[0].message.content
+    assert completion.usage.completion_tokens > 0 and completion.usage.prompt_tokens > 0
+    extension = completion.usage.model_extra["recursivemas"]
+    assert extension["mode"] == "latent" and extension["rounds"] == 2
+    pieces = [chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+        model="seq", messages=messages, max_tokens=6, temperature=0, stream=True) if chunk.choices]
+    assert "".join(pieces) == text
+
+
+def test_two_topologies_share_backbone_deployments(server):
+    from ray import serve
+
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    assert sorted(m.id for m in client.models.list()) == ["seq", "trio"]
+    reply = client.chat.completions.create(model="trio", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                           extra_body={"mode": "text", "rounds": 1})
+    assert reply.usage.model_extra["recursivemas"]["mode"] == "text"
+    deployments = serve.status().applications["recursivemas"].deployments
+    assert len([d for d in deployments if d.startswith("backbone-")]) == 2  # a and b, not one per topology
+
+
+@pytest.mark.parametrize("body,status", [
+    (b"{not json", 400),
+    (b"[]", 400),
+    (json.dumps({"model": "nope", "messages": [{"role": "user", "content": "x"}]}).encode(), 404),
+    (json.dumps({"model": "seq", "messages": []}).encode(), 400),
+    (json.dumps({"model": "seq", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6}).encode(), 400),
+    (json.dumps({"model": "seq", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}).encode(), 400),
+    (json.dumps({"model": "seq", "messages": [{"role": "user", "content": "x" * 5000}], "max_tokens": 2}).encode(),
+     400),  # over the tiny models' context
+    (b"{" + b" " * (2 * 1024 * 1024) + b"}", 413),
+])
+def test_bad_requests_get_4xx_and_the_server_goes_on(server, body, status):
+    code, error = post(f"{server}/v1/chat/completions", body)
+    assert code == status and error["error"]["message"] and error["error"]["type"]
+    ok, reply = post(f"{server}/v1/chat/completions", json.dumps(
+        {"model": "seq", "messages": [{"role": "user", "content": "1+1?"}], "max_tokens": 2}).encode())
+    assert ok == 200 and reply["object"] == "chat.completion"
