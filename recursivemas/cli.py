@@ -146,6 +146,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    from recursivemas.serve.app import build_app
+
+    limits = {"max_tokens": args.max_tokens_limit}
+    app = build_app(args.topologies or ["sequential-demo"], limits=limits)
+    with _cluster(args):
+        from ray import serve
+
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(app, name="recursivemas", route_prefix="/")
+        print(f"serving on http://{args.host}:{args.port}/v1 (OpenAI chat completions); Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recursivemas", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -175,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("--resume", metavar="CHECKPOINT_DIR",
                            help="start a Ray Train run from this checkpoint (links, optimizer, scheduler, step)")
     train_cmd.set_defaults(func=cmd_train)
+
+    serve_cmd = sub.add_parser("serve", help="serve topologies behind an OpenAI-compatible HTTP API (Ray Serve)")
+    serve_cmd.add_argument("topologies", nargs="*", help="YAML files or built-in names (default: sequential-demo); "
+                                                         "each is a `model` of the API")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
+    serve_cmd.add_argument("--address", help="Ray address to join (default: start a local Ray)")
+    serve_cmd.set_defaults(func=cmd_serve)
 
     models = sub.add_parser("models", help="offline model zoo (real small models from PyPI)")
     models_sub = models.add_subparsers(dest="action", required=True)
