@@ -149,16 +149,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import time
 
-    from recursivemas.serve.app import build_app
+    from recursivemas.serve.app import build_app, start
 
     limits = {"max_tokens": args.max_tokens_limit}
     app = build_app(args.topologies or ["sequential-demo"], limits=limits)
     with _cluster(args):
         from ray import serve
 
-        serve.start(http_options={"host": args.host, "port": args.port})
+        start(args.host, args.port, args.grpc_port)
         serve.run(app, name="recursivemas", route_prefix="/")
-        print(f"serving on http://{args.host}:{args.port}/v1 (OpenAI chat completions); Ctrl-C stops", flush=True)
+        grpc = f" and gRPC on {args.host}:{args.grpc_port}" if args.grpc_port else ""
+        print(f"serving on http://{args.host}:{args.port}/v1 (OpenAI chat completions){grpc}; Ctrl-C stops",
+              flush=True)
         try:
             while True:
                 time.sleep(3600)
@@ -202,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "each is a `model` of the API")
     serve_cmd.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--grpc-port", type=int, help="also serve recursivemas.proto (Run, RunStream) here")
     serve_cmd.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
     serve_cmd.add_argument("--address", help="Ray address to join (default: start a local Ray)")
     serve_cmd.set_defaults(func=cmd_serve)

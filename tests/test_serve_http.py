@@ -8,12 +8,15 @@ import socket
 import urllib.error
 import urllib.request
 
+import grpc
 import openai
 import pytest
 import yaml
 
 from recursivemas.cluster import Cluster  # sets the 127.0.0.1 binding before Ray starts
-from recursivemas.serve.app import build_app
+from recursivemas.serve.app import build_app, start
+from recursivemas.serve.proto import recursivemas_pb2 as pb
+from recursivemas.serve.proto import recursivemas_pb2_grpc
 from tiny import save_tiny_pair
 
 
@@ -38,12 +41,17 @@ def server(tmp_path_factory):
     for topology in (seq, trio):
         (root / f"{topology['name']}.yaml").write_text(yaml.safe_dump(topology))
         paths.append(root / f"{topology['name']}.yaml")
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     with Cluster(num_cpus=2):
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        start("127.0.0.1", port, grpc_port)
         serve.run(build_app(paths), name="recursivemas", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
         serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    return server[0]
 
 
 def post(url: str, body: bytes) -> tuple[int, dict]:
@@ -55,8 +63,8 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def test_completion_and_stream_agree_under_greedy_decoding(server):
-    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+def test_completion_and_stream_agree_under_greedy_decoding(http):
+    client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused")
     messages = [{"role": "user", "content": "What is 2+3?"}]
     completion = client.chat.completions.create(model="seq", messages=messages, max_tokens=6, temperature=0)
     text = completion.choices[0].message.content
@@ -68,10 +76,10 @@ def test_completion_and_stream_agree_under_greedy_decoding(server):
     assert "".join(pieces) == text
 
 
-def test_two_topologies_share_backbone_deployments(server):
+def test_two_topologies_share_backbone_deployments(http):
     from ray import serve
 
-    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused")
     assert sorted(m.id for m in client.models.list()) == ["seq", "trio"]
     reply = client.chat.completions.create(model="trio", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
                                            extra_body={"mode": "text", "rounds": 1})
@@ -91,9 +99,27 @@ def test_two_topologies_share_backbone_deployments(server):
      400),  # over the tiny models' context
     (b"{" + b" " * (2 * 1024 * 1024) + b"}", 413),
 ])
-def test_bad_requests_get_4xx_and_the_server_goes_on(server, body, status):
-    code, error = post(f"{server}/v1/chat/completions", body)
+def test_bad_requests_get_4xx_and_the_server_goes_on(http, body, status):
+    code, error = post(f"{http}/v1/chat/completions", body)
     assert code == status and error["error"]["message"] and error["error"]["type"]
-    ok, reply = post(f"{server}/v1/chat/completions", json.dumps(
+    ok, reply = post(f"{http}/v1/chat/completions", json.dumps(
         {"model": "seq", "messages": [{"role": "user", "content": "1+1?"}], "max_tokens": 2}).encode())
     assert ok == 200 and reply["object"] == "chat.completion"
+
+
+def test_grpc_gets_the_same_answer_as_http(server):
+    http, address = server
+    client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused")
+    expected = client.chat.completions.create(model="seq", messages=[{"role": "user", "content": "What is 2+3?"}],
+                                              max_tokens=6, temperature=0).choices[0].message.content
+    metadata = (("application", "recursivemas"),)
+    with grpc.insecure_channel(address) as channel:
+        stub = recursivemas_pb2_grpc.RecursiveMASStub(channel)
+        request = pb.RunRequest(model="seq", prompt="What is 2+3?", max_tokens=6, temperature=0)
+        reply = stub.Run(request, metadata=metadata, timeout=60)
+        assert reply.text == expected and reply.usage.completion_tokens > 0
+        chunks = list(stub.RunStream(request, metadata=metadata, timeout=60))
+        assert "".join(c.delta for c in chunks) == expected and chunks[-1].finish_reason
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Run(pb.RunRequest(model="nope", prompt="x"), metadata=metadata, timeout=60)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and "seq" in info.value.details()

@@ -18,6 +18,17 @@ from recursivemas.model_zoo import resolve_model
 from recursivemas.serve.deployments import BackboneServer, Router, make_ingress
 
 
+GRPC_SERVICER = "recursivemas.serve.proto.recursivemas_pb2_grpc.add_RecursiveMASServicer_to_server"
+
+
+def start(host: str = "127.0.0.1", port: int = 8000, grpc_port: int | None = None) -> None:
+    """Start Serve's HTTP proxy (and its gRPC proxy with our service) on this Ray cluster."""
+    from ray.serve.config import gRPCOptions
+
+    grpc = gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]) if grpc_port else None
+    serve.start(http_options={"host": host, "port": port}, grpc_options=grpc)
+
+
 def backbone_deployment_name(cfg: BackboneConfig) -> str:
     """One name per unique (model, dtype, device): the key that makes topologies share a deployment."""
     digest = hashlib.sha1(f"{cfg.model}|{cfg.dtype}|{cfg.device}".encode()).hexdigest()[:8]

@@ -170,8 +170,7 @@ def make_ingress(app):
                 req = parse_request(await request.body(), self.limits, await self._models())
             except APIError as err:
                 return JSONResponse(error_body(err, request_id), status_code=err.status, headers=headers)
-            options = {k: v for k, v in req.run_options().items() if v is not None}  # None: the topology's own
-            args = (req.model, req.question(), options, req.generation_options())
+            args = _run_args(req)
             if req.stream:
                 return StreamingResponse(self._events(request_id, req, args), media_type="text/event-stream",
                                          headers={**SSE_HEADERS, **headers})
@@ -183,6 +182,35 @@ def make_ingress(app):
             body = completion_body(request_id, req.model, int(time.time()), result["text"], result,
                                    finish_reason(result, req.max_new_tokens))
             return JSONResponse(body, headers=headers)
+
+        # --- gRPC (the same validation and runs; served through Ray Serve's gRPC proxy) ----------------------------
+        async def Run(self, request, grpc_context=None):  # noqa: N802 - the RPC's name in recursivemas.proto
+            from recursivemas.serve import grpc_api
+
+            request_id = new_request_id()
+            try:
+                req = grpc_api.request_from_proto(request, self.limits, await self._models())
+                result = await self.router.run.remote(*_run_args(req))
+            except Exception as exc:  # noqa: BLE001
+                _grpc_fail(grpc_context, exc, request_id)
+                return grpc_api.pb.RunResponse(id=request_id)
+            return grpc_api.response_to_proto(request_id, req.model, result["text"], result,
+                                              finish_reason(result, req.max_new_tokens))
+
+        async def RunStream(self, request, grpc_context=None):  # noqa: N802
+            from recursivemas.serve import grpc_api
+
+            request_id = new_request_id()
+            try:
+                req = grpc_api.request_from_proto(request, self.limits, await self._models())
+                async for item in self.router.options(stream=True).stream.remote(*_run_args(req)):
+                    if isinstance(item, str):
+                        yield grpc_api.chunk_to_proto(request_id, req.model, item)
+                    else:
+                        yield grpc_api.final_chunk_to_proto(request_id, req.model, item,
+                                                            finish_reason(item, req.max_new_tokens))
+            except Exception as exc:  # noqa: BLE001
+                _grpc_fail(grpc_context, exc, request_id)
 
         async def _events(self, request_id: str, req, args):
             chunks = ChunkStream(request_id, req.model, include_usage=req.include_usage)
@@ -197,6 +225,21 @@ def make_ingress(app):
                 yield chunks.error(_as_api_error(exc, request_id))
 
     return Ingress
+
+
+def _run_args(req) -> tuple:
+    """(model, question, run options, generation overrides) for the router; None options mean the topology's."""
+    options = {k: v for k, v in req.run_options().items() if v is not None}
+    return req.model, req.question(), options, req.generation_options()
+
+
+def _grpc_fail(context, exc: Exception, request_id: str) -> None:
+    from recursivemas.serve.grpc_api import grpc_status
+
+    err = exc if isinstance(exc, APIError) else _as_api_error(exc, request_id)
+    if context is not None:
+        context.set_code(grpc_status(err))
+        context.set_details(f"{err.message} (request id {request_id})")
 
 
 def _as_api_error(exc: Exception, request_id: str) -> APIError:
