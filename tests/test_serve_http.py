@@ -88,7 +88,26 @@ def test_two_topologies_share_backbone_deployments(http):
     assert len([d for d in deployments if d.startswith("backbone-")]) == 2  # a and b, not one per topology
 
 
+def chat(**fields) -> bytes:
+    return json.dumps({"model": "seq", "messages": [{"role": "user", "content": "x"}], **fields}).encode()
+
+
 @pytest.mark.parametrize("body,status", [
+    (chat(messages="hi"), 400),
+    (chat(messages=[{"role": "user", "content": 7}]), 400),
+    (chat(messages=[{"role": "wizard", "content": "x"}]), 400),
+    (chat(messages=[{"role": "user", "content": ""}]), 400),
+    (chat(messages=[{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]), 400),
+    (chat(model=None), 400),
+    (chat(max_tokens=0), 400),
+    (chat(top_p=5), 400),
+    (chat(n=2), 400),
+    (chat(rounds=100), 400),
+    (chat(latent_steps=10**6), 400),
+    (chat(mode="fast"), 400),
+    (chat(stream="yes"), 400),
+    (chat(stop=["a", "b", "c", "d", "e"]), 400),
+    (chat(latent_step=3), 400),  # a misspelt extension is named, not dropped
     (b"{not json", 400),
     (b"[]", 400),
     (json.dumps({"model": "nope", "messages": [{"role": "user", "content": "x"}]}).encode(), 404),

@@ -105,13 +105,33 @@ class Router:
                 name: HandleBackend(backbones[key], topology.name, links_ref, topology.handoff)
                 for name, key in mine.items()})
 
+        from ray.util.metrics import Counter, Histogram
+
+        tags = ("model", "mode")
+        self.runs = Counter("recursivemas_runs", "Finished runs", tag_keys=tags)
+        self.tokens = Counter("recursivemas_decoded_tokens", "Tokens decoded by every agent", tag_keys=tags)
+        self.latent = Counter("recursivemas_latent_steps", "Latent steps taken by every agent", tag_keys=tags)
+        self.seconds = Histogram("recursivemas_run_seconds", "Wall time of a run", tag_keys=tags,
+                                 boundaries=[0.1, 0.5, 1, 2, 5, 10, 30, 60, 120])
+
     def models(self) -> list[str]:
         return list(self.executors)
+
+    def _count(self, model: str, result) -> dict:
+        """Prometheus metrics of a finished run (Ray exports them with Serve's own request metrics)."""
+        tags = {"model": model, "mode": result.mode}
+        self.runs.inc(1, tags)
+        for counter, value in ((self.tokens, sum(u.decoded_tokens for u in result.usage)),
+                               (self.latent, sum(u.latent_steps for u in result.usage))):
+            if value:  # Ray counters take positive increments only
+                counter.inc(value, tags)
+        self.seconds.observe(result.wall_s, tags)
+        return result.to_dict()
 
     async def run(self, model: str, question: str, options: dict, generation: dict) -> dict:
         executor = self.executors[model]
         result = await asyncio.to_thread(executor.run, question, generation=generation, **options)
-        return result.to_dict()
+        return self._count(model, result)
 
     async def stream(self, model: str, question: str, options: dict, generation: dict):
         """Text deltas of the answer as the decoder produces them, then the run's result (a dict)."""
@@ -121,7 +141,7 @@ class Router:
             try:
                 result = executor.run(question, generation=generation,
                                       on_delta=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d), **options)
-                loop.call_soon_threadsafe(queue.put_nowait, result.to_dict())
+                loop.call_soon_threadsafe(queue.put_nowait, self._count(model, result))
             except BaseException as exc:  # handed to the caller, which maps it to an error event
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
 
