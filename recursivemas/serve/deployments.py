@@ -11,10 +11,12 @@
 
 
 import asyncio
+import functools
 import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import ray
 from fastapi import Request  # module level: FastAPI resolves the route annotations against this module
@@ -31,6 +33,7 @@ from recursivemas.serve.openai_api import (
 )
 
 log = logging.getLogger("recursivemas")
+POOL_THREADS = 64  # concurrent runs (and backbone calls) a replica keeps in flight
 
 
 def _resolve(latents: Sequence) -> list:
@@ -43,22 +46,30 @@ def _resolve(latents: Sequence) -> list:
 
 
 class BackboneServer:
-    """One backbone, loaded once per replica, shared by every topology and request that names it."""
+    """One backbone, loaded once per replica, shared by every topology and request that names it.
+
+    Calls wait in threads of their own (not the event loop's small default pool), so that many requests reach the
+    coalescer at once and share batched forwards."""
 
     def __init__(self, name: str, path: str, dtype: str, device: str, max_batch: int = 16,
                  batch_wait_s: float = 0.005, torch_threads: int = 1) -> None:
         self.core = BackboneActor(name, path, dtype, device, max_batch, batch_wait_s, torch_threads)
+        self.pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="backbone-call")
 
     def info(self) -> dict:
         return self.core.info()
 
-    def think(self, topology: str, links_ref: list, handoff: str, agents: list[str], prompts: list, steps: int,
-              targets: list, *latents):
-        return self.core.think(topology, links_ref, handoff, "object_store", agents, prompts, steps, targets,
-                               *_resolve(latents))
+    async def think(self, topology: str, links_ref: list, handoff: str, agents: list[str], prompts: list,
+                    steps: int, targets: list, *latents):
+        return await self._in_pool(lambda: self.core.think(topology, links_ref, handoff, "object_store", agents,
+                                                           prompts, steps, targets, *_resolve(latents)))
 
-    def generate(self, prompts: list, sampling: dict, *latents) -> list:
-        return self.core.generate(prompts, sampling, *_resolve(latents))
+    async def generate(self, prompts: list, sampling: dict, *latents) -> list:
+        return await self._in_pool(lambda: self.core.generate(prompts, sampling, *_resolve(latents)))
+
+    async def _in_pool(self, call):
+        """Fetching latents and the engine call both block: neither may run on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
 
     def stream(self, prompt, sampling: dict, *latents):
         (prompt,) = lower_latents([prompt], _resolve(latents))
@@ -96,6 +107,7 @@ class Router:
         # keys: topology name -> {its backbone name: the deployment name serving it}
         info = {key: await handle.info.remote() for key, handle in backbones.items()}
         self.executors: dict[str, Executor] = {}
+        self.pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="run")
         for raw in topologies:
             topology = Topology.model_validate(raw)
             mine = keys[topology.name]
@@ -130,7 +142,8 @@ class Router:
 
     async def run(self, model: str, question: str, options: dict, generation: dict) -> dict:
         executor = self.executors[model]
-        result = await asyncio.to_thread(executor.run, question, generation=generation, **options)
+        run = functools.partial(executor.run, question, generation=generation, **options)
+        result = await asyncio.get_running_loop().run_in_executor(self.pool, run)
         return self._count(model, result)
 
     async def stream(self, model: str, question: str, options: dict, generation: dict):
