@@ -1,4 +1,4 @@
-"""``recursivemas``: one command per stage (run, train, models, links).
+"""``recursivemas``: one command per stage (run, train, serve, models, links).
 
 Errors a user can fix (a bad topology, a missing model, a link checkpoint for another system) print one clear message
 and exit 2; ``--debug`` shows the traceback.
