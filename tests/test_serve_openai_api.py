@@ -10,23 +10,12 @@ import re
 import pytest
 
 from recursivemas.runtime.accounting import AgentUsage, RunResult
+from recursivemas.serve.errors import APIError, error_body
 from recursivemas.serve.openai_api import (
-    SSE_DONE,
-    SSE_HEADERS,
-    APIError,
-    ChatCompletionRequest,
-    ChunkStream,
-    Limits,
-    chunk_body,
-    completion_body,
-    error_body,
-    finish_reason,
-    models_body,
-    parse_payload,
-    parse_request,
-    question_from_messages,
-    sse,
-    usage_body,
+    ChatCompletionRequest, Limits, parse_payload, parse_request, question_from_messages,
+)
+from recursivemas.serve.openai_responses import (
+    SSE_DONE, SSE_HEADERS, ChunkStream, chunk_body, completion_body, finish_reason, models_body, sse, usage_body,
 )
 
 LIMITS = Limits(max_tokens=256, max_rounds=4, max_latent_steps=64, max_body_bytes=4096, max_messages=6)

@@ -14,7 +14,9 @@ import grpc  # noqa: E402  (a dev dependency: missing, this fails)
 
 from recursivemas.runtime.accounting import AgentUsage, RunResult  # noqa: E402
 from recursivemas.serve import grpc_api  # noqa: E402
-from recursivemas.serve.openai_api import APIError, Limits, usage_body  # noqa: E402
+from recursivemas.serve.errors import APIError  # noqa: E402
+from recursivemas.serve.openai_api import Limits  # noqa: E402
+from recursivemas.serve.openai_responses import usage_body  # noqa: E402
 from recursivemas.serve.proto import generate  # noqa: E402
 from recursivemas.serve.proto import recursivemas_pb2 as pb  # noqa: E402
 from recursivemas.serve.proto import recursivemas_pb2_grpc as pb_grpc  # noqa: E402

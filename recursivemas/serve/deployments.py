@@ -27,10 +27,9 @@ from recursivemas.actors import Prompt
 from recursivemas.cluster.backbone_actor import BackboneActor, lift_latents, lower_latents
 from recursivemas.config import Topology
 from recursivemas.runtime import Executor, build_links
-from recursivemas.serve.openai_api import (
-    SSE_HEADERS, APIError, ChunkStream, Limits, completion_body, error_body, finish_reason, models_body,
-    new_request_id, parse_request,
-)
+from recursivemas.serve.errors import APIError, error_body, new_request_id
+from recursivemas.serve.openai_api import Limits, parse_request
+from recursivemas.serve.openai_responses import SSE_HEADERS, ChunkStream, completion_body, finish_reason, models_body
 
 log = logging.getLogger("recursivemas")
 POOL_THREADS = 64  # concurrent runs (and backbone calls) a replica keeps in flight

@@ -10,7 +10,9 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from recursivemas.runtime.accounting import RunResult
-from recursivemas.serve.openai_api import APIError, ChatCompletionRequest, Limits, parse_payload, usage_body
+from recursivemas.serve.errors import APIError
+from recursivemas.serve.openai_api import ChatCompletionRequest, Limits, parse_payload
+from recursivemas.serve.openai_responses import usage_body
 from recursivemas.serve.proto import recursivemas_pb2 as pb
 
 # An HTTP status -> the gRPC status code's name (grpc.StatusCode[name]).
@@ -49,7 +51,7 @@ def request_from_proto(msg: pb.RunRequest, limits: Limits, models: Collection[st
 
 
 def usage_to_proto(result: RunResult | Mapping[str, Any]) -> pb.Usage:
-    """The same numbers as the HTTP ``usage`` (see ``openai_api.usage_body``)."""
+    """The same numbers as the HTTP ``usage`` (see ``openai_responses.usage_body``)."""
     u = usage_body(result)
     ext = u["recursivemas"]
     return pb.Usage(

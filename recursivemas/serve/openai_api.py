@@ -1,5 +1,6 @@
-"""The OpenAI-compatible layer, as pure logic: parse and validate a chat-completion request, turn the chat into the
-topology's question, and build the response, stream-chunk, model-list and error bodies. No Ray, no web framework.
+"""The OpenAI-compatible requests, as pure logic: parse a chat-completion request, validate it against
+:class:`Limits` (errors: :mod:`recursivemas.serve.errors`) and turn the chat into the topology's question. No Ray,
+no web framework; the response bodies are in :mod:`recursivemas.serve.openai_responses`.
 
 Request fields (``POST /v1/chat/completions``), decided one by one:
 
@@ -27,23 +28,15 @@ the field (``param``, e.g. ``messages[1].content``), the value and the fix.
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from recursivemas.runtime.accounting import RunResult
+from recursivemas.serve.errors import APIError
+
 
 Mode = Literal["latent", "text", "single"]
-
-SSE_DONE = b"data: [DONE]\n\n"
-SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "invalid_request_error", 422: "invalid_request_error",
-               429: "rate_limit_error", 500: "server_error", 503: "server_error"}
-
 
 class Limits(BaseModel):
     """Server-side limits on what one request may ask for (413 for the body, 400 for the rest)."""
@@ -56,52 +49,6 @@ class Limits(BaseModel):
     max_body_bytes: int = Field(1 << 20, ge=1)
     max_messages: int = Field(64, ge=1)
     max_stop: int = Field(4, ge=0)
-
-
-class APIError(Exception):
-    """A request that gets an OpenAI-style error: HTTP ``status``, OpenAI ``type``, ``message``, ``param``, ``code``."""
-
-    def __init__(self, status: int, message: str, *, type: str | None = None, param: str | None = None,
-                 code: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type or ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-        self.param = param
-        self.code = code
-
-    def __repr__(self) -> str:
-        return (f"APIError({self.status}, {self.message!r}, type={self.type!r}, param={self.param!r}, "
-                f"code={self.code!r})")
-
-    @classmethod
-    def internal(cls, request_id: str) -> APIError:
-        """A 500 for an unexpected failure: no internals in the message, only the id to find it in the logs."""
-        return cls(500, f"The server failed while running this request and is still serving others; retry, or "
-                        f"report request id {request_id}.", code="internal_error")
-
-    @classmethod
-    def context_length(cls, prompt_tokens: int, context: int, max_tokens: int, agent: str = "") -> APIError:
-        """A 400 for a prompt that does not fit the context with ``max_tokens`` to generate."""
-        who = f" of agent {agent!r}" if agent else ""
-        return cls(400, f"messages: the prompt{who} is {prompt_tokens} tokens and max_tokens is {max_tokens}, "
-                        f"{prompt_tokens + max_tokens} in all, over the model's context of {context} tokens. "
-                        f"Shorten the messages or lower max_tokens.", param="messages", code="context_length_exceeded")
-
-
-def error_body(err: APIError, request_id: str | None = None) -> dict:
-    """``{"error": {"message", "type", "param", "code", "request_id"}}``, OpenAI's error object plus the request id.
-
-    The HTTP layer should also send the id as the ``x-request-id`` header (the ``openai`` client reads it there).
-    """
-    body = {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
-    if request_id is not None:
-        body["request_id"] = request_id
-    return {"error": body}
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex
 
 
 # ---------------------------------------------------------------------------------------------------- the request
@@ -416,127 +363,3 @@ def question_from_messages(messages: Sequence[ChatMessage | Mapping[str, Any]]) 
     turns = [f"{m.role.capitalize()}: {m.text.strip()}" for m in msgs[:last] if m.role in ("user", "assistant")]
     parts = [*system, *(["Conversation so far:\n" + "\n".join(turns)] if turns else []), msgs[last].text.strip()]
     return "\n\n".join(p for p in parts if p)
-
-
-# --------------------------------------------------------------------------------------------------- the responses
-
-
-def as_run_result(result: RunResult | Mapping[str, Any]) -> RunResult:
-    """A ``RunResult``, or its ``to_dict()`` (as it comes back from an actor or over JSON)."""
-    return result if isinstance(result, RunResult) else RunResult.model_validate(dict(result))
-
-
-def completion_id(request_id: str) -> str:
-    return request_id if request_id.startswith("chatcmpl-") else f"chatcmpl-{request_id}"
-
-
-def finish_reason(result: RunResult | Mapping[str, Any], max_tokens: int | None) -> Literal["stop", "length"]:
-    """``length`` when the answer used all of ``max_tokens`` (cut off), else ``stop``."""
-    answer = [u for u in as_run_result(result).usage if u.kind == "answer"]
-    return "length" if max_tokens is not None and answer and answer[-1].decoded_tokens >= max_tokens else "stop"
-
-
-def usage_body(result: RunResult | Mapping[str, Any]) -> dict:
-    """OpenAI ``usage`` plus the ``recursivemas`` extension.
-
-    ``prompt_tokens`` and ``completion_tokens`` count every agent in every round (what the run cost), the answer's
-    included; ``completion_tokens_details.reasoning_tokens`` is the part the other agents decoded (text mode), as
-    OpenAI counts a reasoning model's hidden tokens. Latent steps are not tokens: they are in the extension, with
-    the run's mode, rounds, latent steps per turn and in all, wall time and, per agent in topology order, turns,
-    prompt tokens, latent steps, decoded tokens and tool calls.
-    """
-    r = as_run_result(result)
-    t = r.totals
-    agents: dict[str, dict[str, int]] = {}
-    for u in r.usage:
-        a = agents.setdefault(u.agent, {"turns": 0, "prompt_tokens": 0, "latent_steps": 0, "decoded_tokens": 0,
-                                        "tool_calls": 0})
-        a["turns"] += 1
-        a["prompt_tokens"] += u.prompt_tokens
-        a["latent_steps"] += u.latent_steps
-        a["decoded_tokens"] += u.decoded_tokens
-        a["tool_calls"] += u.tool_calls
-    answer = sum(u.decoded_tokens for u in r.usage if u.kind == "answer")
-    return {
-        "prompt_tokens": t.prompt_tokens,
-        "completion_tokens": t.decoded_tokens,
-        "total_tokens": t.prompt_tokens + t.decoded_tokens,
-        "completion_tokens_details": {"reasoning_tokens": t.decoded_tokens - answer},
-        "recursivemas": {
-            "mode": r.mode, "rounds": r.rounds, "latent_steps": r.latent_steps,
-            "latent_steps_total": t.latent_steps, "decoded_tokens": t.decoded_tokens, "answer_tokens": answer,
-            "tool_calls": t.tool_calls, "wall_s": round(r.wall_s, 6), "agents": agents,
-        },
-    }
-
-
-def completion_body(request_id: str, model: str, created: int | None, text: str,
-                    result: RunResult | Mapping[str, Any], finish: Literal["stop", "length"] = "stop") -> dict:
-    """A ``chat.completion`` object: one choice holding ``text``, and :func:`usage_body` of ``result``."""
-    return {
-        "id": completion_id(request_id),
-        "object": "chat.completion",
-        "created": int(time.time()) if created is None else int(created),
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                     "logprobs": None}],
-        "usage": usage_body(result),
-    }
-
-
-def chunk_body(request_id: str, model: str, created: int, *, role: str | None = None, content: str | None = None,
-               finish: str | None = None, usage: dict | None = None, include_usage: bool = False) -> dict:
-    """A ``chat.completion.chunk``: a choice with a ``delta`` (``role`` and/or ``content``) or a ``finish`` reason;
-    with ``usage`` given, the usage chunk instead (no choices), as sent last when ``stream_options.include_usage``.
-    ``include_usage`` adds ``"usage": null`` to the other chunks, as OpenAI does."""
-    body: dict[str, Any] = {"id": completion_id(request_id), "object": "chat.completion.chunk",
-                            "created": int(created), "model": model}
-    if usage is not None:
-        body["choices"] = []
-        body["usage"] = usage
-        return body
-    delta = {k: v for k, v in (("role", role), ("content", content)) if v is not None}
-    body["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-    if include_usage:
-        body["usage"] = None
-    return body
-
-
-def sse(obj: Any) -> bytes:
-    """One server-sent event: ``data: <compact JSON>`` and a blank line (JSON escapes newlines, so one line)."""
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
-
-
-class ChunkStream:
-    """The SSE bytes of one streamed completion, in order: :meth:`start` (the role), :meth:`delta` per piece of
-    text, then :meth:`end` (finish reason, the usage chunk if asked for, ``[DONE]``), or :meth:`error` instead."""
-
-    def __init__(self, request_id: str, model: str, created: int | None = None, include_usage: bool = False):
-        self.request_id, self.model, self.include_usage = request_id, model, include_usage
-        self.created = int(time.time()) if created is None else int(created)
-
-    def _chunk(self, **kw) -> bytes:
-        return sse(chunk_body(self.request_id, self.model, self.created, include_usage=self.include_usage, **kw))
-
-    def start(self) -> bytes:
-        return self._chunk(role="assistant", content="")
-
-    def delta(self, text: str) -> bytes:
-        return self._chunk(content=text) if text else b""
-
-    def end(self, result: RunResult | Mapping[str, Any], finish: Literal["stop", "length"] = "stop") -> bytes:
-        out = self._chunk(finish=finish)
-        if self.include_usage:
-            out += sse(chunk_body(self.request_id, self.model, self.created, usage=usage_body(result)))
-        return out + SSE_DONE
-
-    def error(self, err: APIError) -> bytes:
-        """An error after the stream started (the status is already sent): an error event, which the ``openai``
-        client raises as ``APIError``, then ``[DONE]``."""
-        return sse(error_body(err, self.request_id)) + SSE_DONE
-
-
-def models_body(names: Iterable[str], created: int = 0, owned_by: str = "recursivemas") -> dict:
-    """``GET /v1/models``: one ``model`` object per served topology, sorted by name."""
-    return {"object": "list", "data": [{"id": n, "object": "model", "created": int(created), "owned_by": owned_by}
-                                       for n in sorted(names)]}

@@ -55,7 +55,6 @@ class LocalCheckpoints:
 
     def __init__(self, root: str | Path, keep: int = 2, resume: bool = True) -> None:
         self.root, self.keep, self.resume = Path(root), keep, resume
-        self.history: list[dict] = []
 
     def saved(self) -> list[Path]:
         """Complete checkpoints, oldest first (names sort by step, then stage)."""
@@ -70,7 +69,6 @@ class LocalCheckpoints:
         return None if latest is None else read_checkpoint(latest, links)
 
     def save(self, metrics: dict, links: LinkSet, state: dict, shards: Shards | None = None) -> None:
-        self.history.append(metrics)
         final = self.root / f"step-{state['step']:06d}-{state['stage']}"
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
