@@ -61,13 +61,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--latent-steps", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--batch-wait-s", type=float, default=0.005, help="the backbones' coalescing window")
     args = parser.parse_args()
 
     from ray import serve
 
     from recursivemas.cluster import Cluster
     from recursivemas.config import load_topology
-    from recursivemas.serve.app import build_app, start
+    from recursivemas.serve.app import backbone_deployment_name, build_app, start
 
     topology = load_topology(args.topology)
     port = free_port()
@@ -78,9 +79,12 @@ def main() -> None:
               for i in range(args.requests)]
     with Cluster():
         start("127.0.0.1", port)
-        serve.run(build_app([topology]), name="recursivemas", route_prefix="/")
+        serve.run(build_app([topology], batch_wait_s=args.batch_wait_s), name="recursivemas", route_prefix="/")
         load(url, bodies[:2], 1)  # warm-up: first calls pay for lazy initialisation
         results = {c: load(url, bodies, c) for c in (1, 8)}
+        for name, cfg in topology.backbones.items():  # the batches concurrency 8 produced (the last 30 calls)
+            handle = serve.get_deployment_handle(backbone_deployment_name(cfg), app_name="recursivemas")
+            print(f"backbone {name} batch sizes: {handle.batch_sizes.remote().result()[-30:]}")
         serve.shutdown()
     for c, r in results.items():
         print(f"concurrency {c}: {r['throughput']:.3f} req/s, p50 {r['p50']:.2f} s, p99 {r['p99']:.2f} s, "
