@@ -1,10 +1,12 @@
 """Load on the served API: the same requests at concurrency 1 and at concurrency 8, over real HTTP on 127.0.0.1.
 
-At concurrency 8 the backbone deployments coalesce concurrent requests' rollouts and generations into batched
-calls, which is where the gain comes from (one forward over 8 rows costs far less than 8 forwards on a CPU).
+At concurrency 8 the router batches concurrent requests into one run (``@serve.batch``), so every backbone call
+of the recursion carries all of them: one forward over 8 rows costs far less than 8 forwards. How much less depends on
+the intra-op threads each backbone replica gets (``--torch-threads``): on one thread a CPU forward is nearly
+compute-bound already, and batching buys little.
 
 Run: ``python benchmarks/serve_load.py [--requests 200] [--topology sequential-demo] [--rounds 1] [--latent-steps 8]
-[--max-tokens 16]``. Last line: JSON with ``throughput_gain_c8`` (requests/s at 8 over at 1; target >= 2.0 on CPU),
+[--max-tokens 16] [--torch-threads N]``. Last line: JSON with ``throughput_gain_c8`` (requests/s at 8 over at 1; target >= 2.0 on CPU),
 ``errors`` (target 0) and ``p99_latency_s_c8``.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import sys
@@ -61,14 +64,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--latent-steps", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--batch-wait-s", type=float, default=0.005, help="the backbones' coalescing window")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="requests the router batches into one run")
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.05, help="the router's batching window")
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                        help="intra-op threads per backbone replica (default: every core; the serve default is "
+                             "the CPUs Ray reserves, 1 for the demo's 0.25)")
     args = parser.parse_args()
 
     from ray import serve
 
     from recursivemas.cluster import Cluster
     from recursivemas.config import load_topology
-    from recursivemas.serve.app import backbone_deployment_name, build_app, start
+    from recursivemas.serve.app import APP_NAME, backbone_deployment_name, build, start
 
     topology = load_topology(args.topology)
     port = free_port()
@@ -79,11 +86,19 @@ def main() -> None:
               for i in range(args.requests)]
     with Cluster():
         start("127.0.0.1", port)
-        serve.run(build_app([topology], batch_wait_s=args.batch_wait_s), name="recursivemas", route_prefix="/")
+        config = {"topologies": [args.topology],
+                  "batching": {"max_batch_size": args.max_batch_size,
+                               "batch_wait_timeout_s": args.batch_wait_timeout_s},
+                  "backbones": {cfg.model: {"torch_threads": args.torch_threads}
+                                for cfg in topology.backbones.values()}}
+        serve.run(build(config), name=APP_NAME, route_prefix="/")
         load(url, bodies[:2], 1)  # warm-up: first calls pay for lazy initialisation
         results = {c: load(url, bodies, c) for c in (1, 8)}
-        for name, cfg in topology.backbones.items():  # the batches concurrency 8 produced (the last 30 calls)
-            handle = serve.get_deployment_handle(backbone_deployment_name(cfg), app_name="recursivemas")
+        # the batches concurrency 8 produced: the router's batched runs, then each backbone's engine calls
+        router = serve.get_deployment_handle("router", app_name=APP_NAME)
+        print(f"router batch sizes: {router.batch_sizes.remote().result()[-20:]}")
+        for name, cfg in topology.backbones.items():
+            handle = serve.get_deployment_handle(backbone_deployment_name(cfg), app_name=APP_NAME)
             print(f"backbone {name} batch sizes: {handle.batch_sizes.remote().result()[-30:]}")
         serve.shutdown()
     for c, r in results.items():
@@ -92,7 +107,8 @@ def main() -> None:
     one, eight = results[1], results[8]
     print(json.dumps({
         "device": "cpu", "topology": topology.name, "requests": args.requests, "rounds": args.rounds,
-        "latent_steps": args.latent_steps, "max_tokens": args.max_tokens,
+        "latent_steps": args.latent_steps, "max_tokens": args.max_tokens, "torch_threads": args.torch_threads,
+        "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
         "throughput_c1": round(one["throughput"], 4), "throughput_c8": round(eight["throughput"], 4),
         "throughput_gain_c8": round(eight["throughput"] / one["throughput"], 3),
         "errors": one["errors"] + eight["errors"],

@@ -149,17 +149,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import time
 
-    from recursivemas.serve.app import build_app, start
+    import yaml
 
-    limits = {"max_tokens": args.max_tokens_limit}
-    app = build_app(args.topologies or ["sequential-demo"], limits=limits)
+    from recursivemas.serve.app import APP_NAME, build_app, serve_config_file, start
+
+    config = _serve_config(args)
+    if args.print_config:
+        print(yaml.safe_dump(serve_config_file(config), sort_keys=False), end="")
+        return 0
+    app = build_app(config)
     with _cluster(args):
         from ray import serve
 
-        start(args.host, args.port, args.grpc_port)
-        serve.run(app, name="recursivemas", route_prefix="/")
-        grpc = f" and gRPC on {args.host}:{args.grpc_port}" if args.grpc_port else ""
-        print(f"serving on http://{args.host}:{args.port}/v1 (OpenAI chat completions){grpc}; Ctrl-C stops",
+        start(config.host, config.port, config.grpc_port)
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        grpc = f" and gRPC on {config.host}:{config.grpc_port}" if config.grpc_port else ""
+        print(f"serving on http://{config.host}:{config.port}/v1 (OpenAI chat completions){grpc}; Ctrl-C stops",
               flush=True)
         try:
             while True:
@@ -167,6 +172,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             serve.shutdown()
     return 0
+
+
+def _serve_config(args: argparse.Namespace):
+    """The serve config file (if any), then the flags given on the command line over it."""
+    from recursivemas.serve.config import ServeConfig
+
+    raw = ServeConfig.load(args.config).model_dump(exclude_unset=True) if args.config else {}
+    if args.topologies:
+        raw["topologies"] = args.topologies
+    for flag in ("host", "port", "grpc_port"):
+        if getattr(args, flag) is not None:
+            raw[flag] = getattr(args, flag)
+    if args.max_tokens_limit is not None:
+        raw["limits"] = {**raw.get("limits", {}), "max_tokens": args.max_tokens_limit}
+    return ServeConfig.model_validate(raw)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,10 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = sub.add_parser("serve", help="serve topologies behind an OpenAI-compatible HTTP API (Ray Serve)")
     serve_cmd.add_argument("topologies", nargs="*", help="YAML files or built-in names (default: sequential-demo); "
                                                          "each is a `model` of the API")
-    serve_cmd.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--config", help="serve YAML (recursivemas.serve.config.ServeConfig): limits, batching, "
+                           "replicas/autoscaling/ray_actor_options per backbone; flags override it")
+    serve_cmd.add_argument("--host", help="bind address (default 127.0.0.1: this machine only)")
+    serve_cmd.add_argument("--port", type=int, help="HTTP port (default 8000)")
     serve_cmd.add_argument("--grpc-port", type=int, help="also serve recursivemas.proto (Run, RunStream) here")
-    serve_cmd.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask")
+    serve_cmd.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask (default 1024)")
+    serve_cmd.add_argument("--print-config", action="store_true",
+                           help="print a Ray Serve config file for `serve deploy` / `serve run` and exit")
     serve_cmd.add_argument("--address", help="Ray address to join (default: start a local Ray)")
     serve_cmd.set_defaults(func=cmd_serve)
 

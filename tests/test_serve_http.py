@@ -7,6 +7,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import openai
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from recursivemas.cluster import Cluster  # sets the 127.0.0.1 binding before Ray starts
-from recursivemas.serve.app import build_app, start
+from recursivemas.serve.app import APP_NAME, backbone_deployment_name, build, start
 from recursivemas.serve.proto import recursivemas_pb2 as pb
 from recursivemas.serve.proto import recursivemas_pb2_grpc
 from tiny import save_tiny_pair
@@ -42,10 +43,15 @@ def server(tmp_path_factory):
         (root / f"{topology['name']}.yaml").write_text(yaml.safe_dump(topology))
         paths.append(root / f"{topology['name']}.yaml")
     port, grpc_port = free_port(), free_port()
+    # Through Serve's application builder, as a Serve config file would: backbone b gets 2 replicas, and a wide
+    # batching window lets the batching test's concurrent requests meet (requests sent one by one pay it once).
+    args = {"topologies": ",".join(str(p) for p in paths),
+            "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.3},
+            "backbones": {backbones["b"]["model"]: {"num_replicas": 2}}}
     with Cluster(num_cpus=2):
         start("127.0.0.1", port, grpc_port)
-        serve.run(build_app(paths), name="recursivemas", route_prefix="/")
-        yield f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+        serve.run(build(args), name=APP_NAME, route_prefix="/")
+        yield f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}", backbones
         serve.shutdown()
 
 
@@ -88,6 +94,38 @@ def test_two_topologies_share_backbone_deployments(http):
     assert len([d for d in deployments if d.startswith("backbone-")]) == 2  # a and b, not one per topology
 
 
+def test_backbone_options_reach_serve(server):
+    from ray import serve
+
+    from recursivemas.config import BackboneConfig
+
+    deployments = serve.status().applications[APP_NAME].deployments
+    names = {k: backbone_deployment_name(BackboneConfig(model=v["model"])) for k, v in server[2].items()}
+    assert deployments[names["b"]].replica_states.get("RUNNING") == 2  # from the config's backbones: block
+    assert deployments[names["a"]].replica_states.get("RUNNING") == 1
+
+
+def test_concurrent_requests_run_as_one_batch_and_a_bad_one_fails_alone(http):
+    """Four requests at once: the router batches them into one run; the one over the context fails with its 400,
+    its batch-mates get the same answers as when sent alone."""
+    from ray import serve
+
+    questions = ["What is 2+3?", "Name a color.", "x" * 5000, "Count to three."]
+    bodies = [json.dumps({"model": "seq", "messages": [{"role": "user", "content": q}], "max_tokens": 4,
+                          "temperature": 0}).encode() for q in questions]
+    router = serve.get_deployment_handle("router", app_name=APP_NAME)
+    before = len(router.batch_sizes.remote().result())
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda b: post(f"{http}/v1/chat/completions", b), bodies))
+    batches = router.batch_sizes.remote().result()[before:]
+    assert batches[0] == 4 and batches[1:] == [1, 1, 1, 1]  # the batch, then each member retried alone
+    assert [code for code, _ in together] == [200, 200, 400, 200]
+    assert "context" in together[2][1]["error"]["message"]
+    alone = [post(f"{http}/v1/chat/completions", b) for b in (bodies[0], bodies[1], bodies[3])]
+    assert [r["choices"][0]["message"]["content"] for _, r in alone] == \
+        [together[i][1]["choices"][0]["message"]["content"] for i in (0, 1, 3)]
+
+
 def chat(**fields) -> bytes:
     return json.dumps({"model": "seq", "messages": [{"role": "user", "content": "x"}], **fields}).encode()
 
@@ -127,7 +165,7 @@ def test_bad_requests_get_4xx_and_the_server_goes_on(http, body, status):
 
 
 def test_grpc_gets_the_same_answer_as_http(server):
-    http, address = server
+    http, address, _ = server
     client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused")
     expected = client.chat.completions.create(model="seq", messages=[{"role": "user", "content": "What is 2+3?"}],
                                               max_tokens=6, temperature=0).choices[0].message.content

@@ -1,5 +1,11 @@
-"""Build the Serve application for one or more topologies: ``serve run recursivemas.serve.app:app`` style, or
-``recursivemas serve TOPOLOGY.yaml [...]``.
+"""Build the Serve application from a :class:`~recursivemas.serve.config.ServeConfig`.
+
+Three ways in, one builder:
+
+- ``recursivemas serve TOPOLOGY.yaml [...] [--config serve.yaml]``;
+- ``serve run recursivemas.serve.app:build topologies=a.yaml,b.yaml`` (Ray Serve's application-builder protocol);
+- a Serve config file for ``serve deploy`` / ``serve run``, written by ``recursivemas serve --print-config``
+  (:func:`serve_config_file`), whose application ``args`` are the same tree.
 
 Topologies that name the same backbone (same model, dtype and device) share one backbone deployment, so serving a
 second topology over the same models costs no second copy of the weights.
@@ -8,17 +14,18 @@ second topology over the same models costs no second copy of the weights.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ray import serve
 
 from recursivemas.config import BackboneConfig, Topology, load_topology
 from recursivemas.model_zoo import resolve_model
+from recursivemas.serve.config import BackboneDeployment, ServeConfig
 from recursivemas.serve.deployments import BackboneServer, Router, make_ingress
 
-
 GRPC_SERVICER = "recursivemas.serve.proto.recursivemas_pb2_grpc.add_RecursiveMASServicer_to_server"
+APP_NAME = "recursivemas"
 
 
 def start(host: str = "127.0.0.1", port: int = 8000, grpc_port: int | None = None) -> None:
@@ -36,18 +43,25 @@ def backbone_deployment_name(cfg: BackboneConfig) -> str:
     return f"backbone-{stem}-{digest}"
 
 
-def build_app(topologies: Sequence[str | Path | Topology], limits: dict | None = None, max_batch: int = 16,
-              batch_wait_s: float = 0.005):
-    """The ingress application over every topology given (paths, built-in names or ``Topology`` objects)."""
+def build(args: dict[str, Any]):
+    """Ray Serve's application builder: ``args`` is a :class:`ServeConfig` as a mapping."""
+    return build_app(ServeConfig.model_validate(args))
+
+
+def build_app(config: ServeConfig):
+    """The ingress application over every topology of ``config``."""
     from fastapi import FastAPI
 
-    loaded = [t if isinstance(t, Topology) else load_topology(t) for t in topologies]
-    if not loaded:
-        raise ValueError("serve: name at least one topology (a YAML file or a built-in name)")
+    loaded = [t if isinstance(t, Topology) else load_topology(t) for t in config.topologies]
     names = [t.name for t in loaded]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise ValueError(f"serve: topology names must be unique (they are the OpenAI `model`); {clashes} repeat")
+    models = {cfg.model for t in loaded for cfg in t.backbones.values()}
+    unknown = sorted(set(config.backbones) - models)
+    if unknown:
+        raise ValueError(f"serve config: backbones {unknown} name no model of the served topologies; "
+                         f"key `backbones:` by one of {sorted(models)}")
     backbones: dict[str, object] = {}
     keys: dict[str, dict[str, str]] = {}
     for topology in loaded:
@@ -55,18 +69,48 @@ def build_app(topologies: Sequence[str | Path | Topology], limits: dict | None =
         for name, cfg in topology.backbones.items():
             key = backbone_deployment_name(cfg)
             if key not in backbones:
-                options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
-                if cfg.resources:
-                    options["resources"] = dict(cfg.resources)
-                backbones[key] = serve.deployment(BackboneServer, name=key).options(
-                    ray_actor_options=options, max_ongoing_requests=64,
-                ).bind(name, resolve_model(cfg.model), cfg.dtype, cfg.device, max_batch, batch_wait_s,
-                       max(1, int(cfg.num_cpus)))
+                backbones[key] = _backbone_deployment(key, name, cfg, config)
             keys[topology.name][name] = key
+    batching = config.batching
     router = serve.deployment(Router, name="router").options(
-        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256,
-    ).bind([t.to_dict() for t in loaded], backbones, keys)
+        **config.router.serve_options({"num_cpus": 0}, max(256, batching.max_batch_size * batching.max_concurrent_batches)),
+    ).bind([t.to_dict() for t in loaded], backbones, keys, batching.model_dump())
     ingress = serve.deployment(make_ingress(FastAPI(title="recursivemas")), name="ingress").options(
-        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256,
+        **config.ingress.serve_options({"num_cpus": 0}, 256),
     )
-    return ingress.bind(router, limits or {})
+    return ingress.bind(router, config.limits.model_dump())
+
+
+def _backbone_deployment(key: str, name: str, cfg: BackboneConfig, config: ServeConfig):
+    """The deployment serving one backbone: the topology's resources, then the serve config's options."""
+    options = config.backbones.get(cfg.model) or BackboneDeployment()
+    resources: dict[str, Any] = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}
+    if cfg.resources:
+        resources["resources"] = dict(cfg.resources)
+    serve_options = options.serve_options(resources, 64)
+    reserved = serve_options["ray_actor_options"].get("num_cpus", cfg.num_cpus)
+    threads = options.torch_threads or max(1, int(reserved))
+    return serve.deployment(BackboneServer, name=key).options(**serve_options).bind(
+        name, resolve_model(cfg.model), cfg.dtype, cfg.device, options.max_batch, options.batch_wait_s, threads)
+
+
+def serve_config_file(config: ServeConfig) -> dict[str, Any]:
+    """A Ray Serve config file (``serve deploy`` / ``serve run``) that builds this application on any cluster."""
+    rest = config.model_dump(mode="json", exclude={"host", "port", "grpc_port", "topologies"}, exclude_defaults=True)
+    args = {"topologies": [_portable(t) for t in config.topologies], **rest}
+    out: dict[str, Any] = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": config.host, "port": config.port},
+        "applications": [{"name": APP_NAME, "route_prefix": "/", "import_path": f"{__name__}:build", "args": args}],
+    }
+    if config.grpc_port:
+        out["grpc_options"] = {"port": config.grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]}
+    return out
+
+
+def _portable(topology: str | Topology) -> str | dict:
+    """A topology as the config file carries it: files by absolute path (Serve imports from its own working
+    directory), built-in names as they are, objects inline."""
+    if isinstance(topology, Topology):
+        return topology.to_dict()
+    return str(Path(topology).resolve()) if Path(topology).is_file() else topology

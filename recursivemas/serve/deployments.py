@@ -11,7 +11,8 @@
 
 
 import asyncio
-import functools
+import dataclasses
+import json
 import logging
 import threading
 import time
@@ -102,11 +103,13 @@ class Router:
     """Every served topology's executor; a request names its topology (the OpenAI ``model``)."""
 
     async def __init__(self, topologies: list[dict], backbones: dict[str, object],
-                       keys: dict[str, dict[str, str]]) -> None:
+                       keys: dict[str, dict[str, str]], batching: dict | None = None) -> None:
         # keys: topology name -> {its backbone name: the deployment name serving it}
         info = {key: await handle.info.remote() for key, handle in backbones.items()}
         self.executors: dict[str, Executor] = {}
         self.pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="run")
+        self._batched = serve.batch(**(batching or {}))(self._run_jobs)  # settings per app, not per class
+        self.batches: list[int] = []  # sizes of the batched runs, for tests and the load benchmark
         for raw in topologies:
             topology = Topology.model_validate(raw)
             mine = keys[topology.name]
@@ -128,6 +131,9 @@ class Router:
     def models(self) -> list[str]:
         return list(self.executors)
 
+    def batch_sizes(self) -> list[int]:
+        return list(self.batches)
+
     def _count(self, model: str, result) -> dict:
         """Prometheus metrics of a finished run (Ray exports them with Serve's own request metrics)."""
         tags = {"model": model, "mode": result.mode}
@@ -140,10 +146,38 @@ class Router:
         return result.to_dict()
 
     async def run(self, model: str, question: str, options: dict, generation: dict) -> dict:
-        executor = self.executors[model]
-        run = functools.partial(executor.run, question, generation=generation, **options)
-        result = await asyncio.get_running_loop().run_in_executor(self.pool, run)
-        return self._count(model, result)
+        outcome = await self._batched(_Job(model, question, options, generation))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def _run_jobs(self, jobs: list["_Job"]) -> list:
+        """Concurrent requests with the same model and settings run as one batched run: every backbone call of the
+        recursion then carries all of them, whatever the timing of the hops in between."""
+        groups: dict[str, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.key(), []).append(i)
+        loop = asyncio.get_running_loop()
+        parts = await asyncio.gather(*(loop.run_in_executor(self.pool, self._run_group, [jobs[i] for i in members])
+                                       for members in groups.values()))
+        out: list = [None] * len(jobs)
+        for members, outcomes in zip(groups.values(), parts):
+            for i, outcome in zip(members, outcomes):
+                out[i] = outcome
+        return out
+
+    def _run_group(self, jobs: list["_Job"]) -> list:
+        """Results (or each job's own failure: one bad prompt must not fail its batch-mates)."""
+        first = jobs[0]
+        self.batches.append(len(jobs))
+        try:
+            results = self.executors[first.model].run_batch([j.question for j in jobs], generation=first.generation,
+                                                            **first.options)
+        except Exception as exc:  # noqa: BLE001
+            if len(jobs) == 1:
+                return [exc]
+            return [outcome for job in jobs for outcome in self._run_group([job])]
+        return [self._count(first.model, r) for r in results]
 
     async def stream(self, model: str, question: str, options: dict, generation: dict):
         """Text deltas of the answer as the decoder produces them, then the run's result (a dict)."""
@@ -165,6 +199,18 @@ class Router:
             yield item
             if isinstance(item, dict):
                 return
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    model: str
+    question: str
+    options: dict
+    generation: dict
+
+    def key(self) -> str:
+        """Jobs with equal keys can share one batched run (same topology, run options and sampling)."""
+        return json.dumps([self.model, self.options, self.generation], sort_keys=True)
 
 
 class _Dims:
