@@ -1,13 +1,13 @@
 """Load on the served API: the same requests at concurrency 1 and at concurrency 8, over real HTTP on 127.0.0.1.
 
-At concurrency 8 the router batches concurrent requests into one run (``@serve.batch``), so every backbone call
-of the recursion carries all of them: one forward over 8 rows costs far less than 8 forwards. How much less depends on
-the intra-op threads each backbone replica gets (``--torch-threads``): on one thread a CPU forward is nearly
-compute-bound already, and batching buys little.
+At concurrency 8 the router batches concurrent requests into one run (``recursivemas.serve.batcher``), so every
+backbone call of the recursion carries all of them: one forward over 8 rows costs far less than 8 forwards. How much
+less depends on the intra-op threads each backbone replica gets (``--torch-threads``): on one thread a CPU forward
+is nearly compute-bound already, and batching buys little.
 
 Run: ``python benchmarks/serve_load.py [--requests 200] [--topology sequential-demo] [--rounds 1] [--latent-steps 8]
-[--max-tokens 16] [--torch-threads N]``. Last line: JSON with ``throughput_gain_c8`` (requests/s at 8 over at 1; target >= 2.0 on CPU),
-``errors`` (target 0) and ``p99_latency_s_c8``.
+[--max-tokens 16] [--torch-threads N]``. Last line: JSON with ``throughput_gain_c8`` (requests/s at 8 over at 1;
+target >= 2.0 on CPU), ``errors`` (target 0) and ``p99_latency_s_c8``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--max-batch-size", type=int, default=8, help="requests the router batches into one run")
     parser.add_argument("--batch-wait-timeout-s", type=float, default=0.05, help="the router's batching window")
+    parser.add_argument("--max-concurrent-batches", type=int, default=1, help="batched runs in flight at once")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="intra-op threads per backbone replica (default: every core; the serve default is "
                              "the CPUs Ray reserves, 1 for the demo's 0.25)")
@@ -88,7 +89,8 @@ def main() -> None:
         start("127.0.0.1", port)
         config = {"topologies": [args.topology],
                   "batching": {"max_batch_size": args.max_batch_size,
-                               "batch_wait_timeout_s": args.batch_wait_timeout_s},
+                               "batch_wait_timeout_s": args.batch_wait_timeout_s,
+                               "max_concurrent_batches": args.max_concurrent_batches},
                   "backbones": {cfg.model: {"torch_threads": args.torch_threads}
                                 for cfg in topology.backbones.values()}}
         serve.run(build(config), name=APP_NAME, route_prefix="/")
@@ -109,6 +111,7 @@ def main() -> None:
         "device": "cpu", "topology": topology.name, "requests": args.requests, "rounds": args.rounds,
         "latent_steps": args.latent_steps, "max_tokens": args.max_tokens, "torch_threads": args.torch_threads,
         "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
+        "max_concurrent_batches": args.max_concurrent_batches,
         "throughput_c1": round(one["throughput"], 4), "throughput_c8": round(eight["throughput"], 4),
         "throughput_gain_c8": round(eight["throughput"] / one["throughput"], 3),
         "errors": one["errors"] + eight["errors"],

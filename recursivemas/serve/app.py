@@ -72,8 +72,9 @@ def build_app(config: ServeConfig):
                 backbones[key] = _backbone_deployment(key, name, cfg, config)
             keys[topology.name][name] = key
     batching = config.batching
+    ongoing = max(256, batching.max_batch_size * batching.max_concurrent_batches)
     router = serve.deployment(Router, name="router").options(
-        **config.router.serve_options({"num_cpus": 0}, max(256, batching.max_batch_size * batching.max_concurrent_batches)),
+        **config.router.serve_options({"num_cpus": 0}, ongoing),
     ).bind([t.to_dict() for t in loaded], backbones, keys, batching.model_dump())
     ingress = serve.deployment(make_ingress(FastAPI(title="recursivemas")), name="ingress").options(
         **config.ingress.serve_options({"num_cpus": 0}, 256),

@@ -71,15 +71,19 @@ class BackboneDeployment(DeploymentOptions):
 
 
 class RequestBatching(_Strict):
-    """Concurrent requests with the same model and settings become one batched run (``@serve.batch`` on the router),
-    so every backbone call of the recursion carries all of them together."""
+    """Concurrent requests with the same model and settings become one batched run (the router's
+    :class:`~recursivemas.serve.batcher.AdaptiveBatcher`), so every backbone call of the recursion carries them all."""
 
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.05, ge=0)
-    """How long the first request of a batch waits for others; small next to a run's seconds."""
-    max_concurrent_batches: int = Field(2, ge=1)
-    """Batched runs in flight at once per router replica; above 1, one batch can use one backbone while another
-    uses the next."""
+    """How long a request arriving at an idle router waits for others."""
+    rejoin_s: float = Field(0.5, ge=0)
+    """After a batch, how long the next one waits for as many requests as that batch held (its callers coming
+    back); small next to a run's seconds, and paid only when a caller does not return."""
+    max_concurrent_batches: int = Field(1, ge=1)
+    """Batched runs in flight at once per router replica. 1 (measured best on a CPU machine, docs/benchmarks.md): the
+    requests that arrive during a run wait and all go in the next batch. Above 1, one batch can use one backbone
+    while another uses the next (backbones on separate devices), at the price of smaller batches."""
 
 
 class ServeConfig(_Strict):

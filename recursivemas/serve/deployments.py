@@ -28,6 +28,7 @@ from recursivemas.actors import Prompt
 from recursivemas.cluster.backbone_actor import BackboneActor, lift_latents, lower_latents
 from recursivemas.config import Topology
 from recursivemas.runtime import Executor, build_links
+from recursivemas.serve.batcher import AdaptiveBatcher
 from recursivemas.serve.errors import APIError, error_body, new_request_id
 from recursivemas.serve.openai_api import Limits, parse_request
 from recursivemas.serve.openai_responses import SSE_HEADERS, ChunkStream, completion_body, finish_reason, models_body
@@ -108,8 +109,7 @@ class Router:
         info = {key: await handle.info.remote() for key, handle in backbones.items()}
         self.executors: dict[str, Executor] = {}
         self.pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="run")
-        self._batched = serve.batch(**(batching or {}))(self._run_jobs)  # settings per app, not per class
-        self.batches: list[int] = []  # sizes of the batched runs, for tests and the load benchmark
+        self.batcher = AdaptiveBatcher(self._run_jobs, **(batching or {}))
         for raw in topologies:
             topology = Topology.model_validate(raw)
             mine = keys[topology.name]
@@ -132,7 +132,7 @@ class Router:
         return list(self.executors)
 
     def batch_sizes(self) -> list[int]:
-        return list(self.batches)
+        return list(self.batcher.sizes)
 
     def _count(self, model: str, result) -> dict:
         """Prometheus metrics of a finished run (Ray exports them with Serve's own request metrics)."""
@@ -146,7 +146,7 @@ class Router:
         return result.to_dict()
 
     async def run(self, model: str, question: str, options: dict, generation: dict) -> dict:
-        outcome = await self._batched(_Job(model, question, options, generation))
+        outcome = await self.batcher.submit(_Job(model, question, options, generation))
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -169,7 +169,6 @@ class Router:
     def _run_group(self, jobs: list["_Job"]) -> list:
         """Results (or each job's own failure: one bad prompt must not fail its batch-mates)."""
         first = jobs[0]
-        self.batches.append(len(jobs))
         try:
             results = self.executors[first.model].run_batch([j.question for j in jobs], generation=first.generation,
                                                             **first.options)
