@@ -1,4 +1,4 @@
-"""``recursivemas``: one command per stage (run, train, serve, models, links).
+"""``recursivemas``: one command per stage (run, train, serve, eval, models, links).
 
 Errors a user can fix (a bad topology, a missing model, a link checkpoint for another system) print one clear message
 and exit 2; ``--debug`` shows the traceback.
@@ -83,6 +83,24 @@ def _comparison(results) -> str:
         lines.append(f"  {r.mode:>6}: {r.wall_s:6.2f} s, {t.decoded_tokens:5d} decoded tokens, "
                      f"{t.latent_steps:4d} latent steps{speed}")
     return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from recursivemas.eval.run import run_eval
+
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    try:
+        rounds = [int(r) for r in args.rounds.split(",") if r.strip()]
+    except ValueError:
+        raise ValueError(f"--rounds {args.rounds!r}: give round counts separated by commas, e.g. 1,2,3") from None
+    evaluation, paths = run_eval(args.topology, args.dataset, modes, rounds, args.limit, args.seed, args.out,
+                                 args.address, args.batch_size, args.latent_steps, args.max_new_tokens,
+                                 command="recursivemas " + " ".join(sys.argv[1:]))
+    from recursivemas.eval.report import markdown_table
+
+    print(markdown_table(evaluation))
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -232,6 +250,21 @@ def build_parser() -> argparse.ArgumentParser:
                            help="print a Ray Serve config file for `serve deploy` / `serve run` and exit")
     serve_cmd.add_argument("--address", help="Ray address to join (default: start a local Ray)")
     serve_cmd.set_defaults(func=cmd_serve)
+
+    eval_cmd = sub.add_parser("eval", help="accuracy, wall time and decoded tokens per mode and round count")
+    eval_cmd.add_argument("--topology", default="sequential-demo", help="YAML file or built-in name")
+    eval_cmd.add_argument("--dataset", default="basic_arithmetic",
+                          help="basic_arithmetic | gsm_symbolic | champ | humaneval | a .jsonl file")
+    eval_cmd.add_argument("--mode", default="single,text,latent", help="comma-separated: latent, text, single")
+    eval_cmd.add_argument("--rounds", default="1,2,3", help="comma-separated round counts")
+    eval_cmd.add_argument("--limit", type=int, help="items to evaluate (generated datasets: 200)")
+    eval_cmd.add_argument("--seed", type=int, default=0, help="generated datasets: the held-out split's seed")
+    eval_cmd.add_argument("--batch-size", type=int, default=8, help="items answered together in every cell")
+    eval_cmd.add_argument("--latent-steps", type=int)
+    eval_cmd.add_argument("--max-new-tokens", type=int)
+    eval_cmd.add_argument("--out", default="eval-results", help="directory for results.json, results.md, *.png")
+    eval_cmd.add_argument("--address", help="Ray address to join (default: start a local Ray)")
+    eval_cmd.set_defaults(func=cmd_eval)
 
     models = sub.add_parser("models", help="offline model zoo (real small models from PyPI)")
     models_sub = models.add_subparsers(dest="action", required=True)

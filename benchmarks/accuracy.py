@@ -1,0 +1,56 @@
+"""Accuracy of the demo system on held-out arithmetic: a single agent, the agents talking in text (Recursive-TextMAS)
+and in latents (RecursiveMAS) at 1 and 3 rounds, all on the same items in one run.
+
+The paper's shape is latent r3 > text r3, latent r3 >= latent r1, latent r3 > single. This prints whether the shape
+holds for these (small, CPU) models and these links, whatever the answer; docs/results.md says what was measured.
+
+Run: ``python benchmarks/accuracy.py [--topology sequential-demo] [--limit 200] [--max-new-tokens 64]
+[--latent-steps N] [--out eval-results/accuracy]``. Last line: JSON with ``acc_single``, ``acc_text_r3``,
+``acc_latent_r3``, ``acc_latent_r1`` and the mean decoded tokens and wall time per item of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recursivemas.eval.report import machine  # noqa: E402
+from recursivemas.eval.run import run_eval  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--topology", default="sequential-demo")
+    parser.add_argument("--dataset", default="basic_arithmetic")
+    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--latent-steps", type=int)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", default="eval-results/accuracy")
+    args = parser.parse_args()
+
+    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    evaluation, _ = run_eval(args.topology, args.dataset, ("single", "text", "latent"), (1, 3), args.limit,
+                             args.seed, args.out, batch_size=args.batch_size, latent_steps=args.latent_steps,
+                             max_new_tokens=args.max_new_tokens, command=command)
+    cells = {"single": evaluation.cell("single", 1), "text_r3": evaluation.cell("text", 3),
+             "latent_r3": evaluation.cell("latent", 3), "latent_r1": evaluation.cell("latent", 1)}
+    acc = {f"acc_{k}": round(c.accuracy, 4) for k, c in cells.items()}
+    shape = {"latent_r3_gt_text_r3": acc["acc_latent_r3"] > acc["acc_text_r3"],
+             "latent_r3_ge_latent_r1": acc["acc_latent_r3"] >= acc["acc_latent_r1"],
+             "latent_r3_gt_single": acc["acc_latent_r3"] > acc["acc_single"]}
+    print(json.dumps({
+        "machine": machine(), "topology": evaluation.topology, "dataset": args.dataset, "n": cells["single"].n,
+        "max_new_tokens": args.max_new_tokens, **acc, **shape,
+        **{f"tokens_{k}": round(c.decoded_tokens_per_item, 1) for k, c in cells.items()},
+        **{f"wall_s_{k}": round(c.wall_s_per_item, 3) for k, c in cells.items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""``recursivemas eval``: load a topology and a dataset, run the grid on the cluster, write the report.
+
+One function, so the CLI, ``benchmarks/accuracy.py`` and a notebook all evaluate the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from recursivemas.config import load_topology
+from recursivemas.eval.datasets import load_eval_dataset
+from recursivemas.eval.harness import Evaluation, cells_run, evaluate
+from recursivemas.eval.report import write_report
+
+
+def run_eval(topology: str | Path, dataset: str, modes: Sequence[str] = ("single", "text", "latent"),
+             rounds: Sequence[int] = (1, 2, 3), limit: int | None = None, seed: int = 0, out: str | Path | None = None,
+             address: str | None = None, batch_size: int = 8, latent_steps: int | None = None,
+             max_new_tokens: int | None = None, command: str = "", runner=None) -> tuple[Evaluation, dict]:
+    """Evaluate and (when ``out`` is given) write the report; ``runner`` defaults to a local or joined Ray cluster."""
+    system = load_topology(topology)
+    if max_new_tokens is not None:
+        system = system.replace(generation={**system.generation.model_dump(), "max_new_tokens": max_new_tokens})
+    items = load_eval_dataset(dataset, limit=limit, seed=seed)
+    total = len(items) * cells_run(modes, rounds)
+    with tqdm(total=total, desc=f"eval {system.name} on {dataset}", unit="answer") as bar:
+        if runner is not None:
+            evaluation = evaluate(runner, system, items, modes, rounds, latent_steps, batch_size, bar.update,
+                                  dataset=dataset)
+        else:
+            from recursivemas.cluster import Cluster
+
+            with Cluster(address=address) as cluster:
+                evaluation = evaluate(cluster, system, items, modes, rounds, latent_steps, batch_size, bar.update,
+                                      dataset=dataset)
+    paths = write_report(evaluation, out, command) if out is not None else {}
+    return evaluation, paths
