@@ -176,6 +176,13 @@ def _parse_number(s: str) -> tuple[Fraction, bool] | None:
     return value, bool(pct)
 
 
+def parse_number(text: str) -> Fraction | None:
+    """The exact value of a string that is one number (int, decimal, ``a/b``, ``\\frac{a}{b}``, ``$``, thousands
+    commas; a percent sign is dropped), else None: what decides whether a reference is scored as a number."""
+    parsed = _parse_number(text)
+    return None if parsed is None else parsed[0]
+
+
 def _close(a: Fraction, b: Fraction, rel_tol: float) -> bool:
     if a == b:
         return True

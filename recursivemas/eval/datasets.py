@@ -21,19 +21,16 @@ verbatim (the user owns that prompt). Code questions are :data:`CODE_INSTRUCTION
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from recursivemas.train.data import generate_rows
+from recursivemas.eval.answers import Kind, parse_number
+from recursivemas.train.data import generate_rows, jsonl_lines, summarise_problems
 
 __all__ = ["BOXED_INSTRUCTION", "CODE_INSTRUCTION", "DATASETS", "EvalItem", "load_eval_dataset", "parse_number"]
 
-Kind = Literal["number", "choice", "code", "text"]
-KINDS: tuple[str, ...] = ("number", "choice", "code", "text")
 USER_KINDS: tuple[str, ...] = ("number", "choice", "text")
 """Kinds a user JSONL line may declare; code items need tests and an entry point, so they come from ``humaneval``."""
 
@@ -47,7 +44,6 @@ BOXED_INSTRUCTION = "Put your final answer in \\boxed{}."
 CODE_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block."
 """Put (before a blank line) ahead of every HumanEval function prompt."""
 
-MAX_PROBLEMS = 20
 _EVAL_EXTRA = 'pip install -e ".[eval]"'
 
 
@@ -64,23 +60,6 @@ class EvalItem:
     entry_point: str | None = None  # code: the function name under test
 
 
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*[+-]?\d+)?")
-_LATEX_FRAC = re.compile(r"([+-]?)\\[dt]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*([+-]?\d+)\s*\}")
-
-
-def parse_number(text: str) -> Fraction | None:
-    """The exact value of an int, decimal, fraction ``a/b`` or ``\\frac{a}{b}`` (optionally in ``$...$``), else None."""
-    s = text.strip().strip("$").strip()
-    m = _LATEX_FRAC.fullmatch(s)
-    if m:
-        sign, num, den = m.groups()
-        s = f"{sign}{num}/{den}"
-    elif not _NUMBER.fullmatch(s):
-        return None
-    try:
-        return Fraction(s.replace(" ", ""))
-    except (ValueError, ZeroDivisionError):
-        return None
 
 
 def _infer_kind(answer: str) -> Kind:
@@ -187,29 +166,21 @@ def _user_file(path: Path) -> list[EvalItem]:
     items: list[EvalItem] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path} line {lineno}"
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                problems.append(f"{where}: invalid JSON ({e.msg} at column {e.colno}); fix the syntax on this line")
-                continue
-            item, errs = _user_line(obj, where, default_id=str(lineno))
-            if item is not None:
-                item_id = f"{path.stem}/{item.id}"
-                if item_id in seen:
-                    errs = [f"{where}: field 'id' {item.id!r} repeats line {seen[item_id]}; ids must be unique"]
-                else:
-                    seen[item_id] = lineno
-                    items.append(EvalItem(id=item_id, question=item.question, reference=item.reference, kind=item.kind))
-            problems.extend(errs)
+    for lineno, where, obj, bad in jsonl_lines(path):
+        if bad:
+            problems.append(bad)
+            continue
+        item, errs = _user_line(obj, where, default_id=str(lineno))
+        if item is not None:
+            item_id = f"{path.stem}/{item.id}"
+            if item_id in seen:
+                errs = [f"{where}: field 'id' {item.id!r} repeats line {seen[item_id]}; ids must be unique"]
+            else:
+                seen[item_id] = lineno
+                items.append(EvalItem(id=item_id, question=item.question, reference=item.reference, kind=item.kind))
+        problems.extend(errs)
     if problems:
-        shown = [f"  - {p}" for p in problems[:MAX_PROBLEMS]]
-        more = [f"  ... and {len(problems) - MAX_PROBLEMS} more problem(s) not shown"] * (len(problems) > MAX_PROBLEMS)
-        raise ValueError("\n".join([f"{len(problems)} problem(s) in eval data {path}:", *shown, *more]))
+        raise ValueError(summarise_problems(f"{len(problems)} problem(s) in eval data {path}:", problems))
     if not items:
         raise ValueError(f'eval data file {path} has no items; add lines like {{"question": ..., "answer": ...}}')
     return items

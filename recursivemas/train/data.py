@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ __all__ = [
     "load_jsonl",
     "resolve_targets",
     "save_jsonl",
+    "summarise_problems",
+    "jsonl_lines",
 ]
 
 MAX_PROBLEMS = 20
@@ -46,7 +48,7 @@ class DataError(ValueError):
     """Bad training data or target mapping; the message names the file/row, line, field and the fix."""
 
 
-def _summarise(header: str, problems: Sequence[str], total: int | None = None) -> str:
+def summarise_problems(header: str, problems: Sequence[str], total: int | None = None) -> str:
     total = len(problems) if total is None else total
     shown = list(problems[:MAX_PROBLEMS])
     lines = [header, *(f"  - {p}" for p in shown)]
@@ -113,6 +115,23 @@ def _row_problems(obj: Any, where: str) -> tuple[Row | None, list[str]]:
         return None, [f"{where}, field '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}" for err in e.errors()]
 
 
+def jsonl_lines(path: Path) -> Iterator[tuple[int, str, Any, str | None]]:
+    """Each non-blank line of a JSON Lines file as ``(line number, "FILE line N", object, None)``; a line that is not
+    JSON comes as ``(line number, where, None, the problem and its fix)``, so callers can report every bad line."""
+    with path.open(encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path} line {lineno}"
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                problem = f"{where}: invalid JSON ({e.msg} at column {e.colno}); fix the syntax on this line"
+                yield lineno, where, None, problem
+                continue
+            yield lineno, where, obj, None
+
+
 def load_jsonl(path: str | Path, max_rows: int | None = None) -> list[Row]:
     """Read rows from a JSON Lines file (one object per line; blank lines skipped).
 
@@ -124,27 +143,19 @@ def load_jsonl(path: str | Path, max_rows: int | None = None) -> list[Row]:
         raise DataError(f"training data file not found: {p} (check the path; expected a .jsonl file)")
     rows: list[Row] = []
     problems: list[str] = []
-    seen = 0
-    with p.open(encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            if max_rows is not None and seen >= max_rows:
-                break
-            seen += 1
-            where = f"{p} line {lineno}"
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                problems.append(f"{where}: invalid JSON ({e.msg} at column {e.colno}); fix the syntax on this line")
-                continue
-            row, errs = _row_problems(obj, where)
-            if errs:
-                problems.extend(errs)
-            else:
-                rows.append(row)
+    for seen, (_, where, obj, bad) in enumerate(jsonl_lines(p)):
+        if max_rows is not None and seen >= max_rows:
+            break
+        if bad:
+            problems.append(bad)
+            continue
+        row, errs = _row_problems(obj, where)
+        if errs:
+            problems.extend(errs)
+        else:
+            rows.append(row)
     if problems:
-        raise DataError(_summarise(f"{len(problems)} problem(s) in training data {p}:", problems))
+        raise DataError(summarise_problems(f"{len(problems)} problem(s) in training data {p}:", problems))
     return rows
 
 
@@ -175,7 +186,7 @@ def resolve_targets(agents: Sequence[str], decoder: str, mapping: Mapping[str, s
         elif not isinstance(field, str) or not field.strip():
             problems.append(f"agent '{name}': target field must be a non-empty field name, got {field!r}")
     if problems:
-        raise DataError(_summarise("bad role-target mapping:", problems))
+        raise DataError(summarise_problems("bad role-target mapping:", problems))
     return {name: mapping.get(name, "answer") for name in agents}
 
 
@@ -198,7 +209,7 @@ def check_rows_have(rows: Sequence[Row], targets: Mapping[str, str]) -> None:
                         f"or map the agent to another field (default: 'answer')"
                     )
     if total:
-        raise DataError(_summarise(f"{total} missing target(s) in training rows:", problems, total))
+        raise DataError(summarise_problems(f"{total} missing target(s) in training rows:", problems, total))
 
 
 def _is_heldout(question: str, heldout_fraction: float) -> bool:

@@ -5,7 +5,9 @@ nor about the real latent pipeline (rollouts and greedy decoding, not teacher-fo
 reports both on rows it is given (pass held-out rows): the same final-round answer loss as training (``unroll_loss``,
 role texts picked by the same agent -> field mapping), and the accuracy of ``Executor.run_batch(mode="latent")``.
 
-Answer matching is deliberately small (:func:`answer_matches`); a full answer-extraction module will replace it.
+Answer matching is deliberately small (:func:`answer_matches`): training rows hold short answers (a number or a
+word). ``recursivemas.eval.answers`` reads whole model answers for benchmarks; training does not import it, so
+that ``eval`` may build on ``train`` and not the other way round.
 """
 
 from __future__ import annotations
