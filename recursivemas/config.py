@@ -314,8 +314,8 @@ def load_topology(path: str | Path) -> Topology:
         topology = Topology.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid topology\n{format_validation_error(exc)}") from None
-    if topology.links and not Path(topology.links).is_absolute():
-        topology.links = str((path.parent / topology.links).resolve())
+    if topology.links and not Path(topology.links).is_absolute():  # relative to where the file really is (symlinks)
+        topology.links = str((path.resolve().parent / topology.links).resolve())
     return topology
 
 

@@ -250,6 +250,16 @@ def test_load_topology_resolves_relative_links(tmp_path):
     assert Path(loaded.links) == (sub / "ckpt" / "links").resolve()
 
 
+def test_relative_links_follow_a_symlinked_topology_to_its_target(tmp_path):
+    real = tmp_path / "package"
+    real.mkdir()
+    t = topo(agents=agents("a", "b"), pattern="sequential", links="ckpt/links")
+    target = _write(real / "t.yaml", t.to_yaml())
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "t.yaml").symlink_to(target)
+    assert Path(load_topology(tmp_path / "examples" / "t.yaml").links) == (real / "ckpt" / "links").resolve()
+
+
 def test_load_topology_keeps_absolute_links(tmp_path):
     target = str((tmp_path / "elsewhere").resolve())
     t = topo(agents=agents("a", "b"), pattern="sequential", links=target)
