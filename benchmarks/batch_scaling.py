@@ -26,11 +26,11 @@ from recursivemas.actors import BackboneEngine, Prompt  # noqa: E402
 from recursivemas.model_zoo import resolve_model  # noqa: E402
 
 
-def best_of(repeats: int, call) -> float:
+def best_of(repeats: int, call, *args, **kwargs) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        call()
+        call(*args, **kwargs)
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -51,9 +51,9 @@ def main() -> None:
         for rows in (1, 8):
             prompts = [Prompt([QUESTIONS[0]])] * rows
             engine.generate(prompts, max_new_tokens=args.max_new_tokens)  # warm-up
-            seconds["gen", rows] = best_of(args.repeats, lambda: engine.generate(
-                prompts, max_new_tokens=args.max_new_tokens, temperature=0.0))
-            seconds["rollout", rows] = best_of(args.repeats, lambda: engine.rollout(prompts, args.latent_steps, None))
+            seconds["gen", rows] = best_of(args.repeats, engine.generate, prompts,
+                                           max_new_tokens=args.max_new_tokens, temperature=0.0)
+            seconds["rollout", rows] = best_of(args.repeats, engine.rollout, prompts, args.latent_steps, None)
             print(f"threads {threads}, {rows} row(s): generate {seconds['gen', rows]:.3f} s, "
                   f"rollout {seconds['rollout', rows]:.3f} s", flush=True)
         for kind in ("gen", "rollout"):
