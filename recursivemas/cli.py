@@ -95,7 +95,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--rounds {args.rounds!r}: give round counts separated by commas, e.g. 1,2,3") from None
     evaluation, paths = run_eval(args.topology, args.dataset, modes, rounds, args.limit, args.seed, args.out,
                                  args.address, args.batch_size, args.latent_steps, args.max_new_tokens,
-                                 command="recursivemas " + " ".join(sys.argv[1:]))
+                                 command="recursivemas " + " ".join(sys.argv[1:]),
+                                 dataset_options=parse_mapping(args.dataset_options, "--dataset-options"))
     from recursivemas.eval.report import markdown_table
 
     print(markdown_table(evaluation))
@@ -192,6 +193,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_mapping(text: str | None, flag: str) -> dict:
+    """A YAML (or JSON) mapping given on the command line; ``{}`` when the flag is absent."""
+    import yaml
+
+    if not text:
+        return {}
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{flag} {text!r} is not YAML: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} {text!r}: give a mapping, e.g. '{{max_terms: 3, max_digits: 1}}'")
+    return value
+
+
 def _serve_config(args: argparse.Namespace):
     """The serve config file (if any), then the flags given on the command line over it."""
     from recursivemas.serve.config import ServeConfig
@@ -259,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument("--rounds", default="1,2,3", help="comma-separated round counts")
     eval_cmd.add_argument("--limit", type=int, help="items to evaluate (generated datasets: 200)")
     eval_cmd.add_argument("--seed", type=int, default=0, help="generated datasets: the held-out split's seed")
+    eval_cmd.add_argument("--dataset-options", help="generated datasets: the generator's settings as a YAML mapping, "
+                          "e.g. '{max_terms: 3, max_digits: 1}' (train with the same `data.options`)")
     eval_cmd.add_argument("--batch-size", type=int, default=8, help="items answered together in every cell")
     eval_cmd.add_argument("--latent-steps", type=int)
     eval_cmd.add_argument("--max-new-tokens", type=int)

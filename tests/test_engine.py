@@ -362,6 +362,19 @@ def test_forward_states_gradient_reaches_latent(engines, family):
     assert all(p.grad is None for p in engine.model.parameters())
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_states_end_appends_the_stop_token(engines, family):
+    """An answer target ends with the token that stops generation, so a decoder trained on it learns to stop."""
+    engine = engines(family)
+    assert engine.end_id in engine.eos_ids
+    prompt = Prompt(["Solve: ", latent(engine, 2, seed=5), " now."])
+    (open_,) = engine.forward_states([prompt], ["42"])
+    (closed,) = engine.forward_states([prompt], ["42"], end=True)
+    assert closed.target_ids.tolist() == [*ids_of(engine, "42"), engine.end_id]
+    # the answer's own states are unchanged (causal attention); the extra state is the one that predicts the stop
+    assert torch.allclose(closed.states[:-1], open_.states, atol=ATOL, rtol=0)
+
+
 def test_forward_states_empty_target_raises(engines):
     with pytest.raises(ValueError, match="empty target"):
         engines("llama").forward_states([Prompt(["hi"])], [""])

@@ -38,6 +38,17 @@ def test_generated_items_are_heldout_numbers(name):
     assert not train & set(raw)  # no evaluated question is a training question
 
 
+def test_generated_options_reach_the_generator_and_fixed_sets_refuse_them():
+    options = {"min_terms": 2, "max_terms": 2, "max_digits": 1, "operators": ["-"], "allow_negation": False}
+    items = load_eval_dataset("basic_arithmetic", limit=10, options=options)
+    raw = [it.question.removesuffix("\n\n" + BOXED_INSTRUCTION) for it in items]
+    assert all(q.startswith("Calculate ") and q.count(" - ") == 1 and "+" not in q for q in raw), raw
+    train = {r.question for r in generate_rows("basic_arithmetic", 100, 0, split="train", options=options)}
+    assert not train & set(raw)
+    with pytest.raises(ValueError, match="apply only to the generated datasets"):
+        load_eval_dataset("champ", limit=3, options=options)
+
+
 def test_generated_default_limit():
     assert len(load_eval_dataset("basic_arithmetic")) == 200
 

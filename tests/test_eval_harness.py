@@ -64,10 +64,13 @@ def test_evaluate_scores_every_cell_and_counts_tokens():
 
 
 def test_report_files(tmp_path):
-    evaluation = evaluate(ScriptedRunner(), "toy", ITEMS, rounds=[1, 2, 3])
+    evaluation = evaluate(ScriptedRunner(), "toy", ITEMS, rounds=[1, 2, 3], dataset="basic_arithmetic",
+                          dataset_options={"max_terms": 3})
     paths = write_report(evaluation, tmp_path, command="recursivemas eval ...")
     data = json.loads(paths["json"].read_text())
     assert data["command"] == "recursivemas eval ..." and data["machine"]
+    assert data["dataset_options"] == {"max_terms": 3}  # the items can be generated again from the report alone
+    assert paths["markdown"].read_text().startswith('# toy on basic_arithmetic {"max_terms": 3}')
     assert {(c["mode"], c["rounds"]) for c in data["cells"]} == {("single", 1), ("text", 1), ("text", 2),
                                                                   ("text", 3), ("latent", 1), ("latent", 2),
                                                                   ("latent", 3)}
@@ -95,3 +98,15 @@ def test_eval_command_on_tiny_models_writes_json_table_and_plots(tmp_path, capsy
     assert all(i["decoded_tokens"] > 0 and i["wall_s"] > 0 for i in latent)
     assert "| mode | rounds |" in (out / "results.md").read_text()
     assert all((out / f"{stem}.png").read_bytes()[:8] == PNG for stem in ("accuracy", "wall_time", "decoded_tokens"))
+
+
+@pytest.mark.parametrize(("options", "error"), [
+    ("{max_terms: 2}", "apply only to the generated datasets"),
+    ("[1, 2]", "--dataset-options '[1, 2]': give a mapping"),
+    ("{max_terms: [", "--dataset-options '{max_terms: [' is not YAML"),
+    ("{max_term: 2}", "unknown 'max_term'; accepted: min_terms"),
+])
+def test_eval_command_reports_bad_dataset_options(options, error, capsys):
+    dataset = "basic_arithmetic" if "max_term:" in options else "champ"
+    assert main(["eval", "--dataset", dataset, "--dataset-options", options, "--limit", "2"]) == 2
+    assert error in capsys.readouterr().err

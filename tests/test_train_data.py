@@ -9,6 +9,7 @@ from recursivemas.train.data import (
     Row,
     check_rows_have,
     generate_rows,
+    generator_options,
     load_jsonl,
     resolve_targets,
     save_jsonl,
@@ -121,6 +122,31 @@ def test_generate_rows_errors():
         generate_rows("no_such_set", 5, seed=0)
     with pytest.raises(DataError, match="split"):
         generate_rows("basic_arithmetic", 5, seed=0, split="test")
+
+
+EASY = {"min_terms": 2, "max_terms": 2, "max_digits": 1, "operators": ["+"], "allow_parentheses": False,
+        "allow_negation": False}
+
+
+def test_generate_rows_passes_the_generators_own_options():
+    train = generate_rows("basic_arithmetic", 60, seed=0, options=EASY)
+    held = generate_rows("basic_arithmetic", 15, seed=0, split="heldout", options=EASY)
+    for row in train + held:  # "Calculate 3 + 4." and nothing harder (reasoning_gym draws 0..10 for one digit)
+        terms = row.question.removeprefix("Calculate ").rstrip(".").split(" + ")
+        assert len(terms) == 2 and all(t.isdigit() and int(t) <= 10 for t in terms), row.question
+        assert int(row.answer) == sum(map(int, terms))
+    assert not {r.question for r in train} & {r.question for r in held}
+    assert generate_rows("basic_arithmetic", 60, seed=0) != train  # the options changed the items
+
+
+def test_generate_rows_option_errors_name_the_option():
+    with pytest.raises(DataError, match=r"unknown 'max_term'; accepted: min_terms, max_terms"):
+        generate_rows("basic_arithmetic", 5, seed=0, options={"max_term": 3})
+    with pytest.raises(DataError, match=r"'operators': \['\^'\]\}: rejected by reasoning_gym: unsupported operator"):
+        generate_rows("basic_arithmetic", 5, seed=0, options={"operators": ["^"]})
+    with pytest.raises(DataError, match="unknown 'size'"):  # size and seed belong to generate_rows
+        generate_rows("basic_arithmetic", 5, seed=0, options={"size": 10})
+    assert "max_terms" in generator_options("basic_arithmetic") and "seed" not in generator_options("basic_arithmetic")
 
 
 def test_save_load_round_trip(tmp_path):

@@ -58,6 +58,13 @@ def test_bad_train_config_names_the_field(files):
     assert "exactly one of `path`" in msg and "inner.stpes: unknown key; did you mean 'steps'?" in msg
 
 
+def test_data_options_need_a_generator(files):
+    (files / "opts.yaml").write_text(yaml.safe_dump({"topology": "topology.yaml",
+                                                     "data": {"path": "rows.jsonl", "options": {"max_terms": 2}}}))
+    with pytest.raises(ConfigError, match="data.options: generator settings need `generator`"):
+        load_train_config(files / "opts.yaml")
+
+
 def test_unknown_agent_in_targets_fails_before_loading_models(files, capsys):
     config = yaml.safe_load((files / "train.yaml").read_text())
     (files / "t2.yaml").write_text(yaml.safe_dump({**config, "targets": {"critic": "plan"}}))

@@ -109,3 +109,18 @@ def test_rerun_continues_from_the_newest_local_checkpoint(config, tmp_path):
     summary = json.loads((second / "train_summary.json").read_text())
     assert summary["resumed_from_step"] == 4 and len(summary["outer_losses"]) == 2
     assert_same_links(second, config, expected)
+
+
+def test_rerun_on_other_data_refuses_the_old_checkpoints(config, tmp_path):
+    """Resuming is for the same run: a changed data source (or seed, targets, topology) must not silently continue
+    the old run's links; a longer schedule (more steps) is the same run and resumes."""
+    config = config.model_copy(update={"output": str(tmp_path / "links"),
+                                       "outer": config.outer.model_copy(update={"steps": 2, "checkpoint_every": 2})})
+    train(config, stage="outer", progress=False)
+    longer = config.model_copy(update={"outer": config.outer.model_copy(update={"steps": 4})})
+    summary = json.loads((train(longer, stage="outer", progress=False) / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] == 2 and len(summary["outer_losses"]) == 2
+    for changed in ({"seed": 1}, {"data": config.data.model_copy(update={"n": 3})}):
+        with pytest.raises(ValueError, match="trained on other data, targets, topology or seed") as err:
+            train(longer.model_copy(update=changed), stage="outer", progress=False)
+        assert "step-000004-outer" in str(err.value) and "new `output`" in str(err.value)

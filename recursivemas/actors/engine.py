@@ -64,6 +64,7 @@ class BackboneEngine:
         self.hidden_size: int = config.hidden_size
         self.max_context: int = getattr(config, "max_position_embeddings", None) or 2**31
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.end_id = _end_id(tokenizer, self.eos_ids)
         # Training through the frozen backbone (stage 2): keep only each call's inputs and recompute the decoder in
         # backward, so an unrolled system holds one call's activations at a time instead of every round's.
         self.gradient_checkpointing = False
@@ -240,16 +241,21 @@ class BackboneEngine:
             )
 
     # --- teacher forcing (training) ------------------------------------------------------------------------------
-    def forward_states(self, prompts: Sequence[Prompt], targets: Sequence[str]) -> list[TeacherForced]:
+    def forward_states(self, prompts: Sequence[Prompt], targets: Sequence[str], end: bool = False
+                       ) -> list[TeacherForced]:
         """Last-layer states over each target text, teacher-forced after its prompt.
 
-        Not under inference mode: outer-link training needs gradients through the frozen backbone into latent inputs.
+        ``end`` appends the end-of-turn token to every target, so a decoder trained on answers also learns to stop
+        after one instead of running on to ``max_new_tokens``. Not under inference mode: outer-link training needs
+        gradients through the frozen backbone into latent inputs.
         """
         rows, target_ids = [], []
         for prompt, target in zip(prompts, targets):
             ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
             if not ids:
                 raise ValueError(f"backbone {self.name!r}: an empty target text cannot be teacher-forced")
+            if end and self.end_id is not None:
+                ids = [*ids, self.end_id]
             item = self.embed(prompt, len(ids), what="target tokens")
             ids_t = torch.tensor(ids, device=self.device)
             rows.append(torch.cat([item.embeds, self.embedding(ids_t)], dim=0))
@@ -287,6 +293,14 @@ def _run_link(link: nn.Module | None, hidden: torch.Tensor) -> torch.Tensor:
         return hidden
     param = next(link.parameters())
     return link(hidden.to(param.dtype)).to(hidden.dtype)
+
+
+def _end_id(tokenizer, eos_ids: set[int]) -> int | None:
+    """The token that ends an answer: the tokenizer's own end-of-turn (``<|im_end|>``, ``<eos>``), else any stop id."""
+    own = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(own, int):
+        return own
+    return min(eos_ids) if eos_ids else None
 
 
 def _eos_ids(model: nn.Module, tokenizer) -> set[int]:

@@ -22,6 +22,7 @@ verbatim (the user owns that prompt). Code questions are :data:`CODE_INSTRUCTION
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,12 +75,12 @@ def _import_error(package: str, dataset: str, err: ImportError) -> ImportError:
     return ImportError(f"the '{dataset}' eval dataset needs the '{package}' package: {_EVAL_EXTRA} ({err})")
 
 
-def _generated(name: str, limit: int, seed: int) -> list[EvalItem]:
+def _generated(name: str, limit: int, seed: int, options: Mapping[str, Any] | None) -> list[EvalItem]:
     try:
         import reasoning_gym  # noqa: F401  (generate_rows imports it too; fail here with the install hint)
     except ImportError as e:
         raise _import_error("reasoning-gym", name, e) from e
-    rows = generate_rows(name, limit, seed, split="heldout")
+    rows = generate_rows(name, limit, seed, split="heldout", options=options)
     return [
         EvalItem(id=f"{name}/{i}", question=_with_boxed(r.question), reference=r.answer.strip(), kind="number")
         for i, r in enumerate(rows)
@@ -186,16 +187,21 @@ def _user_file(path: Path) -> list[EvalItem]:
     return items
 
 
-def load_eval_dataset(name: str, limit: int | None = None, seed: int = 0) -> list[EvalItem]:
+def load_eval_dataset(name: str, limit: int | None = None, seed: int = 0,
+                      options: Mapping[str, Any] | None = None) -> list[EvalItem]:
     """The items of dataset ``name`` (one of :data:`DATASETS`, or a ``.jsonl`` path), in a fixed order.
 
     ``limit`` keeps the first ``limit`` items (default: all; :data:`DEFAULT_GENERATED_LIMIT` for generated datasets).
-    ``seed`` only changes the generated datasets. Unknown names and ``limit <= 0`` raise :class:`ValueError`.
+    ``seed`` and ``options`` (the generator's settings, as in training's ``data.options``) only apply to the
+    generated datasets. Unknown names, ``limit <= 0`` and options for a fixed dataset raise :class:`ValueError`.
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be a positive number of items (or None for all), got {limit}")
     if name in GENERATED:
-        return _generated(name, DEFAULT_GENERATED_LIMIT if limit is None else limit, seed)
+        return _generated(name, DEFAULT_GENERATED_LIMIT if limit is None else limit, seed, options)
+    if options:
+        raise ValueError(f"dataset options {dict(options)} apply only to the generated datasets "
+                         f"({', '.join(GENERATED)}), not to {name!r}")
     if name == "champ":
         items = _champ()
     elif name == "humaneval":

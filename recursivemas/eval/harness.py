@@ -12,8 +12,9 @@ The runner is anything with ``run_batch(topology, prompts, mode, rounds, latent_
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from recursivemas.eval.answers import score
 from recursivemas.eval.datasets import EvalItem
@@ -55,6 +56,7 @@ class Evaluation:
     dataset: str
     cells: list[Cell]
     items: list[ItemResult]
+    dataset_options: dict = field(default_factory=dict)  # a generated dataset's settings, e.g. {"max_terms": 3}
 
     def cell(self, mode: str, rounds: int) -> Cell:
         for cell in self.cells:
@@ -63,8 +65,8 @@ class Evaluation:
         raise KeyError(f"no cell for mode {mode!r} at rounds {rounds}")
 
     def to_dict(self) -> dict:
-        return {"topology": self.topology, "dataset": self.dataset, "cells": [asdict(c) for c in self.cells],
-                "items": [asdict(i) for i in self.items]}
+        return {"topology": self.topology, "dataset": self.dataset, "dataset_options": self.dataset_options,
+                "cells": [asdict(c) for c in self.cells], "items": [asdict(i) for i in self.items]}
 
 
 def grid(modes: Sequence[str], rounds: Sequence[int]) -> list[tuple[str, int]]:
@@ -80,7 +82,8 @@ def grid(modes: Sequence[str], rounds: Sequence[int]) -> list[tuple[str, int]]:
 
 def evaluate(runner, topology, items: Sequence[EvalItem], modes: Sequence[str] = MODES,
              rounds: Sequence[int] = (1, 2, 3), latent_steps: int | None = None, batch_size: int = 8,
-             on_item: Callable[[], None] | None = None, timeout_s: float = 10.0, dataset: str = "") -> Evaluation:
+             on_item: Callable[[], None] | None = None, timeout_s: float = 10.0, dataset: str = "",
+             dataset_options: Mapping[str, Any] | None = None) -> Evaluation:
     """Answer and score ``items`` in every cell; ``on_item`` ticks once per item answered (a progress bar)."""
     if not items:
         raise ValueError("evaluate: the dataset has no items")
@@ -103,7 +106,7 @@ def evaluate(runner, topology, items: Sequence[EvalItem], modes: Sequence[str] =
                     on_item()
         results.extend(mine)
         cells.append(_summarise(mode, r, mine))
-    return Evaluation(getattr(topology, "name", str(topology)), dataset, cells, results)
+    return Evaluation(getattr(topology, "name", str(topology)), dataset, cells, results, dict(dataset_options or {}))
 
 
 def _summarise(mode: str, rounds: int, results: list[ItemResult]) -> Cell:

@@ -51,7 +51,8 @@ def write_report(evaluation: Evaluation, out: str | Path, command: str = "") -> 
     where = machine()
     paths = {"json": out / "results.json", "markdown": out / "results.md"}
     paths["json"].write_text(json.dumps({**evaluation.to_dict(), "machine": where, "command": command}, indent=1))
-    header = (f"# {evaluation.topology} on {evaluation.dataset or 'the dataset'}\n\nMachine: {where}.  \n"
+    options = f" {json.dumps(evaluation.dataset_options)}" if evaluation.dataset_options else ""
+    header = (f"# {evaluation.topology} on {evaluation.dataset or 'the dataset'}{options}\n\nMachine: {where}.  \n"
               f"Command: `{command}`\n\n" if command else f"# {evaluation.topology}\n\nMachine: {where}.\n\n")
     paths["markdown"].write_text(header + markdown_table(evaluation) + "\n")
     for stem, (attribute, label) in PLOTS.items():

@@ -5,8 +5,9 @@ One function, so the CLI, ``benchmarks/accuracy.py`` and a notebook all evaluate
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -19,22 +20,26 @@ from recursivemas.eval.report import write_report
 def run_eval(topology: str | Path, dataset: str, modes: Sequence[str] = ("single", "text", "latent"),
              rounds: Sequence[int] = (1, 2, 3), limit: int | None = None, seed: int = 0, out: str | Path | None = None,
              address: str | None = None, batch_size: int = 8, latent_steps: int | None = None,
-             max_new_tokens: int | None = None, command: str = "", runner=None) -> tuple[Evaluation, dict]:
-    """Evaluate and (when ``out`` is given) write the report; ``runner`` defaults to a local or joined Ray cluster."""
+             max_new_tokens: int | None = None, command: str = "", runner=None,
+             dataset_options: Mapping[str, Any] | None = None) -> tuple[Evaluation, dict]:
+    """Evaluate and (when ``out`` is given) write the report; ``runner`` defaults to a local or joined Ray cluster.
+
+    ``dataset_options`` are a generated dataset's settings (e.g. ``{"max_terms": 3}``), recorded in the report.
+    """
     system = load_topology(topology)
     if max_new_tokens is not None:
         system = system.replace(generation={**system.generation.model_dump(), "max_new_tokens": max_new_tokens})
-    items = load_eval_dataset(dataset, limit=limit, seed=seed)
+    items = load_eval_dataset(dataset, limit=limit, seed=seed, options=dataset_options)
     total = len(items) * cells_run(modes, rounds)
     with tqdm(total=total, desc=f"eval {system.name} on {dataset}", unit="answer") as bar:
         if runner is not None:
             evaluation = evaluate(runner, system, items, modes, rounds, latent_steps, batch_size, bar.update,
-                                  dataset=dataset)
+                                  dataset=dataset, dataset_options=dataset_options)
         else:
             from recursivemas.cluster import Cluster
 
             with Cluster(address=address) as cluster:
                 evaluation = evaluate(cluster, system, items, modes, rounds, latent_steps, batch_size, bar.update,
-                                      dataset=dataset)
+                                      dataset=dataset, dataset_options=dataset_options)
     paths = write_report(evaluation, out, command) if out is not None else {}
     return evaluation, paths

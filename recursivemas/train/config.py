@@ -7,7 +7,7 @@ trains on a cluster by adding a ``cluster:`` block. Relative paths in the file a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,7 +20,8 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    """Rows from a JSONL file (``path``) or from a built-in generator (``generator``, ``n``, ``seed``).
+    """Rows from a JSONL file (``path``) or from a built-in generator (``generator``, ``n``, ``seed``, ``options``:
+    the generator's own settings, e.g. ``{max_terms: 3, max_digits: 1}``; the held-out rows use the same ones).
 
     ``max_length`` bounds the tokens of any role target or answer: a longer one is a data error named by row and
     field, found before training starts rather than as a memory blow-up hours in.
@@ -30,12 +31,15 @@ class DataConfig(Strict):
     generator: str | None = None
     n: int = Field(200, ge=1)
     seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
     max_length: int = Field(256, ge=1)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         if (self.path is None) == (self.generator is None):
             raise ValueError("data: set exactly one of `path` (a JSONL file) or `generator` (e.g. basic_arithmetic)")
+        if self.options and self.generator is None:
+            raise ValueError("data.options: generator settings need `generator`; a JSONL `path` takes none")
         return self
 
 

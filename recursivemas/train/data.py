@@ -12,6 +12,7 @@ reads the whole file first and reports every bad line (up to 20) at once, naming
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "Row",
     "check_rows_have",
     "generate_rows",
+    "generator_options",
     "load_jsonl",
     "resolve_targets",
     "save_jsonl",
@@ -218,8 +220,31 @@ def _is_heldout(question: str, heldout_fraction: float) -> bool:
     return h / 2.0**64 < heldout_fraction
 
 
-def generate_rows(dataset: str, n: int, seed: int, split: str = "train", heldout_fraction: float = 0.2) -> list[Row]:
+def generator_options(dataset: str) -> list[str]:
+    """The settings ``generate_rows(dataset, ..., options=...)`` accepts (``size`` and ``seed`` are set by it)."""
+    import reasoning_gym.factory
+
+    config_class = reasoning_gym.factory.DATASETS[dataset][1]
+    return [f.name for f in dataclasses.fields(config_class) if f.name not in ("size", "seed")]
+
+
+def _create(reasoning_gym, dataset: str, size: int, seed: int, options: Mapping[str, Any]):
+    accepted = generator_options(dataset)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DataError(f"{dataset} options: unknown {', '.join(map(repr, unknown))}; accepted: {', '.join(accepted)}")
+    try:
+        return reasoning_gym.create_dataset(dataset, size=size, seed=seed, **options)
+    except (AssertionError, TypeError, ValueError) as e:
+        raise DataError(f"{dataset} options {dict(options)}: rejected by reasoning_gym: {e or type(e).__name__}") from e
+
+
+def generate_rows(dataset: str, n: int, seed: int, split: str = "train", heldout_fraction: float = 0.2,
+                  options: Mapping[str, Any] | None = None) -> list[Row]:
     """The first ``n`` rows of ``split`` ("train" or "heldout") from a ``reasoning_gym`` generator.
+
+    ``options`` are the generator's own settings (for ``basic_arithmetic``: ``max_terms``, ``max_digits``,
+    ``operators``, ...): the way to pick a difficulty the backbones can learn. Train and evaluate with the same ones.
 
     Items are generated in order, deterministically from ``seed`` (item i does not depend on the pool size), and
     each question goes to "heldout" iff a stable hash of its text falls below ``heldout_fraction``. So the same
@@ -246,7 +271,7 @@ def generate_rows(dataset: str, n: int, seed: int, split: str = "train", heldout
     consumed = 0
     size = max(64, int(n / frac * 1.3) + 16)
     while len(rows) < n:
-        ds = reasoning_gym.create_dataset(dataset, size=size, seed=seed)
+        ds = _create(reasoning_gym, dataset, size, seed, options or {})
         for idx in range(consumed, size):
             item = ds[idx]
             q, a = str(item["question"]), str(item["answer"])

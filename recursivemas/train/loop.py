@@ -8,6 +8,8 @@ restored from step ``s`` with its optimizer and scheduler state continues as if 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -34,13 +36,20 @@ def fit(setup: Setup, config: TrainConfig, checkpoints: Checkpoints, world: Worl
         stage: Stage = "both", progress: bool = True, heldout: list[Row] | None = None) -> dict:
     """Train and return a summary (last losses, steps, held-out scores). Every rank calls this."""
     world = world or World()
+    problem = training_problem(config)
     state = checkpoints.restore(setup.links) or {"stage": "start", "step": 0}
     if state["stage"] != "start":
+        if state.get("problem", problem) != problem:
+            raise ValueError(
+                f"the checkpoint in {state.get('directory', 'the checkpoint directory')} was trained on other data, "
+                "targets, topology or seed than this config; resuming would mix the two runs. Set a new `output`, "
+                "or delete the old run's checkpoints to start over")
         log.info("resuming from the %s stage at step %d", state["stage"], state["step"])
+    state["problem"] = problem
     summary: dict = {"resumed_from_step": state["step"], "resumed_from_stage": state["stage"]}
     if stage in ("inner", "both") and state["stage"] == "start":
         summary["inner_loss"] = train_inner_links(setup, config, world, progress)
-        state = {"stage": "inner", "step": 0}
+        state = {"stage": "inner", "step": 0, "problem": problem}
         checkpoints.save({"stage": "inner", **summary["inner_loss"]}, setup.links, state)
     if stage in ("outer", "both"):
         deepspeed = config.cluster.deepspeed if config.cluster else None
@@ -49,6 +58,13 @@ def fit(setup: Setup, config: TrainConfig, checkpoints: Checkpoints, world: Worl
     if heldout:
         summary.update(evaluate_heldout(setup, config, heldout, world))
     return summary
+
+
+def training_problem(config: TrainConfig) -> str:
+    """A digest of what the links learn from (topology, data, targets, seed), kept in every checkpoint so a rerun
+    resumes only its own run; stage settings may change between runs (more steps, a lower learning rate)."""
+    what = config.model_dump(mode="json", include={"topology", "data", "targets", "seed"})
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def train_inner_links(setup: Setup, config: TrainConfig, world: World, progress: bool) -> dict[str, float]:
@@ -124,7 +140,8 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
             # one report per checkpoint, carrying every step since the last (a report is a barrier on Ray Train)
             metrics = {"stage": "outer", "rows_seen": done * cfg.batch_size, **recent[-1], "steps": recent}
             checkpoints.save(metrics, links, {"stage": "outer", "step": done, "rows_seen": done * cfg.batch_size,
-                                              **updater.state_dict()}, updater.shards)
+                                              "problem": (state or {}).get("problem"), **updater.state_dict()},
+                             updater.shards)
             recent = []
     links.eval()
     return losses

@@ -23,8 +23,9 @@ from recursivemas.train.parallel import Wire
 
 
 def answer_loss(engine, prompt, answer: str) -> torch.Tensor:
-    """Cross-entropy of the answer tokens given the prompt (which may hold latents carrying gradients)."""
-    (forced,) = engine.forward_states([prompt], [answer])
+    """Cross-entropy of the answer tokens and the end-of-turn token after them, given the prompt (which may hold
+    latents carrying gradients): a decoder that is never shown where an answer ends keeps generating after it."""
+    (forced,) = engine.forward_states([prompt], [answer], end=True)
     logits = engine.model.get_output_embeddings()(forced.states).float()
     return nn.functional.cross_entropy(logits, forced.target_ids)
 

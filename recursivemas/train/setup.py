@@ -40,7 +40,7 @@ class Setup:
 def load_rows(data: DataConfig) -> list[Row]:
     if data.path:
         return load_jsonl(data.path, max_rows=data.n)
-    return generate_rows(data.generator, data.n, data.seed, split="train")
+    return generate_rows(data.generator, data.n, data.seed, split="train", options=data.options)
 
 
 def eval_rows(config: TrainConfig) -> list[Row]:
@@ -50,7 +50,8 @@ def eval_rows(config: TrainConfig) -> list[Row]:
     if config.eval.path:
         return load_jsonl(config.eval.path, max_rows=config.eval.n)
     if config.data.generator:
-        return generate_rows(config.data.generator, config.eval.n, config.data.seed, split="heldout")
+        return generate_rows(config.data.generator, config.eval.n, config.data.seed, split="heldout",
+                             options=config.data.options)
     log.warning("no held-out rows: set `eval.path` to a JSONL file to score the trained links after training")
     return []
 
