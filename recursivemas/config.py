@@ -37,6 +37,9 @@ class BackboneConfig(Strict):
     num_cpus: float = Field(0.25, gt=0)
     resources: dict[str, float] = Field(default_factory=dict)
     max_restarts: int = Field(1, ge=0)
+    torch_threads: int | None = Field(None, ge=1)
+    """Intra-op CPU threads of this backbone's actor; None: the CPUs Ray reserves for it (at least 1). Agents in a
+    chain take turns, so on a CPU machine each backbone may use every core without reserving them all."""
 
 
 class AgentConfig(Strict):

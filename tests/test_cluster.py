@@ -147,6 +147,17 @@ def test_a_backbone_that_stays_dead_fails_with_its_name(cluster, model_dirs, tmp
     assert cluster.run(topology(model_dirs, "distillation"), QUESTION).text is not None  # others unaffected
 
 
+def test_backbone_actor_threads_follow_the_topology(cluster, model_dirs):
+    """num_cpus 0.25 reserves a quarter core, so the actor computes on 1 thread unless the topology asks for more."""
+    t = topology(model_dirs, "sequential", name="threads",
+                 backbones={"a": {"model": model_dirs["a"], "dtype": "bfloat16"},
+                            "b": {"model": model_dirs["b"], "dtype": "bfloat16", "torch_threads": 2}})
+    assert cluster.run(t, QUESTION).text is not None
+    own = {key[0]: actor for key, actor in cluster.backbone_actors.items() if key[1] == "bfloat16"}
+    threads = {path: ray.get(actor.info.remote())["torch_threads"] for path, actor in own.items()}
+    assert threads == {model_dirs["a"]: 1, model_dirs["b"]: 2}
+
+
 def test_gloo_direct_transport_moves_latents_and_gives_the_same_answer(cluster, model_dirs):
     t = topology(model_dirs, "sequential", name="direct-gloo", transport="gloo")
     expected = load_system(t).run(QUESTION).text

@@ -59,7 +59,7 @@ def lower_latents(prompts: Sequence[Prompt], latents: Sequence[torch.Tensor]) ->
 class BackboneActor:
     def __init__(self, name: str, path: str, dtype: str, device: str, max_batch: int = 16,
                  batch_wait_s: float = 0.005, torch_threads: int = 1):
-        torch.set_num_threads(torch_threads)  # as many as the CPUs Ray reserved for us, not every core
+        torch.set_num_threads(torch_threads)  # the topology's torch_threads, else the CPUs Ray reserved for us
         self.name = name
         self.engine = CoalescingEngine(BackboneEngine.load(path, dtype=dtype, device=device, name=name),
                                        max_batch=max_batch, wait_s=batch_wait_s)
@@ -73,6 +73,7 @@ class BackboneActor:
             "name": self.name, "hidden_size": self.engine.hidden_size, "embedding_scale": self.engine.embedding_scale,
             "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
             "direct_handoffs": self._direct_handoffs, "stashed": len(self._stash),
+            "torch_threads": torch.get_num_threads(),
         }
 
     def think(self, topology: str, links_ref: list, handoff: str, transport: str, agents: Sequence[str],

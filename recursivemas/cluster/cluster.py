@@ -154,7 +154,8 @@ class Cluster:
         if strategy is not None:
             options["scheduling_strategy"] = strategy
         actor = ray.remote(BackboneActor).options(**options).remote(
-            name, path, cfg.dtype, cfg.device, self.max_batch, self.batch_wait_s, max(1, int(cfg.num_cpus)))
+            name, path, cfg.dtype, cfg.device, self.max_batch, self.batch_wait_s,
+            cfg.torch_threads or max(1, int(cfg.num_cpus)))
         try:
             info = ray.get(actor.info.remote())
         except RayActorError as exc:

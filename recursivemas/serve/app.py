@@ -90,7 +90,7 @@ def _backbone_deployment(key: str, name: str, cfg: BackboneConfig, config: Serve
         resources["resources"] = dict(cfg.resources)
     serve_options = options.serve_options(resources, 64)
     reserved = serve_options["ray_actor_options"].get("num_cpus", cfg.num_cpus)
-    threads = options.torch_threads or max(1, int(reserved))
+    threads = options.torch_threads or cfg.torch_threads or max(1, int(reserved))
     return serve.deployment(BackboneServer, name=key).options(**serve_options).bind(
         name, resolve_model(cfg.model), cfg.dtype, cfg.device, options.max_batch, options.batch_wait_s, threads)
 

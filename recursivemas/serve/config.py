@@ -66,8 +66,9 @@ class BackboneDeployment(DeploymentOptions):
     batch_wait_s: float = Field(0.005, ge=0)
     """How long a lone engine call waits for company before it runs."""
     torch_threads: int | None = Field(None, ge=1)
-    """Intra-op threads per replica; None: the CPUs Ray reserves for it (at least 1). On a CPU machine with
-    fractional reservations, giving each backbone every core batches far better (docs/benchmarks.md)."""
+    """Intra-op threads per replica; None: the topology's ``torch_threads``, else the CPUs Ray reserves for it (at
+    least 1). On a CPU machine with fractional reservations, giving each backbone every core batches far better
+    (docs/benchmarks.md)."""
 
 
 class RequestBatching(_Strict):
