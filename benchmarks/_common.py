@@ -1,6 +1,8 @@
-"""Shared benchmark pieces: the SmolLM2-only sequential topology and a few arithmetic questions."""
+"""Shared benchmark pieces: the SmolLM2-only sequential topology, a few arithmetic questions, best-of timing."""
 
 from __future__ import annotations
+
+import time
 
 from recursivemas.config import Topology
 
@@ -26,3 +28,13 @@ def smol_topology(latent_steps: int = 32, max_new_tokens: int = 256, rounds: int
         "pattern": "sequential", "rounds": rounds, "latent_steps": latent_steps,
         "generation": {"max_new_tokens": max_new_tokens},
     })
+
+
+def best_of(repeats: int, call, *args, **kwargs) -> float:
+    """The fastest of ``repeats`` timed calls, in seconds: the least disturbed by a shared, noisy machine."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+    return min(times)

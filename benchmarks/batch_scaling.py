@@ -15,24 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import QUESTIONS  # noqa: E402
+from benchmarks._common import QUESTIONS, best_of  # noqa: E402
 from recursivemas.actors import BackboneEngine, Prompt  # noqa: E402
 from recursivemas.model_zoo import resolve_model  # noqa: E402
-
-
-def best_of(repeats: int, call, *args, **kwargs) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call(*args, **kwargs)
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import best_of  # noqa: E402
 from benchmarks._reference import recompute_rollout  # noqa: E402
 from recursivemas.actors import BackboneEngine, Prompt  # noqa: E402
 from recursivemas.links import InnerLink  # noqa: E402
@@ -27,15 +27,6 @@ from recursivemas.model_zoo import resolve_model  # noqa: E402
 from recursivemas.prompts import ROLE_PROMPTS, Slot, render  # noqa: E402
 
 QUESTION = "A baker makes 24 muffins in the morning and 18 in the afternoon. She sells 30. How many are left?"
-
-
-def best_of(repeats: int, fn) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
