@@ -100,13 +100,12 @@ def test_eval_command_on_tiny_models_writes_json_table_and_plots(tmp_path, capsy
     assert all((out / f"{stem}.png").read_bytes()[:8] == PNG for stem in ("accuracy", "wall_time", "decoded_tokens"))
 
 
-@pytest.mark.parametrize(("options", "error"), [
-    ("{max_terms: 2}", "apply only to the generated datasets"),
-    ("[1, 2]", "--dataset-options '[1, 2]': give a mapping"),
-    ("{max_terms: [", "--dataset-options '{max_terms: [' is not YAML"),
-    ("{max_term: 2}", "unknown 'max_term'; accepted: min_terms"),
+@pytest.mark.parametrize(("dataset", "options", "error"), [
+    ("champ", "{max_terms: 2}", "apply only to the generated datasets"),
+    ("champ", "[1, 2]", "--dataset-options '[1, 2]': give a mapping"),
+    ("champ", "{max_terms: [", "--dataset-options '{max_terms: [' is not YAML"),
+    ("basic_arithmetic", "{max_term: 2}", "unknown 'max_term'; accepted: min_terms"),
 ])
-def test_eval_command_reports_bad_dataset_options(options, error, capsys):
-    dataset = "basic_arithmetic" if "max_term:" in options else "champ"
+def test_eval_command_reports_bad_dataset_options(dataset, options, error, capsys):
     assert main(["eval", "--dataset", dataset, "--dataset-options", options, "--limit", "2"]) == 2
     assert error in capsys.readouterr().err

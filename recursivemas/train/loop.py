@@ -39,7 +39,7 @@ def fit(setup: Setup, config: TrainConfig, checkpoints: Checkpoints, world: Worl
     problem = training_problem(config)
     state = checkpoints.restore(setup.links) or {"stage": "start", "step": 0}
     if state["stage"] != "start":
-        if state.get("problem", problem) != problem:
+        if state.get("problem") not in (None, problem):  # None: written before digests, or by train_outer alone
             raise ValueError(
                 f"the checkpoint in {state.get('directory', 'the checkpoint directory')} was trained on other data, "
                 "targets, topology or seed than this config; resuming would mix the two runs. Set a new `output`, "
