@@ -114,7 +114,7 @@ ROLE_PROMPTS: dict[str, str] = {
         "Question: {question}\n"
         "Refined plan: {inputs}\n"
         "The team's previous attempt: {feedback}\n"
-        "Solve the question step by step and give the final answer as \\boxed{{answer}}."
+        "Solve the question step by step and write the final answer in \\boxed{{}}."
     ),
     "expert": (
         "You are a domain expert in a team that solves problems together.\n"
@@ -128,14 +128,14 @@ ROLE_PROMPTS: dict[str, str] = {
         "Question: {question}\n"
         "Experts' solutions: {inputs}\n"
         "Your previous answer: {feedback}\n"
-        "Weigh the solutions and give the final answer as \\boxed{{answer}}."
+        "Weigh the solutions and write the final answer in \\boxed{{}}."
     ),
     "learner": (
         "You are learning from an expert's reasoning.\n"
         "Question: {question}\n"
         "Expert's reasoning: {inputs}\n"
         "Your previous answer: {feedback}\n"
-        "Solve the question step by step and give the final answer as \\boxed{{answer}}."
+        "Solve the question step by step and write the final answer in \\boxed{{}}."
     ),
     "reflector": (
         "You are the Reflector: you think about how to solve the question and what went wrong before.\n"
@@ -149,7 +149,7 @@ ROLE_PROMPTS: dict[str, str] = {
         "Question: {question}\n"
         "Reflection: {inputs}\n"
         "Your previous attempt: {feedback}\n"
-        "Give the final answer as \\boxed{{answer}}."
+        "Write the final answer in \\boxed{{}}."
     ),
     "agent": (
         "Question: {question}\n"

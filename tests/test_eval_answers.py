@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from recursivemas.eval.answers import Score, extract_answer, numbers_equal, score
-from recursivemas.eval.code_exec import build_program, check_completion, run_program
+from recursivemas.answers import Score, extract_answer, numbers_equal, score
+from recursivemas.runtime.code_exec import build_program, check_completion, run_program
 
 # ---------------------------------------------------------------- extraction: numbers
 

@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM
 from recursivemas.runtime import build_links
 from recursivemas.runtime.executor import fill_prompt
 from recursivemas.train.data import DataError, Row
-from recursivemas.train.evaluate import answer_matches, evaluate
+from recursivemas.train.evaluate import evaluate
 from recursivemas.train.local import TrainConfig, prepare, train_outer
 from tiny import byte_tokenizer, save_tiny, tiny_config
 
@@ -129,20 +129,3 @@ def test_evaluate_reads_the_role_targets_it_is_given(run):
     setup, heldout = run["setup"], run["heldout"][:2]
     with pytest.raises(DataError, match="field 'plan'"):
         evaluate(setup.topology, setup.engines, setup.links, heldout, targets={"planner": "plan"})
-
-
-@pytest.mark.parametrize(("prediction", "reference", "expected"), [
-    ("The answer is 42.", "42", True),
-    ("41, no wait: 42", "42", True),
-    ("42 apples, or 43", "42", False),
-    ("total 1,000", "1000", True),
-    ("-3.50", "-3.5", True),
-    ("no number", "7", False),
-    ("  b  ", "b", True),
-    ("b. because", "b", True),
-    ("bb", "b", False),
-    ("Paris", "Paris", True),
-    ("", "b", False),
-])
-def test_answer_matching(prediction, reference, expected):
-    assert answer_matches(prediction, reference) is expected

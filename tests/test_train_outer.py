@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from recursivemas.config import Topology
@@ -91,3 +92,75 @@ def test_used_edges_follow_the_rounds():
     assert used_edges(topology) == [("planner", "critic"), ("critic", "solver")]
     topology, _, _ = setup(rounds=2)
     assert used_edges(topology) == [("planner", "critic"), ("critic", "solver"), ("solver", "planner")]
+
+
+# --- rollout forcing: the states a real rollout hands on, with gradients ------------------------------------------
+
+def _rollout_case(family="llama", steps=5):
+    from recursivemas.actors import Prompt
+    from recursivemas.links import InnerLink
+
+    engine = tiny_engine(family, seed=3)
+    link = InnerLink(engine.hidden_size, out_scale=engine.embedding_scale)
+    with torch.no_grad():
+        link.proj2.weight.normal_(0, 0.05)  # not the identity-like init: the fed-back path matters
+    latent = (torch.randn(3, engine.hidden_size) * 0.02).requires_grad_(True)
+    return engine, link, latent, Prompt(["Question: 3+4?", latent, " think"]), steps
+
+
+def _recompute_loop(engine, link, prompt, steps):
+    """The rollout by definition, no KV cache: h_{t+1} = last state of decoder([prompt; R(h_1) .. R(h_t)])."""
+    embeds = engine.embed(prompt, steps).embeds
+    states = []
+    for _ in range(steps):
+        hidden = engine.decoder(inputs_embeds=embeds.unsqueeze(0), use_cache=False).last_hidden_state[0, -1]
+        states.append(hidden)
+        embeds = torch.cat([embeds, link(hidden).unsqueeze(0)])
+    return torch.stack(states)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+def test_truncated_latent_states_reproduce_the_rollout(family):
+    engine, link, _, prompt, steps = _rollout_case(family)
+    (rollout,) = engine.rollout([prompt], steps, link)
+    for gradient in ("truncated", "full"):
+        states = engine.latent_states(prompt, steps, link, gradient)
+        assert states.shape == rollout.states.shape
+        assert (states - rollout.states).abs().max() < 1e-4, gradient
+
+
+def test_full_gradients_match_autograd_through_a_recompute_loop():
+    engine, link, latent, prompt, steps = _rollout_case()
+    weights = torch.randn(steps, engine.hidden_size)
+    (full,) = torch.autograd.grad((engine.latent_states(prompt, steps, link, "full") * weights).sum(), latent)
+    (loop,) = torch.autograd.grad((_recompute_loop(engine, link, prompt, steps) * weights).sum(), latent)
+    assert torch.allclose(full, loop, atol=1e-5, rtol=1e-4), (full - loop).abs().max()
+    (truncated,) = torch.autograd.grad((engine.latent_states(prompt, steps, link, "truncated") * weights).sum(),
+                                       latent)
+    cosine = torch.nn.functional.cosine_similarity(truncated.flatten(), full.flatten(), dim=0).item()
+    print(f"cosine(truncated, full) gradient on the prompt's latent slot: {cosine:.3f}")
+    assert 0.3 < cosine < 1.0 - 1e-6  # the same direction, roughly, but not the same gradient: paths are cut
+
+
+@pytest.mark.parametrize("gradient", ["truncated", "full"])
+def test_rollout_forcing_trains_every_used_outer_link_without_role_texts(gradient):
+    topology, engines, links = setup(rounds=2)
+    outer_parameters(links)
+    unroll_loss(topology, engines, links, ROW["question"], ROW["answer"], forcing="rollout",
+                gradient=gradient).backward()
+    for key, link in links.outer.items():
+        assert link.proj2.weight.grad is not None and link.proj2.weight.grad.abs().sum() > 0, key
+    assert all(p.grad is None for p in links.inner.parameters())
+
+
+def test_rollout_forcing_ignores_upstream_text_and_role_text_needs_it():
+    topology, engines, links = setup()
+    with torch.no_grad():
+        one = unroll_loss(topology, engines, links, ROW["question"], ROW["answer"], {"planner": "42", "critic": "42"})
+        other = unroll_loss(topology, engines, links, ROW["question"], ROW["answer"], {"planner": "7", "critic": "7"})
+        assert torch.equal(one, other)  # the hand-offs come from rollouts, whatever the rows' role fields say
+        leaky = unroll_loss(topology, engines, links, ROW["question"], ROW["answer"], {"planner": "42", "critic": "42"},
+                            forcing="role_text")
+    assert not torch.equal(one, leaky)
+    with pytest.raises(ValueError, match="role_texts"):
+        unroll_loss(topology, engines, links, ROW["question"], ROW["answer"], forcing="role_text")

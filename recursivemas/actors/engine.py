@@ -4,7 +4,8 @@
   embedding, one cached single-position pass through the decoder stack, never the LM head (the vocabulary projection
   is exactly the cost a latent step exists to skip).
 - ``generate`` / ``stream``: text from a prompt that may hold latent segments.
-- ``forward_states``: teacher-forced last-layer states, for training links.
+- ``forward_states`` / ``latent_states``: teacher-forced states and rollout states with gradients, for training
+  links.
 
 Pure torch over transformers; it knows nothing of Ray or topologies, so the runtime can drive it in-process, from a
 training worker or inside an actor. All three take batches: prompts of different lengths are left-padded with
@@ -266,15 +267,63 @@ class BackboneEngine:
             return self.decoder(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                 position_ids=batch.position_ids, use_cache=False).last_hidden_state
 
-        if self.gradient_checkpointing and torch.is_grad_enabled() and batch.embeds.requires_grad:
-            hidden = torch.utils.checkpoint.checkpoint(run, batch.embeds, use_reentrant=False)
-        else:
-            hidden = run(batch.embeds)
+        hidden = self._checkpointed(run, batch.embeds)
         out = []
         for row, ids in enumerate(target_ids):
             span = hidden[row, -len(ids) - 1 : -1]  # the state before each target token predicts it
             out.append(TeacherForced(span, ids))
         return out
+
+
+    def latent_states(self, prompt: Prompt, steps: int, inner: nn.Module | None, gradient: str = "truncated"
+                      ) -> torch.Tensor:
+        """``rollout``'s states ``[steps, hidden]`` for one prompt, differentiable in the prompt's latent segments.
+
+        Stage 2 trains on what inference computes, so these are the states a real rollout produces:
+        - ``truncated``: the rollout runs without gradients, then one parallel pass over
+          ``[prompt; R(h_1) .. R(h_{steps-1})]`` with the fed-back inputs detached reproduces its states with
+          gradients. Every state still attends to the prompt's latent slots directly; the paths through the
+          fed-back ``R(h)`` are cut. One extra forward, activations of one pass.
+        - ``full``: the cached rollout itself under autograd, every step's path kept (``steps`` passes held).
+        """
+        if steps < 1:
+            raise ValueError(f"latent_states: steps must be >= 1, got {steps}")
+        if gradient == "full":
+            return self._rollout_with_grad(prompt, steps, inner)
+        if gradient != "truncated":
+            raise ValueError(f"gradient: {gradient!r} is not one of 'truncated', 'full'")
+        detached = Prompt([s.detach() if isinstance(s, torch.Tensor) else s for s in prompt.segments],
+                          prompt.response_prefix)
+        (done,) = self.rollout([detached], steps, inner)
+        item = self.embed(prompt, steps)
+        with torch.no_grad():
+            fed = _apply_links([inner], done.states[: steps - 1].clone())  # clone: out of inference mode
+        embeds = torch.cat([item.embeds, fed.to(self.dtype)], dim=0).unsqueeze(0)
+        hidden = self._checkpointed(lambda e: self.decoder(inputs_embeds=e, use_cache=False).last_hidden_state,
+                                    embeds)
+        return hidden[0, item.length - 1 :]
+
+    def _rollout_with_grad(self, prompt: Prompt, steps: int, inner: nn.Module | None) -> torch.Tensor:
+        item = self.embed(prompt, steps)
+        mask = torch.ones((1, item.length), dtype=torch.long, device=self.device)
+        positions = torch.arange(item.length, device=self.device).unsqueeze(0)
+        out = self.decoder(inputs_embeds=item.embeds.unsqueeze(0), attention_mask=mask, position_ids=positions,
+                           use_cache=True)
+        cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+        states = [hidden]
+        for _ in range(steps - 1):
+            mask, positions = extend(mask, positions)
+            out = self.decoder(inputs_embeds=_apply_links([inner], hidden).unsqueeze(1), attention_mask=mask,
+                               position_ids=positions, past_key_values=cache, use_cache=True)
+            hidden = out.last_hidden_state[:, -1]
+            states.append(hidden)
+        return torch.cat(states, dim=0)
+
+    def _checkpointed(self, run, embeds: torch.Tensor) -> torch.Tensor:
+        """``run(embeds)``, recomputed in backward when gradient checkpointing is on and a gradient will flow."""
+        if self.gradient_checkpointing and torch.is_grad_enabled() and embeds.requires_grad:
+            return torch.utils.checkpoint.checkpoint(run, embeds, use_reentrant=False)
+        return run(embeds)
 
 
 def _apply_links(links: list[nn.Module | None], hidden: torch.Tensor) -> torch.Tensor:

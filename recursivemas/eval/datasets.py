@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recursivemas.eval.answers import Kind, parse_number
+from recursivemas.answers import BOXED_INSTRUCTION, Kind, parse_number, with_boxed
 from recursivemas.train.data import generate_rows, jsonl_lines, summarise_problems
 
 __all__ = ["BOXED_INSTRUCTION", "CODE_INSTRUCTION", "DATASETS", "EvalItem", "load_eval_dataset", "parse_number"]
@@ -40,8 +40,6 @@ GENERATED: tuple[str, ...] = ("basic_arithmetic", "gsm_symbolic")
 DEFAULT_GENERATED_LIMIT = 200
 """Generated datasets are unbounded, so ``limit=None`` means this many items for them (all items otherwise)."""
 
-BOXED_INSTRUCTION = "Put your final answer in \\boxed{}."
-"""Appended (after a blank line) to every generated and CHAMP question."""
 CODE_INSTRUCTION = "Complete the following Python function. Reply with the whole function in one ```python code block."
 """Put (before a blank line) ahead of every HumanEval function prompt."""
 
@@ -67,10 +65,6 @@ def _infer_kind(answer: str) -> Kind:
     return "number" if parse_number(answer) is not None else "text"
 
 
-def _with_boxed(question: str) -> str:
-    return f"{question.rstrip()}\n\n{BOXED_INSTRUCTION}"
-
-
 def _import_error(package: str, dataset: str, err: ImportError) -> ImportError:
     return ImportError(f"the '{dataset}' eval dataset needs the '{package}' package: {_EVAL_EXTRA} ({err})")
 
@@ -82,7 +76,7 @@ def _generated(name: str, limit: int, seed: int, options: Mapping[str, Any] | No
         raise _import_error("reasoning-gym", name, e) from e
     rows = generate_rows(name, limit, seed, split="heldout", options=options)
     return [
-        EvalItem(id=f"{name}/{i}", question=_with_boxed(r.question), reference=r.answer.strip(), kind="number")
+        EvalItem(id=f"{name}/{i}", question=with_boxed(r.question), reference=r.answer.strip(), kind="number")
         for i, r in enumerate(rows)
     ]
 
@@ -99,7 +93,7 @@ def _champ() -> list[EvalItem]:
     problems = champ_dataset.load("v0").problems
     items = []
     for pid in sorted(problems, key=_natural_key):
-        question, answer = _with_boxed(problems[pid].text), problems[pid].answer.strip()
+        question, answer = with_boxed(problems[pid].text), problems[pid].answer.strip()
         items.append(EvalItem(id=f"champ/{pid}", question=question, reference=answer, kind=_infer_kind(answer)))
     return items
 

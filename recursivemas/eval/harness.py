@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from recursivemas.eval.answers import score
+from recursivemas.answers import score
 from recursivemas.eval.datasets import EvalItem
 
 MODES = ("single", "text", "latent")

@@ -28,7 +28,7 @@ from recursivemas.config import Mode, Topology
 from recursivemas.links import LinkSet
 from recursivemas.runtime.accounting import AgentUsage, RunResult
 from recursivemas.runtime.backend import as_backend
-from recursivemas.runtime.graph import Plan
+from recursivemas.runtime.graph import Plan, Turn
 from recursivemas.runtime.tools import STOP_STRINGS, PythonTool, Toolbox, final_answer, run_tool_loop
 
 Content = object  # what a slot receives: a latent handle in latent mode, a message (str) in text mode
@@ -39,10 +39,9 @@ class _Turn:
     """One agent's turn on one question: its prompt in, its result out."""
 
     question: int
-    agent: str
+    step: Turn  # the plan's turn: agent, round, whether it decodes, whom it hands over to
     prompt: Prompt
     usage: AgentUsage
-    targets: tuple[str, ...] = ()
     handoffs: dict[str, object] | None = None  # latent mode: target -> latent handle
     message: str | None = None
 
@@ -52,8 +51,13 @@ class _QuestionState:
     question: str
     inbox: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
     feedback: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
+    next_feedback: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
     answer: str = ""
     usage: list[AgentUsage] = field(default_factory=list)
+
+    def new_round(self) -> None:
+        """This round's inboxes start empty; what was fed back last round is read now."""
+        self.inbox, self.feedback, self.next_feedback = defaultdict(dict), self.next_feedback, defaultdict(dict)
 
 
 @dataclass
@@ -121,11 +125,15 @@ class Executor:
             raise ValueError(f"generation: unknown setting(s) {unknown}; use max_new_tokens, temperature, top_p, "
                              "seed or stop")
         run = _Run(mode, rounds, steps, [_QuestionState(q) for q in questions], on_turn, on_delta, sampling)
-        if mode == "single":
-            self._run_level(run, [self.plan.decoder], round_=1, final=True)
-        else:
-            for round_ in range(1, rounds + 1):
-                self._run_round(run, round_, final=round_ == rounds)
+        schedule = [self.plan.single()] if mode == "single" else self.plan.schedule(rounds)
+        round_ = 0
+        for level in schedule:
+            if level[0].round != round_:  # a new round: this round's inboxes, last round's feedback
+                round_ = level[0].round
+                for state in run.questions:
+                    state.new_round()
+            for turn in self._run_level(run, level):
+                self._hand_over(turn, run.questions[turn.question])
         wall = time.perf_counter() - start
         return [
             RunResult(question=s.question, text=s.answer, mode=mode, rounds=1 if mode == "single" else rounds,
@@ -133,28 +141,16 @@ class Executor:
             for s in run.questions
         ]
 
-    def _run_round(self, run: _Run, round_: int, final: bool) -> None:
-        """Levels in order; hand-offs land in this round's inboxes or, along feedback edges, in the next round's."""
-        next_feedback: list[dict] = [defaultdict(dict) for _ in run.questions]
-        for state in run.questions:
-            state.inbox.clear()
-        for level in self.plan.levels:
-            for turn in self._run_level(run, self.plan.agents_in_round(level, final), round_, final):
-                self._hand_over(turn, run.questions[turn.question], next_feedback[turn.question], final)
-        for state, feedback in zip(run.questions, next_feedback):
-            state.feedback = feedback
-
     # --- one level of a round ------------------------------------------------------------------------------------
-    def _run_level(self, run: _Run, agents: list[str], round_: int, final: bool) -> list[_Turn]:
+    def _run_level(self, run: _Run, level: tuple[Turn, ...]) -> list[_Turn]:
         by_backbone: dict[str, list[_Turn]] = defaultdict(list)
-        for agent in agents:
-            backbone = self.topology.agent(agent).backbone
-            answering = final and agent == self.plan.decoder
-            kind = "answer" if answering else ("latent" if run.mode == "latent" else "text")
+        for step in level:
+            backbone = self.topology.agent(step.agent).backbone
+            kind = "answer" if step.decodes else ("latent" if run.mode == "latent" else "text")
             for index, state in enumerate(run.questions):
-                prompt = self._prompt(agent, state, with_slots=run.mode != "single")
-                usage = AgentUsage(agent=agent, round=round_, backbone=backbone, kind=kind)
-                by_backbone[backbone].append(_Turn(index, agent, prompt, usage, self._targets(agent, final)))
+                prompt = self._prompt(step.agent, state, with_slots=run.mode != "single")
+                usage = AgentUsage(agent=step.agent, round=step.round, backbone=backbone, kind=kind)
+                by_backbone[backbone].append(_Turn(index, step, prompt, usage))
         futures = [self._pool.submit(self._call, name, turns, run) for name, turns in by_backbone.items()]
         done = [turn for future in futures for turn in future.result()]
         for turn in done:
@@ -172,15 +168,15 @@ class Executor:
         start = time.perf_counter()
         latent = [t for t in turns if t.usage.kind == "latent"]
         if latent:
-            thoughts = backend.think([t.agent for t in latent], [t.prompt for t in latent], steps,
-                                     [t.targets for t in latent])
+            thoughts = backend.think([t.step.agent for t in latent], [t.prompt for t in latent], steps,
+                                     [t.step.targets for t in latent])
             for turn, thought in zip(latent, thoughts):
                 turn.handoffs = thought.handoffs
                 turn.usage.prompt_tokens, turn.usage.latent_in = thought.prompt_tokens, thought.latent_tokens
                 turn.usage.latent_steps = steps
         decoding = [t for t in turns if t.usage.kind != "latent"]
-        with_tools = [t for t in decoding if self.topology.agent(t.agent).tools]
-        plain = [t for t in decoding if not self.topology.agent(t.agent).tools]
+        with_tools = [t for t in decoding if self.topology.agent(t.step.agent).tools]
+        plain = [t for t in decoding if not self.topology.agent(t.step.agent).tools]
         streamed = [t for t in plain if on_delta is not None and t.usage.kind == "answer"]
         plain = [t for t in plain if t not in streamed]
         for turn in streamed:
@@ -240,16 +236,12 @@ class Executor:
         return fill_prompt(self.topology.template(agent), state.question, state.inbox[agent],
                            state.feedback.get(agent, {}))
 
-    def _targets(self, agent: str, final: bool) -> tuple[str, ...]:
-        """Who reads this agent's turn: its in-round targets, and its feedback targets unless the run ends here."""
-        return self.plan.targets[agent] + (() if final else self.plan.feedback_targets[agent])
-
-    def _hand_over(self, turn: _Turn, state: _QuestionState, next_feedback: dict, final: bool) -> None:
-        if turn.usage.kind == "answer":
+    def _hand_over(self, turn: _Turn, state: _QuestionState) -> None:
+        if turn.step.decodes:
             return
-        for dst in turn.targets:
-            box = state.inbox if dst in self.plan.targets[turn.agent] else next_feedback
-            box[dst][turn.agent] = turn.handoffs[dst] if turn.handoffs is not None else (turn.message or "")
+        for dst, is_feedback in turn.step.handoffs:
+            box = state.next_feedback if is_feedback else state.inbox
+            box[dst][turn.step.agent] = turn.handoffs[dst] if turn.handoffs is not None else (turn.message or "")
 
 
 def fill_prompt(template: str, question: str, inbox: Mapping[str, Content], feedback: Mapping[str, Content]) -> Prompt:

@@ -3,13 +3,32 @@
 Agents of a round run in topological levels of the in-round graph: agents in one level depend on nothing in that
 level (mixture experts), so the executor may run them at once. In the final round only the decoder and the agents
 upstream of it run; the rest would compute latents nobody reads.
+
+The plan owns the round walk (:meth:`Plan.schedule`): inference (the executor) and training (stage 2's unroll) both
+follow it, so a link is trained exactly on the turns and hand-offs that use it at inference.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from recursivemas.config import Topology
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One agent's turn in one round: whether it decodes the answer, and whom it hands its thoughts to."""
+
+    round: int
+    final: bool
+    agent: str
+    decodes: bool  # the decoder in the final round: it writes the answer and hands nothing on
+    handoffs: tuple[tuple[str, bool], ...]  # (target agent, along a feedback edge into the next round)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(dst for dst, _ in self.handoffs)
 
 
 @dataclass(frozen=True)
@@ -51,5 +70,32 @@ class Plan:
             final_round_agents=frozenset(upstream),
         )
 
-    def agents_in_round(self, level: tuple[str, ...], final: bool) -> list[str]:
-        return [a for a in level if not final or a in self.final_round_agents]
+    def turn(self, round_: int, rounds: int, agent: str) -> Turn:
+        final = round_ == rounds
+        if final and agent == self.decoder:
+            return Turn(round_, True, agent, True, ())
+        handoffs = [(dst, False) for dst in self.targets[agent]]
+        if not final:
+            handoffs += [(dst, True) for dst in self.feedback_targets[agent]]
+        return Turn(round_, final, agent, False, tuple(handoffs))
+
+    def schedule(self, rounds: int) -> Iterator[tuple[Turn, ...]]:
+        """Every level of every round, in execution order; the turns of one level may run at once."""
+        for round_ in range(1, rounds + 1):
+            for level in self.levels:
+                agents = [a for a in level if round_ < rounds or a in self.final_round_agents]
+                if agents:
+                    yield tuple(self.turn(round_, rounds, agent) for agent in agents)
+
+    def turns(self, rounds: int) -> Iterator[Turn]:
+        """:meth:`schedule` flattened: the order every trainer (and every pipelined rank) walks."""
+        for level in self.schedule(rounds):
+            yield from level
+
+    def single(self) -> tuple[Turn, ...]:
+        """The ``single`` mode's one level: the decoder alone, answering in one turn."""
+        return (Turn(1, True, self.decoder, True, ()),)
+
+    def used_edges(self, rounds: int) -> list[tuple[str, str]]:
+        """The outer links a run of ``rounds`` rounds reads (feedback links only with ``rounds > 1``)."""
+        return list(dict.fromkeys((t.agent, dst) for t in self.turns(rounds) for dst in t.targets))

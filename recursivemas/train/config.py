@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from recursivemas.answers import BOXED_INSTRUCTION
 from recursivemas.config import ConfigError, format_validation_error
 
 
@@ -23,6 +24,15 @@ class DataConfig(Strict):
     """Rows from a JSONL file (``path``) or from a built-in generator (``generator``, ``n``, ``seed``, ``options``:
     the generator's own settings, e.g. ``{max_terms: 3, max_digits: 1}``; the held-out rows use the same ones).
 
+    ``instruction`` is appended (after a blank line) to every generated question, as ``recursivemas eval`` does, so
+    a system is trained on the prompt it is evaluated on; ``null`` keeps questions bare. JSONL questions are used
+    verbatim (the file owns its prompt).
+
+    ``solutions`` adds a ``solution`` field to every row, the decoder's default target: a worked solution that ends
+    in the answer (:mod:`recursivemas.train.solutions`; ``procedural`` or ``sampled`` from the decoder alone, up to
+    ``solution_tries`` samples a question; rows with no accepted sample are dropped). A bare-answer target teaches
+    the decoder to stop reasoning.
+
     ``max_length`` bounds the tokens of any role target or answer: a longer one is a data error named by row and
     field, found before training starts rather than as a memory blow-up hours in.
     """
@@ -32,6 +42,9 @@ class DataConfig(Strict):
     n: int = Field(200, ge=1)
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
+    instruction: str | None = BOXED_INSTRUCTION
+    solutions: Literal["procedural", "sampled"] | None = None
+    solution_tries: int = Field(4, ge=1)
     max_length: int = Field(256, ge=1)
 
     @model_validator(mode="after")
@@ -51,6 +64,19 @@ class EvalConfig(Strict):
     max_new_tokens: int = Field(16, ge=1)
 
 
+class ValidationConfig(Strict):
+    """Scored during stage 2, every ``every`` outer steps (and before the first and after the last): latent-mode
+    accuracy with the benchmark's scorer and the answer loss on the inference path, on ``n`` rows of the
+    generator's validation split (or a JSONL ``path``). ``keep: best`` saves the links of the step with the best
+    validation accuracy (ties: the lower loss); ``last`` the final ones. ``n: 0`` turns validation off."""
+
+    path: str | None = None
+    n: int = Field(24, ge=0)
+    every: int = Field(20, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    keep: Literal["best", "last"] = "best"
+
+
 class StageConfig(Strict):
     steps: int = Field(100, ge=0)
     lr: float = Field(5e-4, gt=0)
@@ -59,6 +85,14 @@ class StageConfig(Strict):
 
 
 class OuterStageConfig(StageConfig):
+    """``forcing``: what upstream agents hand on while the decoder is trained (:mod:`recursivemas.train.outer`):
+    ``rollout`` (their real latent rollouts, as at inference; ``gradient`` ``truncated`` or ``full``, over
+    ``latent_steps``, default the topology's) or ``role_text`` (teacher-forced on per-agent ``targets``, up to
+    ``max_latent_tokens`` states)."""
+
+    forcing: Literal["rollout", "role_text"] = "rollout"
+    gradient: Literal["truncated", "full"] = "truncated"
+    latent_steps: int | None = Field(None, ge=1)
     max_latent_tokens: int = Field(80, ge=1)
     aux_weight: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(50, ge=1)
@@ -92,6 +126,7 @@ class TrainConfig(Strict):
     inner: StageConfig = Field(default_factory=StageConfig)
     outer: OuterStageConfig = Field(default_factory=OuterStageConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     cluster: ClusterTrainConfig | None = None
     output: str = "runs/links"
     seed: int = 0
@@ -115,7 +150,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
         config.topology = str((here / config.topology).resolve())
     if not Path(config.output).is_absolute():
         config.output = str((here / config.output).resolve())
-    for section in (config.data, config.eval):
+    for section in (config.data, config.eval, config.validation):
         if section.path and not Path(section.path).is_absolute():
             section.path = str((here / section.path).resolve())
     return config

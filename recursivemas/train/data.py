@@ -214,10 +214,18 @@ def check_rows_have(rows: Sequence[Row], targets: Mapping[str, str]) -> None:
         raise DataError(summarise_problems(f"{total} missing target(s) in training rows:", problems, total))
 
 
-def _is_heldout(question: str, heldout_fraction: float) -> bool:
-    """Stable split: depends only on the question text (sha256), not on seed, order or n."""
-    h = int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:8], "big")
-    return h / 2.0**64 < heldout_fraction
+SPLITS = ("train", "validation", "heldout")
+VALIDATION_FRACTION = 0.1
+"""The share of generated questions set aside for validation during training, carved from the train side."""
+
+
+def split_of(question: str, heldout_fraction: float = 0.2, validation_fraction: float = VALIDATION_FRACTION) -> str:
+    """Stable split: depends only on the question text (sha256), not on seed, order or n. The held-out (test) split
+    is the hash's first ``heldout_fraction``, as it always was; validation is the next ``validation_fraction``."""
+    h = int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    if h < heldout_fraction:
+        return "heldout"
+    return "validation" if h < heldout_fraction + validation_fraction else "train"
 
 
 def generator_options(dataset: str) -> list[str]:
@@ -241,22 +249,22 @@ def _create(reasoning_gym, dataset: str, size: int, seed: int, options: Mapping[
 
 def generate_rows(dataset: str, n: int, seed: int, split: str = "train", heldout_fraction: float = 0.2,
                   options: Mapping[str, Any] | None = None) -> list[Row]:
-    """The first ``n`` rows of ``split`` ("train" or "heldout") from a ``reasoning_gym`` generator.
+    """The first ``n`` rows of ``split`` ("train", "validation" or "heldout") from a ``reasoning_gym`` generator.
 
     ``options`` are the generator's own settings (for ``basic_arithmetic``: ``max_terms``, ``max_digits``,
     ``operators``, ...): the way to pick a difficulty the backbones can learn. Train and evaluate with the same ones.
 
     Items are generated in order, deterministically from ``seed`` (item i does not depend on the pool size), and
-    each question goes to "heldout" iff a stable hash of its text falls below ``heldout_fraction``. So the same
-    question never lands in both splits, and the first k rows are the same for any ``n >= k``. Duplicate
-    questions within a split are dropped.
+    each question goes to a split by a stable hash of its text (:func:`split_of`). So the same question never lands
+    in two splits, and the first k rows are the same for any ``n >= k``. Duplicate questions within a split are
+    dropped.
     """
     if dataset not in SUPPORTED_DATASETS:
         raise DataError(f"unknown dataset '{dataset}'; supported: {', '.join(SUPPORTED_DATASETS)}")
-    if split not in ("train", "heldout"):
-        raise DataError(f"split must be 'train' or 'heldout', got {split!r}")
-    if not 0.0 < heldout_fraction < 1.0:
-        raise DataError(f"heldout_fraction must be strictly between 0 and 1, got {heldout_fraction}")
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not 0.0 < heldout_fraction < 1.0 - VALIDATION_FRACTION:
+        raise DataError(f"heldout_fraction must be between 0 and {1 - VALIDATION_FRACTION}, got {heldout_fraction}")
     if n < 0:
         raise DataError(f"n must be >= 0, got {n}")
     try:
@@ -264,8 +272,8 @@ def generate_rows(dataset: str, n: int, seed: int, split: str = "train", heldout
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise DataError("generate_rows needs reasoning_gym: pip install reasoning-gym") from e
 
-    want_heldout = split == "heldout"
-    frac = heldout_fraction if want_heldout else 1.0 - heldout_fraction
+    frac = {"heldout": heldout_fraction, "validation": VALIDATION_FRACTION}.get(
+        split, 1.0 - heldout_fraction - VALIDATION_FRACTION)
     rows: list[Row] = []
     seen: set[str] = set()
     consumed = 0
@@ -275,7 +283,7 @@ def generate_rows(dataset: str, n: int, seed: int, split: str = "train", heldout
         for idx in range(consumed, size):
             item = ds[idx]
             q, a = str(item["question"]), str(item["answer"])
-            if _is_heldout(q, heldout_fraction) != want_heldout or q in seen or not q.strip() or not a.strip():
+            if split_of(q, heldout_fraction) != split or q in seen or not q.strip() or not a.strip():
                 continue
             seen.add(q)
             rows.append(Row(question=q, answer=a))

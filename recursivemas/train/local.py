@@ -14,7 +14,7 @@ from recursivemas.links import save_links
 from recursivemas.train.checkpoints import LocalCheckpoints
 from recursivemas.train.config import TrainConfig, load_train_config
 from recursivemas.train.loop import Stage, fit, train_outer
-from recursivemas.train.setup import Setup, eval_rows, prepare
+from recursivemas.train.setup import Setup, eval_rows, prepare, validation_rows
 from recursivemas.train.updaters import cosine
 
 __all__ = ["Setup", "TrainConfig", "cosine", "load_train_config", "prepare", "train", "train_outer"]
@@ -29,7 +29,8 @@ def train(config: TrainConfig, stage: Stage = "both", progress: bool = True, res
     """
     setup = prepare(config)
     checkpoints = LocalCheckpoints(config.checkpoint_dir, resume=resume)
-    summary = fit(setup, config, checkpoints, stage=stage, progress=progress, heldout=eval_rows(config))
+    summary = fit(setup, config, checkpoints, stage=stage, progress=progress, heldout=eval_rows(config),
+                  validation_rows=validation_rows(config))
     path = save_links(setup.links, config.output)
     (path / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info("saved links to %s (%s)", path, _brief(summary))

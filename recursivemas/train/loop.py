@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -32,9 +34,47 @@ log = logging.getLogger("recursivemas")
 Stage = Literal["inner", "outer", "both"]
 
 
+@dataclass
+class Validation:
+    """Stage 2's learning curve: ``score()`` every ``every`` steps, the best step's outer links kept aside."""
+
+    score: Callable[[], dict]  # {"val_accuracy": ..., "val_loss": ...}, the same on every rank
+    every: int
+    keep: str = "best"
+    curve: list[dict] = field(default_factory=list)
+    best: dict | None = None  # {"step", "val_accuracy", "val_loss", "outer": state dict}
+
+    def record(self, step: int, links) -> dict:
+        scores = {"step": step, **self.score()}
+        self.curve = [c for c in self.curve if c["step"] < step] + [scores]
+        if self.best is None or _rank(scores) > _rank(self.best):
+            self.best = {**scores, "outer": {k: v.detach().clone() for k, v in links.outer.state_dict().items()}}
+        return scores
+
+    def state_dict(self) -> dict:
+        return {"curve": self.curve, "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.curve, self.best = list(state.get("curve", [])), state.get("best")
+
+    def summary(self) -> dict:
+        if self.best is None:
+            return {"validation_curve": self.curve}
+        best = {k: v for k, v in self.best.items() if k != "outer"}
+        return {"validation_curve": self.curve, "best_step": best["step"], "best_val_accuracy": best["val_accuracy"],
+                "best_val_loss": best["val_loss"], "kept": self.keep}
+
+
+def _rank(scores: dict) -> tuple[float, float]:
+    """Better validation: higher accuracy (unscored counts lowest), then lower loss."""
+    accuracy = scores["val_accuracy"]
+    return (-1.0 if accuracy is None else accuracy, -scores["val_loss"])
+
+
 def fit(setup: Setup, config: TrainConfig, checkpoints: Checkpoints, world: World | None = None,
-        stage: Stage = "both", progress: bool = True, heldout: list[Row] | None = None) -> dict:
-    """Train and return a summary (last losses, steps, held-out scores). Every rank calls this."""
+        stage: Stage = "both", progress: bool = True, heldout: list[Row] | None = None,
+        validation_rows: list[Row] | None = None) -> dict:
+    """Train and return a summary (last losses, steps, learning curve, held-out scores). Every rank calls this."""
     world = world or World()
     problem = training_problem(config)
     state = checkpoints.restore(setup.links) or {"stage": "start", "step": 0}
@@ -53,17 +93,25 @@ def fit(setup: Setup, config: TrainConfig, checkpoints: Checkpoints, world: Worl
         checkpoints.save({"stage": "inner", **summary["inner_loss"]}, setup.links, state)
     if stage in ("outer", "both"):
         deepspeed = config.cluster.deepspeed if config.cluster else None
-        losses = train_outer(setup, config.outer, progress, world, checkpoints, state, deepspeed)
+        validation = None
+        if validation_rows:
+            validation = Validation(lambda: validation_scores(setup, config, validation_rows, world),
+                                    config.validation.every, config.validation.keep)
+        losses = train_outer(setup, config.outer, progress, world, checkpoints, state, deepspeed, validation)
         summary.update(outer_loss=losses[-1] if losses else None, outer_losses=losses, outer_steps=config.outer.steps)
+        if validation is not None:
+            summary.update(validation.summary())
     if heldout:
         summary.update(evaluate_heldout(setup, config, heldout, world))
     return summary
 
 
 def training_problem(config: TrainConfig) -> str:
-    """A digest of what the links learn from (topology, data, targets, seed), kept in every checkpoint so a rerun
-    resumes only its own run; stage settings may change between runs (more steps, a lower learning rate)."""
-    what = config.model_dump(mode="json", include={"topology", "data", "targets", "seed"})
+    """A digest of what the links learn from (topology, data, targets, seed, forcing and gradient mode), kept in
+    every checkpoint so a rerun resumes only its own run; other stage settings may change between runs (more steps,
+    a lower learning rate)."""
+    what = config.model_dump(mode="json", include={"topology": True, "data": True, "targets": True, "seed": True,
+                                                   "outer": {"forcing", "gradient", "latent_steps"}})
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -90,11 +138,13 @@ def train_inner_links(setup: Setup, config: TrainConfig, world: World, progress:
 
 def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, world: World | None = None,
                 checkpoints: Checkpoints | None = None, state: dict | None = None,
-                deepspeed: dict | None = None) -> list[float]:
+                deepspeed: dict | None = None, validation: Validation | None = None) -> list[float]:
     """Stage 2 from ``state["step"]`` to ``cfg.steps``; returns the batch-mean loss of each step it ran.
 
     Each replica takes its share of every batch; gradients of the outer links are summed over ranks before each
     step, so all ranks hold identical links. Checkpoints every ``cfg.checkpoint_every`` steps and at the end.
+    With ``validation``, scores the links before the first step, every ``validation.every`` steps and after the
+    last, and ends holding the best step's links when ``validation.keep`` is ``best``.
     """
     world = world or World()
     if cfg.batch_size % world.replicas:
@@ -108,6 +158,10 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
         updater = ZeroUpdater(links, setup.engines, params, cfg, world, deepspeed)
     start = (state or {}).get("step", 0)
     updater.load_state_dict(state or {})
+    if validation is not None:
+        validation.load_state_dict(state or {})
+        if start == 0 or not validation.curve:
+            _validate(validation, start, links, bar=None)
     agent_backbone = {a.name: a.backbone for a in topology.agents}
     rows = setup.rows
     links.train()
@@ -120,8 +174,9 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
         here: list[torch.Tensor] = []
         for row in world.share(batch):
             wire = Wire(world, agent_backbone)
-            loss = unroll_loss(topology, setup.engines, links, row.question, row.answer, setup.role_texts(row),
-                               cfg.max_latent_tokens, cfg.aux_weight, wire=wire)
+            loss = unroll_loss(topology, setup.engines, links, row.question, setup.decoder_target(row),
+                               setup.role_texts(row), cfg.max_latent_tokens, cfg.aux_weight, wire=wire,
+                               forcing=cfg.forcing, gradient=cfg.gradient, latent_steps=cfg.latent_steps)
             if loss is not None:  # this rank holds the decoder
                 here.append(loss / cfg.batch_size)
             if world.pipelined:  # hand-offs cross ranks row by row, so their gradients go back row by row
@@ -136,34 +191,77 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
         recent.append({"step": done, "loss": losses[-1], "lr": lr,
                        "samples_per_s": cfg.batch_size / (time.perf_counter() - began)})
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if validation is not None and (done % validation.every == 0 or done == cfg.steps):
+            recent[-1].update(_validate(validation, done, links, bar))
         if checkpoints is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             # one report per checkpoint, carrying every step since the last (a report is a barrier on Ray Train)
             metrics = {"stage": "outer", "rows_seen": done * cfg.batch_size, **recent[-1], "steps": recent}
             checkpoints.save(metrics, links, {"stage": "outer", "step": done, "rows_seen": done * cfg.batch_size,
-                                              "problem": (state or {}).get("problem"), **updater.state_dict()},
+                                              "problem": (state or {}).get("problem"), **updater.state_dict(),
+                                              **(validation.state_dict() if validation else {})},
                              updater.shards)
             recent = []
     links.eval()
+    if validation is not None and validation.keep == "best" and validation.best is not None:
+        links.outer.load_state_dict(validation.best["outer"])
+        log.info("kept the links of step %d (validation %s)", validation.best["step"],
+                 {k: v for k, v in validation.best.items() if k.startswith("val_")})
     return losses
 
 
-def evaluate_heldout(setup: Setup, config: TrainConfig, rows: list[Row], world: World) -> dict:
-    """Held-out answer loss (teacher-forced, every placement) and accuracy of latent-mode answers (when rank 0
-    holds every backbone whole: not pipelined, not ZeRO-3, whose sharded weights need every rank in each call)."""
-    sharded = bool(config.cluster and config.cluster.deepspeed and config.cluster.deepspeed.get("stage") == 3)
-    if sharded:  # ZeRO-3 gathers weights in every module call: every rank must make the same calls
-        rows = rows[: len(rows) - len(rows) % world.size] or rows[:0]
+def _validate(validation: Validation, step: int, links, bar) -> dict:
+    was_training = links.training
+    scores = validation.record(step, links)
+    links.train(was_training)
+    accuracy = "n/a" if scores["val_accuracy"] is None else f"{scores['val_accuracy']:.3f}"
+    message = f"validation at step {step}: accuracy {accuracy}, loss {scores['val_loss']:.4f}"
+    (bar.write if bar is not None else log.info)(message)
+    return {k: v for k, v in scores.items() if k != "step"}
+
+
+def validation_scores(setup: Setup, config: TrainConfig, rows: list[Row], world: World,
+                      max_new_tokens: int | None = None) -> dict:
+    """Latent-mode accuracy (the benchmark's scorer; None where rank 0 cannot run inference alone) and the answer
+    loss on the inference path, the same on every rank."""
+    accuracy = None
+    if _whole_on_rank0(config, world):
+        mine = 0.0
+        if world.rank == 0:
+            mine = latent_accuracy(setup.topology, setup.engines, setup.links, rows,
+                                   max_new_tokens or config.validation.max_new_tokens,
+                                   latent_steps=config.outer.latent_steps)
+        accuracy = sum_scalar(world, mine)
+    return {"val_accuracy": accuracy, "val_loss": inference_path_loss(setup, config, rows, world)}
+
+
+def inference_path_loss(setup: Setup, config: TrainConfig, rows: list[Row], world: World) -> float:
+    """The decoder's mean target loss with every hand-off from a real latent rollout: the path users run, whatever
+    the training forcing (a loss measured on teacher-forced hand-offs can fall while answers do not improve)."""
+    if not _whole_on_rank0(config, world) and config.cluster and config.cluster.deepspeed:
+        rows = rows[: len(rows) - len(rows) % world.size] or rows[:0]  # ZeRO-3: every rank makes the same calls
     if not rows:
-        return {}
+        return math.nan
     total = 0.0
     with torch.no_grad():
         for row in world.share(rows):
             wire = Wire(world, {a.name: a.backbone for a in setup.topology.agents})
-            loss = unroll_loss(setup.topology, setup.engines, setup.links, row.question, row.answer,
-                               setup.role_texts(row), config.outer.max_latent_tokens, wire=wire)
+            loss = unroll_loss(setup.topology, setup.engines, setup.links, row.question, setup.decoder_target(row),
+                               wire=wire, forcing="rollout", latent_steps=config.outer.latent_steps)
             total += 0.0 if loss is None else loss.item()
-    out = {"eval_rows": len(rows), "eval_answer_loss": sum_scalar(world, total) / len(rows)}
-    if not world.pipelined and not sharded and world.rank == 0:
-        out["eval_accuracy"] = latent_accuracy(setup.topology, setup.engines, setup.links, rows,
-                                               config.eval.max_new_tokens)
+    return sum_scalar(world, total) / len(rows)
+
+
+def _whole_on_rank0(config: TrainConfig, world: World) -> bool:
+    """Rank 0 can run latent inference alone: every backbone whole there (not pipelined, not ZeRO-3)."""
+    sharded = bool(config.cluster and config.cluster.deepspeed and config.cluster.deepspeed.get("stage") == 3)
+    return not world.pipelined and not sharded
+
+
+def evaluate_heldout(setup: Setup, config: TrainConfig, rows: list[Row], world: World) -> dict:
+    """Held-out scores after training, measured as validation is: the inference-path answer loss and the accuracy
+    of latent-mode answers (when rank 0 holds every backbone whole)."""
+    scores = validation_scores(setup, config, rows, world, config.eval.max_new_tokens)
+    out = {"eval_rows": len(rows), "eval_answer_loss": scores["val_loss"]}
+    if scores["val_accuracy"] is not None:
+        out["eval_accuracy"] = scores["val_accuracy"]
     return out

@@ -1,16 +1,25 @@
 """Stage 2: train the outer links through the whole unrolled system.
 
-Each round, every agent reads its prompt (with its teammates' hand-offs spliced in) and is teacher-forced on its role
-text; the states over that text, truncated to ``max_latent_tokens``, stand in for its latent thoughts and are handed on
-through ``outer(inner(H))``. In the final round the decoder is teacher-forced on the answer and scored with
-cross-entropy. Gradients flow through the frozen backbones, across every hand-off and round, into the outer links
-(shared across rounds, so their gradients sum over rounds); the inner links are frozen after stage 1.
+The unroll walks the plan's schedule (:meth:`~recursivemas.runtime.graph.Plan.turns`), the one the executor runs, and
+in the final round the decoder is teacher-forced on its target and scored with cross-entropy. Gradients flow through
+the frozen backbones, across every hand-off and round, into the outer links (shared across rounds, so their
+gradients sum over rounds); the inner links are frozen after stage 1. What an upstream agent hands on depends on the
+*forcing*:
+
+- ``rollout`` (default): what inference hands on. The agent rolls out ``latent_steps`` latent thoughts from its
+  filled prompt with its inner link, and ``outer(inner(H))`` of those states goes downstream; ``gradient`` picks
+  how the states carry gradients (``truncated`` or ``full``, :meth:`BackboneEngine.latent_states`). Upstream agents
+  need no text target.
+- ``role_text`` (the paper's recipe): the agent is teacher-forced on its role text (a plan, a refined plan) and the
+  states over it, up to ``max_latent_tokens``, stand in for its thoughts. It needs rows with real role rewrites:
+  teacher-forcing upstream agents on the answer leaks the answer into hand-offs that inference never has.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 import torch
 from torch import nn
@@ -21,6 +30,11 @@ from recursivemas.runtime.executor import fill_prompt
 from recursivemas.runtime.graph import Plan
 from recursivemas.train.parallel import Wire
 
+Forcing = Literal["rollout", "role_text"]
+Gradient = Literal["truncated", "full"]
+FORCINGS: tuple[str, ...] = ("rollout", "role_text")
+GRADIENTS: tuple[str, ...] = ("truncated", "full")
+
 
 def answer_loss(engine, prompt, answer: str) -> torch.Tensor:
     """Cross-entropy of the answer tokens and the end-of-turn token after them, given the prompt (which may hold
@@ -30,51 +44,48 @@ def answer_loss(engine, prompt, answer: str) -> torch.Tensor:
     return nn.functional.cross_entropy(logits, forced.target_ids)
 
 
-def turns(plan: Plan, rounds: int) -> Iterator[tuple[int, bool, str]]:
-    """``(round, final, agent)`` in execution order: the order every trainer (and every pipelined rank) walks."""
-    for round_ in range(1, rounds + 1):
-        for level in plan.levels:
-            for agent in plan.agents_in_round(level, round_ == rounds):
-                yield round_, round_ == rounds, agent
-
-
-def handoffs(plan: Plan, agent: str, final: bool) -> list[tuple[str, bool]]:
-    """Where ``agent``'s thoughts go this round: ``(target, is_feedback)``; the final-round decoder only decodes."""
-    if final and agent == plan.decoder:
-        return []
-    out = [(dst, False) for dst in plan.targets[agent]]
-    return out if final else out + [(dst, True) for dst in plan.feedback_targets[agent]]
-
-
 def unroll_loss(topology: Topology, engines: Mapping[str, object], links: LinkSet, question: str, answer: str,
-                role_texts: Mapping[str, str], max_latent_tokens: int = 80, aux_weight: float = 0.0,
-                wire: Wire | None = None) -> torch.Tensor | None:
-    """The final-round answer loss of one row (plus ``aux_weight`` x the mean of earlier rounds' answer losses).
+                role_texts: Mapping[str, str] | None = None, max_latent_tokens: int = 80, aux_weight: float = 0.0,
+                wire: Wire | None = None, forcing: Forcing = "rollout", gradient: Gradient = "truncated",
+                latent_steps: int | None = None) -> torch.Tensor | None:
+    """The final-round loss of the decoder's target ``answer`` for one row (plus ``aux_weight`` x the mean of
+    earlier rounds' losses of it).
 
-    ``role_texts`` maps each non-decoding agent to the text it is teacher-forced on (its role target). With a
+    ``role_texts`` maps each non-decoding agent to its role text (``role_text`` forcing only). ``latent_steps``
+    (default: the topology's) is the rollout length under ``rollout`` forcing: train with the value you serve. With a
     pipelined ``wire`` only this rank's agents run (``engines`` holds only its backbones), hand-offs to and from
     other ranks travel over the wire, and the loss is returned only where the decoder runs (``None`` elsewhere).
     """
+    if forcing not in FORCINGS:
+        raise ValueError(f"forcing: {forcing!r} is not one of {', '.join(FORCINGS)}")
+    if forcing == "role_text" and role_texts is None:
+        raise ValueError("forcing 'role_text' needs role_texts: the text each upstream agent is teacher-forced on")
+    steps = topology.latent_steps if latent_steps is None else latent_steps
     wire = wire or Wire()
     plan = Plan.from_topology(topology)
     inputs: dict[tuple[int, str], dict] = defaultdict(dict)  # (round, agent) -> {source: latents}
     feedback: dict[tuple[int, str], dict] = defaultdict(dict)
     earlier: list[torch.Tensor] = []
     final_loss = states = None
-    for round_, final, agent in turns(plan, topology.rounds):
-        decoding = agent == plan.decoder
+    for turn in plan.turns(topology.rounds):
+        agent, round_ = turn.agent, turn.round
         if wire.here(agent):
             engine = engines[topology.agent(agent).backbone]
             prompt = fill_prompt(topology.template(agent), question, inputs[round_, agent], feedback[round_, agent])
-            if decoding and (final or aux_weight):
+            if agent == plan.decoder and (turn.decodes or aux_weight):
                 loss = answer_loss(engine, prompt, answer)
-                if final:
+                if turn.decodes:
                     final_loss = loss
                     continue
                 earlier.append(loss)
-            (forced,) = engine.forward_states([prompt], [answer if decoding else role_texts[agent]])
-            states = forced.states[:max_latent_tokens].float()
-        for dst, is_feedback in handoffs(plan, agent, final):
+            if forcing == "rollout":
+                inner = links.inner_link(agent)
+                states = engine.latent_states(prompt, steps, inner, gradient).float()
+            else:
+                text = answer if agent == plan.decoder else role_texts[agent]
+                (forced,) = engine.forward_states([prompt], [text])
+                states = forced.states[:max_latent_tokens].float()
+        for dst, is_feedback in turn.handoffs:
             box = feedback[round_ + 1, dst] if is_feedback else inputs[round_, dst]
             box[agent] = wire.carry(
                 agent, dst, lambda s=states, a=agent, d=dst: links.handoff(s, a, d, topology.handoff))
@@ -87,10 +98,7 @@ def unroll_loss(topology: Topology, engines: Mapping[str, object], links: LinkSe
 
 def used_edges(topology: Topology) -> list[tuple[str, str]]:
     """The outer links an unrolled row trains (feedback links only with ``rounds > 1``)."""
-    plan = Plan.from_topology(topology)
-    found = [(agent, dst) for _, final, agent in turns(plan, topology.rounds)
-             for dst, _ in handoffs(plan, agent, final)]
-    return list(dict.fromkeys(found))
+    return Plan.from_topology(topology).used_edges(topology.rounds)
 
 
 def outer_parameters(links: LinkSet, topology: Topology | None = None) -> list[nn.Parameter]:

@@ -25,7 +25,7 @@ from recursivemas.train.checkpoints import LINKS_DIR, Shards, read_checkpoint, w
 from recursivemas.train.config import ClusterTrainConfig, TrainConfig
 from recursivemas.train.loop import Stage, fit
 from recursivemas.train.parallel import World, pipeline_stages
-from recursivemas.train.setup import eval_rows, prepare
+from recursivemas.train.setup import eval_rows, prepare, validation_rows
 
 
 class RayCheckpoints:
@@ -68,7 +68,7 @@ def _worker(loop_config: dict) -> None:
     setup = prepare(config, world)
     checkpoints = RayCheckpoints(world.rank, loop_config["resume_from"])
     summary = fit(setup, config, checkpoints, world, stage=loop_config["stage"], progress=False,
-                  heldout=eval_rows(config))
+                  heldout=eval_rows(config), validation_rows=validation_rows(config))
     # Ray keeps the metrics of the newest checkpoint as the result's: the summary goes with a final one
     checkpoints.save({"done": True, **_flat(summary)}, setup.links, {"stage": "done", "step": config.outer.steps})
 

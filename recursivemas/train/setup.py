@@ -15,10 +15,13 @@ import torch
 
 from recursivemas.config import Topology, load_topology
 from recursivemas.links import LinkSet
-from recursivemas.runtime import build_links, load_engines
+from recursivemas.runtime import Executor, build_links, load_engines
 from recursivemas.train.config import DataConfig, TrainConfig
-from recursivemas.train.data import DataError, Row, check_rows_have, generate_rows, load_jsonl, resolve_targets
+from recursivemas.train.data import (
+    DataError, Row, check_rows_have, generate_rows, load_jsonl, resolve_targets, summarise_problems,
+)
 from recursivemas.train.parallel import World, gather_objects
+from recursivemas.train.solutions import procedural_solution, sampled_solutions
 
 log = logging.getLogger("recursivemas")
 
@@ -36,24 +39,70 @@ class Setup:
     def role_texts(self, row: Row) -> dict[str, str]:
         return {agent: row.target(field) for agent, field in self.targets.items()}
 
+    def decoder_target(self, row: Row) -> str:
+        """What the decoder is trained to write for ``row``: its target field (a worked solution, or the answer)."""
+        return row.target(self.targets[self.topology.decoder])
 
-def load_rows(data: DataConfig) -> list[Row]:
-    if data.path:
-        return load_jsonl(data.path, max_rows=data.n)
-    return generate_rows(data.generator, data.n, data.seed, split="train", options=data.options)
+
+def load_rows(data: DataConfig, split: str = "train", n: int | None = None, path: str | None = None) -> list[Row]:
+    """``n`` rows of a split, framed as the eval frames them (``data.instruction``), with procedural solutions."""
+    n = data.n if n is None else n
+    if path or (data.path and split == "train"):
+        return load_jsonl(path or data.path, max_rows=n)
+    rows = generate_rows(data.generator, n, data.seed, split=split, options=data.options)
+    if data.solutions == "procedural":
+        rows = [row.model_copy(update={"solution": procedural_solution(row.question, row.answer)}) for row in rows]
+        bad = [f"row {i} ({row.question!r}): no step-by-step working found" for i, row in enumerate(rows, 1)
+               if row.target("solution") is None]
+        if bad:
+            raise DataError(summarise_problems(
+                f"data.solutions: procedural solutions cover plain expressions only; {len(bad)} row(s) have none "
+                "(use `solutions: sampled`):", bad))
+    if data.instruction:
+        rows = [row.model_copy(update={"question": f"{row.question.rstrip()}\n\n{data.instruction}"})
+                for row in rows]
+    return rows
 
 
 def eval_rows(config: TrainConfig) -> list[Row]:
     """Held-out rows: ``eval.path``, else the generator's held-out split (disjoint from training), else none."""
     if config.eval.n == 0:
         return []
-    if config.eval.path:
-        return load_jsonl(config.eval.path, max_rows=config.eval.n)
-    if config.data.generator:
-        return generate_rows(config.data.generator, config.eval.n, config.data.seed, split="heldout",
-                             options=config.data.options)
+    if config.eval.path or config.data.generator:
+        return load_rows(config.data, "heldout", config.eval.n, config.eval.path)
     log.warning("no held-out rows: set `eval.path` to a JSONL file to score the trained links after training")
     return []
+
+
+def validation_rows(config: TrainConfig) -> list[Row]:
+    """Rows scored during training: ``validation.path``, else the generator's validation split, else none."""
+    if config.validation.n == 0:
+        return []
+    if config.validation.path or config.data.generator:
+        return load_rows(config.data, "validation", config.validation.n, config.validation.path)
+    log.warning("no validation rows: set `validation.path` to a JSONL file to follow accuracy during training")
+    return []
+
+
+def add_sampled_solutions(topology: Topology, engines: dict, rows: list[Row], tries: int, max_new_tokens: int
+                          ) -> list[Row]:
+    """Each row with the decoder's own first accepted solution (greedy, then sampled at temperature 0.7) in
+    ``solution``; rows it never solves are dropped, since a wrong working is no target."""
+    executor = Executor(topology, engines)
+
+    def sample(questions: list[str], attempt: int) -> list[str]:
+        generation = {"max_new_tokens": max_new_tokens, "temperature": 0.0 if attempt == 0 else 0.7,
+                      "top_p": 0.95, "seed": attempt}
+        return [r.text for r in executor.run_batch(questions, mode="single", generation=generation)]
+
+    found = sampled_solutions([r.question for r in rows], [r.answer for r in rows], sample, tries)
+    kept = [row.model_copy(update={"solution": text}) for row, text in zip(rows, found) if text is not None]
+    log.info("sampled solutions: the decoder alone solved %d of %d training rows in %d tries", len(kept), len(rows),
+             tries)
+    if not kept:
+        raise DataError(f"data.solutions: sampled: the decoder solved none of {len(rows)} rows in {tries} tries; "
+                        "use `solutions: procedural`, easier data or more `solution_tries`")
+    return kept
 
 
 def prepare(config: TrainConfig, world: World | None = None) -> Setup:
@@ -62,11 +111,28 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     torch.manual_seed(config.seed)
     topology = load_topology(config.topology)
     rows = load_rows(config.data)
-    targets = resolve_targets([a.name for a in topology.agents], topology.decoder, config.targets)
-    check_rows_have(rows, targets)
+    mapping = dict(config.targets)
+    if config.data.solutions:
+        mapping.setdefault(topology.decoder, "solution")
+    targets = resolve_targets([a.name for a in topology.agents], topology.decoder, mapping)
+    if config.data.solutions != "sampled":
+        check_rows_have(rows, targets)
+    if config.outer.forcing == "role_text":
+        leaky = [a for a, field in targets.items() if a != topology.decoder and field in ("answer", targets[
+            topology.decoder])]
+        if leaky:
+            log.warning("outer.forcing role_text teacher-forces %s on the decoder's own target: their hand-offs carry "
+                        "the answer, which inference never gives them. Map them to role rewrites in `targets`, or "
+                        "use `forcing: rollout`", ", ".join(leaky))
     mine = topology.model_copy(update={"backbones": {
         name: spec for name, spec in topology.backbones.items() if world.holds(name)}})
     engines = load_engines(mine)
+    if config.data.solutions == "sampled":
+        if world.pipelined:
+            raise DataError("data.solutions: sampled needs every backbone in one process; sample the solutions "
+                            "once (one process) into a JSONL file and train from its `path`")
+        rows = add_sampled_solutions(topology, engines, rows, config.data.solution_tries, config.data.max_length)
+        check_rows_have(rows, targets)
     for engine in engines.values():
         engine.gradient_checkpointing = config.outer.gradient_checkpointing
     check_lengths(topology, engines, rows, targets, config.data.max_length)

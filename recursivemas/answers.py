@@ -1,4 +1,4 @@
-"""Answer extraction and scoring for the evaluation harness.
+"""Answer extraction and scoring, shared by the evaluation harness and training's validation.
 
 Models state their answers in many shapes (``\\boxed{}``, "#### 42", "The answer is (C).", a fenced code block, a
 number buried in the last sentence), and datasets write references in their own shapes too. Scoring has to read both
@@ -15,11 +15,25 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
-from recursivemas.eval.code_exec import check_completion
+from recursivemas.runtime.code_exec import check_completion
 
 Kind = Literal["number", "choice", "code", "text"]
 
 NO_ANSWER = "no answer found"
+
+BOXED_INSTRUCTION = "Put your final answer in \\boxed{}."
+"""Appended (after a blank line) to math questions, in evaluation and, by default, in training: the scorer reads
+the box, and a system trained on bare questions would be evaluated on a prompt it never saw."""
+
+PLACEHOLDERS = frozenset({"answer", "your answer", "final answer", "the answer", "final_answer", "answer here",
+                          "result", "...", "n", "x"})
+"""Words small models copy into the box from an instruction ("\\boxed{answer}"); a box holding only one is no
+answer, so the scorer reads on (an earlier box, "The answer is 7", the last number)."""
+
+
+def with_boxed(question: str) -> str:
+    """``question`` followed by :data:`BOXED_INSTRUCTION`."""
+    return f"{question.rstrip()}\n\n{BOXED_INSTRUCTION}"
 
 # A number as models write it: optional sign (only where it cannot be a binary minus), optional "$", thousands
 # commas, decimals, an optional "/denominator" and an optional trailing percent sign.
@@ -56,17 +70,23 @@ class Score:
 # ------------------------------------------------------------------ extraction helpers
 
 def _boxed_contents(text: str) -> list[str]:
-    """Contents of every balanced, non-empty ``\\boxed{...}`` / ``\\fbox{...}`` in order; the others are skipped."""
+    """Contents of every balanced ``\\boxed{...}`` / ``\\fbox{...}`` in order; empty boxes and boxes holding only a
+    placeholder word (:data:`PLACEHOLDERS`) are skipped."""
     found = []
     for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
         depth, start = 1, m.end()
         for i in range(start, len(text)):
             depth += {"{": 1, "}": -1}.get(text[i], 0)
             if depth == 0:
-                if text[start:i].strip():
+                if not _is_placeholder(text[start:i]):
                     found.append(text[start:i])
                 break
     return found
+
+
+def _is_placeholder(content: str) -> bool:
+    word = re.sub(r"\\text\s*\{([^{}]*)\}", r"\1", content).strip().strip("$").strip().lower()
+    return not word or word in PLACEHOLDERS
 
 
 def _format_number(m: re.Match[str]) -> str:
