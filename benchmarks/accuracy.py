@@ -1,16 +1,22 @@
-"""Accuracy of the demo system on held-out arithmetic: a single agent, the agents talking in text (Recursive-TextMAS)
-and in latents (RecursiveMAS) at 1 and 3 rounds, all on the same items in one run.
+"""Accuracy of the demo system on held-out arithmetic, decided with paired statistics.
 
-The paper's shape is latent r3 > text r3, latent r3 >= latent r1, latent r3 > single. This prints whether the shape
-holds for these (small, CPU) models and these links, whatever the answer; docs/results.md says what was measured.
+Every system answers the same test items (reasoning-gym ``basic_arithmetic``, held-out split, at the difficulty the
+demo links were trained on: the ``data.options`` of ``examples/train-demo.yaml``):
 
-The items are reasoning-gym ``basic_arithmetic`` at the difficulty the demo links were trained on (the ``data.options``
-of ``examples/train-demo.yaml``, held-out split); ``--dataset-options '{}'`` gives the generator's own default
-difficulty instead (up to 6 terms of up to 4 digits, with * and /).
+- ``single``: the solver alone; ``text_r3``: the agents talking in text for 3 rounds (Recursive-TextMAS);
+- ``latent_r1`` / ``latent_r3``: RecursiveMAS with the trained links; ``untrained_r3``: the same with freshly
+  initialised links;
+- ``prompt_tuned``: the solver alone with a soft prompt of the links' parameter count, trained on the same rows and
+  budget (``benchmarks/prompt_tuned.py``, ``--prompt-tuned DIR``); it shows whether the links learned
+  collaboration or only a soft prompt.
 
-Run: ``python benchmarks/accuracy.py [--topology sequential-demo] [--limit 200] [--max-new-tokens 64]
-[--dataset-options YAML] [--latent-steps N] [--out eval-results/accuracy]``. Last line: JSON with ``acc_single``,
-``acc_text_r3``, ``acc_latent_r3``, ``acc_latent_r1`` and the mean decoded tokens and wall time per item of each.
+Targets: latent r3 above single (exact McNemar ``p_latent_vs_single`` <= 0.05), above untrained and text r3, and
+at least latent r1. Each cell appends its answers to ``OUT/cells/<cell>.jsonl`` batch by batch, so a rerun with the
+same settings continues where it stopped.
+
+Run: ``python benchmarks/accuracy.py [--topology sequential-demo] [--limit 300] [--max-new-tokens 48]
+[--prompt-tuned runs/prompt-tuned] [--cells single,latent_r3,...] [--out eval-results/accuracy]``. Last line: JSON
+with ``acc_<cell>``, ``p_latent_vs_<cell>``, the target checks, and decoded tokens and wall time per item.
 """
 
 from __future__ import annotations
@@ -18,52 +24,161 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tqdm import tqdm  # noqa: E402
+
 from recursivemas.cli import parse_mapping  # noqa: E402
+from recursivemas.config import load_topology  # noqa: E402
+from recursivemas.eval.datasets import load_eval_dataset  # noqa: E402
+from recursivemas.eval.harness import ItemResult, evaluate, summarise  # noqa: E402
 from recursivemas.eval.report import machine  # noqa: E402
-from recursivemas.eval.run import run_eval  # noqa: E402
+from recursivemas.eval.stats import mcnemar_exact  # noqa: E402
 from recursivemas.train.config import load_train_config  # noqa: E402
 
 DEMO_TRAINING = Path(__file__).resolve().parents[1] / "examples" / "train-demo.yaml"
+CELLS = {  # name -> (mode, rounds, system); cheap and decisive cells first, so a stopped run has them
+    "single": ("single", 1, "trained"),
+    "latent_r3": ("latent", 3, "trained"),
+    "untrained_r3": ("latent", 3, "untrained"),
+    "latent_r1": ("latent", 1, "trained"),
+    "prompt_tuned": ("single", 1, "prompt_tuned"),
+    "text_r3": ("text", 3, "trained"),
+}
+P_KEYS = {"single": "p_latent_vs_single", "untrained_r3": "p_latent_vs_untrained", "text_r3": "p_latent_vs_text",
+          "latent_r1": "p_latent_vs_r1", "prompt_tuned": "p_latent_vs_prompt_tuned"}  # exact McNemar, latent r3 vs
+
+
+def load_done(path: Path) -> list[ItemResult]:
+    if not path.is_file():
+        return []
+    return [ItemResult(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """A rerun continues only the run it belongs to: other items or settings need another ``--out``."""
+    path = out / "settings.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != settings:
+            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            raise SystemExit(f"{out} holds a run with other settings ({', '.join(changed)}); pass another --out "
+                             "or delete it to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
+
+
+def soft_prompt_runner(topology, directory: str):
+    from recursivemas.runtime import load_engines
+    from recursivemas.train.prompt_tuning import SoftPrompt, SoftPromptRunner
+
+    decoder = topology.agent(topology.decoder)
+    spec = topology.model_copy(update={"backbones": {decoder.backbone: topology.backbones[decoder.backbone]}})
+    engine = load_engines(spec)[decoder.backbone]
+    return SoftPromptRunner(engine, topology.template(topology.decoder), SoftPrompt.load(directory),
+                            topology.decoder, decoder.backbone)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--topology", default="sequential-demo")
-    parser.add_argument("--dataset", default="basic_arithmetic")
-    parser.add_argument("--limit", type=int, default=200)
+    parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--latent-steps", type=int)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dataset-options", help="YAML mapping (default: the demo training's data.options)")
+    parser.add_argument("--prompt-tuned", help="a soft prompt from benchmarks/prompt_tuned.py (else no such cell)")
+    parser.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, of {', '.join(CELLS)}")
     parser.add_argument("--out", default="eval-results/accuracy")
     args = parser.parse_args()
-    if args.dataset_options is None:
-        options = load_train_config(DEMO_TRAINING).data.options
-    else:
-        options = parse_mapping(args.dataset_options, "--dataset-options")
+    options = (load_train_config(DEMO_TRAINING).data.options if args.dataset_options is None
+               else parse_mapping(args.dataset_options, "--dataset-options"))
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    unknown = sorted(set(cells) - set(CELLS))
+    if unknown:
+        raise SystemExit(f"--cells: unknown {unknown}; use {', '.join(CELLS)}")
+    if not args.prompt_tuned:
+        cells = [c for c in cells if c != "prompt_tuned"]
 
+    trained = load_topology(args.topology)
+    trained = trained.replace(generation={**trained.generation.model_dump(), "max_new_tokens": args.max_new_tokens})
+    systems = {"trained": trained, "untrained": trained.replace(links=None, name=f"{trained.name}-untrained"),
+               "prompt_tuned": trained}
+    items = load_eval_dataset("basic_arithmetic", limit=args.limit, seed=args.seed, options=options)
+    out = Path(args.out)
+    check_settings(out, {"topology": trained.to_dict(), "n": len(items), "seed": args.seed,
+                         "dataset_options": options, "latent_steps": args.latent_steps,
+                         "prompt_tuned": args.prompt_tuned})
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
-    evaluation, _ = run_eval(args.topology, args.dataset, ("single", "text", "latent"), (1, 3), args.limit,
-                             args.seed, args.out, batch_size=args.batch_size, latent_steps=args.latent_steps,
-                             max_new_tokens=args.max_new_tokens, command=command, dataset_options=options)
-    cells = {"single": evaluation.cell("single", 1), "text_r3": evaluation.cell("text", 3),
-             "latent_r3": evaluation.cell("latent", 3), "latent_r1": evaluation.cell("latent", 1)}
-    acc = {f"acc_{k}": round(c.accuracy, 4) for k, c in cells.items()}
-    shape = {"latent_r3_gt_text_r3": acc["acc_latent_r3"] > acc["acc_text_r3"],
-             "latent_r3_ge_latent_r1": acc["acc_latent_r3"] >= acc["acc_latent_r1"],
-             "latent_r3_gt_single": acc["acc_latent_r3"] > acc["acc_single"]}
-    print(json.dumps({
-        "machine": machine(), "topology": evaluation.topology, "dataset": args.dataset, "dataset_options": options,
-        "n": cells["single"].n,
-        "max_new_tokens": args.max_new_tokens, **acc, **shape,
-        **{f"tokens_{k}": round(c.decoded_tokens_per_item, 1) for k, c in cells.items()},
-        **{f"wall_s_{k}": round(c.wall_s_per_item, 3) for k, c in cells.items()},
-    }))
+
+    from recursivemas.cluster import Cluster
+
+    results: dict[str, list[ItemResult]] = {}
+    with Cluster() as cluster:
+        for name in cells:
+            mode, rounds, system = CELLS[name]
+            path = out / "cells" / f"{name}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            done = load_done(path)
+            runner = soft_prompt_runner(trained, args.prompt_tuned) if system == "prompt_tuned" else cluster
+            todo = items[len(done):]
+            with tqdm(total=len(items), initial=len(done), desc=name, unit="item") as bar:
+                for start in range(0, len(todo), args.batch_size):
+                    batch = todo[start : start + args.batch_size]
+                    got = evaluate(runner, systems[system], batch, (mode,), (rounds,), args.latent_steps,
+                                   len(batch)).items
+                    with path.open("a") as fh:
+                        fh.writelines(json.dumps(asdict(r)) + "\n" for r in got)
+                    done.extend(got)
+                    bar.update(len(got))
+            if [r.id for r in done] != [i.id for i in items]:
+                raise SystemExit(f"{path}: its answers are not this run's items; delete it and rerun")
+            results[name] = done
+
+    summary = {name: summarise(CELLS[name][0], CELLS[name][1], rs) for name, rs in results.items()}
+    acc = {f"acc_{k}": round(c.accuracy, 4) for k, c in summary.items()}
+    paired = {}
+    if "latent_r3" in results:
+        mine = [r.correct for r in results["latent_r3"]]
+        for other, key in P_KEYS.items():
+            if other in results:
+                paired[key] = round(mcnemar_exact(mine, [r.correct for r in results[other]]), 4)
+    checks = {}
+    a = acc.get("acc_latent_r3")
+    if a is not None:
+        for key, other, op in (("latent_r3_gt_single", "acc_single", ">"), ("latent_r3_gt_untrained_r3",
+                               "acc_untrained_r3", ">"), ("latent_r3_gt_text_r3", "acc_text_r3", ">"),
+                               ("latent_r3_ge_latent_r1", "acc_latent_r1", ">=")):
+            if other in acc:
+                checks[key] = a > acc[other] if op == ">" else a >= acc[other]
+        if "p_latent_vs_single" in paired:
+            checks["latent_r3_beats_single_p05"] = checks.get("latent_r3_gt_single", False) and \
+                paired["p_latent_vs_single"] <= 0.05
+    line = {"machine": machine(), "topology": trained.name, "dataset": "basic_arithmetic", "dataset_options": options,
+            "n": len(items), "max_new_tokens": args.max_new_tokens, "latent_steps": args.latent_steps or
+            trained.latent_steps, **acc, **paired, **checks,
+            **{f"tokens_{k}": round(c.decoded_tokens_per_item, 1) for k, c in summary.items()},
+            **{f"wall_s_{k}": round(c.wall_s_per_item, 3) for k, c in summary.items()}}
+    (out / "results.json").write_text(json.dumps({"summary": line, "command": command,
+                                                  "cells": {k: asdict(c) for k, c in summary.items()}}, indent=1))
+    (out / "results.md").write_text(markdown(line, summary, command))
+    print(json.dumps(line))
+
+
+def markdown(line: dict, summary: dict, command: str) -> str:
+    rows = [f"# {line['topology']}: {line['n']} held-out items\n", f"Machine: {line['machine']}.  ",
+            f"Command: `{command}`\n", "| cell | mode | rounds | accuracy | p (latent r3 vs) | wall s / item | "
+            "decoded tokens / item |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, c in summary.items():
+        key = P_KEYS.get(name)
+        p = f"{line[key]:.4f}" if key in line else ""
+        rows.append(f"| {name} | {c.mode} | {c.rounds} | {c.accuracy:.3f} | {p} | {c.wall_s_per_item:.2f} | "
+                    f"{c.decoded_tokens_per_item:.1f} |")
+    return "\n".join(rows) + "\n"
 
 
 if __name__ == "__main__":

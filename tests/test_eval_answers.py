@@ -229,3 +229,15 @@ def test_score_code_end_to_end():
     wrong = score("```python\ndef total(xs):\n    return 1\n```", "", "code", prompt=PROMPT, tests=TESTS,
                   entry_point="total", timeout_s=5)
     assert (wrong.correct, wrong.detail) == (False, "failed")
+
+
+@pytest.mark.parametrize(("text", "correct", "extracted"), [
+    ("1 + 1 = 2\nThe answer is \\boxed{answer}.", True, "2"),  # a copied placeholder: read on, from the text
+    ("\\boxed{2} so the final answer is \\boxed{Answer}", True, "2"),  # an earlier real box wins
+    ("\\boxed{\\text{your answer}}", False, None),
+    ("\\boxed{ }", False, None),
+    ("\\boxed{x = 2}", True, "2"),  # "x" only as a whole box is a placeholder
+])
+def test_placeholder_boxes_are_no_answer(text, correct, extracted):
+    verdict = score(text, "2", "number")
+    assert verdict.correct is correct and verdict.extracted == extracted, verdict

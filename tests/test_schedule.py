@@ -61,7 +61,7 @@ def test_inference_and_training_visit_the_same_turns(pattern, rounds, engines):
     heard = []
     Executor(topology, backends, links).run_batch(["q?"], mode="latent", on_turn=heard.append)
     # a level's turns run at once (grouped by backbone), so within a level only the set is fixed
-    inference, thoughts, at = [], [], 0
+    inference, at = [], 0
     for level in levels:
         inference.append(sorted((u.round, u.agent) for u in heard[at : at + len(level)]))
         at += len(level)

@@ -13,7 +13,9 @@ from recursivemas.train.data import (
     load_jsonl,
     resolve_targets,
     save_jsonl,
+    split_of,
 )
+from recursivemas.train.solutions import procedural_solution, sampled_solutions
 
 AGENTS = ["planner", "critic", "solver"]
 
@@ -155,3 +157,45 @@ def test_save_load_round_trip(tmp_path):
     save_jsonl(rows, path)
     back = load_jsonl(path)
     assert back == rows and back[0].target("plan") == "p"
+
+
+def test_validation_is_carved_from_the_train_side_and_the_test_split_is_unchanged():
+    train = generate_rows("basic_arithmetic", 60, seed=0, options=EASY)
+    validation = generate_rows("basic_arithmetic", 8, seed=0, split="validation", options=EASY)
+    held = generate_rows("basic_arithmetic", 15, seed=0, split="heldout", options=EASY)
+    questions = [{r.question for r in split} for split in (train, validation, held)]
+    assert not questions[0] & questions[1] and not questions[0] & questions[2] and not questions[1] & questions[2]
+    # the held-out (test) split is the hash's first 20%, as before validation existed: earlier results compare
+    assert all(split_of(q) == "heldout" for q in questions[2])
+    assert all(0.2 <= _share(q) < 0.3 for q in questions[1]) and all(_share(q) >= 0.3 for q in questions[0])
+
+
+def _share(question: str) -> float:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(question.encode()).digest()[:8], "big") / 2.0**64
+
+
+def test_procedural_solutions_work_the_sum_out_and_end_in_the_boxed_answer():
+    assert procedural_solution("Calculate 0 - 4 - 8.", "-12") == (
+        "0 - 4 = -4\n-4 - 8 = -12\nThe final answer is \\boxed{-12}.")
+    assert procedural_solution("Calculate 4 * 3 - 2 / 2.\n\nPut your final answer in \\boxed{}.", "11") == (
+        "4 * 3 = 12\n2 / 2 = 1\n12 - 1 = 11\nThe final answer is \\boxed{11}.")
+    assert procedural_solution("Calculate (1 + 2) * 3.", "9") is None  # parentheses: not worked out
+    assert procedural_solution("Calculate 2 + 2.", "5") is None  # a working that misses the answer is no target
+    assert procedural_solution("What is the capital of France?", "Paris") is None
+    for row in generate_rows("basic_arithmetic", 40, seed=0, options=EASY):
+        assert procedural_solution(row.question, row.answer).endswith(f"\\boxed{{{row.answer}}}.")
+
+
+def test_sampled_solutions_keep_the_first_accepted_sample():
+    calls = []
+
+    def sample(questions, attempt):
+        calls.append((list(questions), attempt))
+        return [f"attempt {attempt}: \\boxed{{{attempt + len(q)}}}" for q in questions]
+
+    # "ab" (2) is right at attempt 1, "abc" (3) at attempt 0, "x" (1) never within 3 tries
+    found = sampled_solutions(["ab", "abc", "x"], ["3", "3", "9"], sample, tries=3)
+    assert found == ["attempt 1: \\boxed{3}", "attempt 0: \\boxed{3}", None]
+    assert calls == [(["ab", "abc", "x"], 0), (["ab", "x"], 1), (["x"], 2)]  # solved questions are not resampled

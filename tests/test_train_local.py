@@ -102,3 +102,34 @@ def test_checkpoint_from_another_topology_is_refused_with_the_difference(files, 
     err = capsys.readouterr().err
     assert "solver" in err and "48" in err and "64" in err
     assert not (files / "out" / "other").exists()
+
+
+def test_forcing_settings_name_the_field(files):
+    config = yaml.safe_load((files / "train.yaml").read_text())
+    (files / "f.yaml").write_text(yaml.safe_dump({**config, "outer": {"forcing": "teacher", "gradient": "some"}}))
+    with pytest.raises(ConfigError) as info:
+        load_train_config(files / "f.yaml")
+    assert "outer.forcing" in str(info.value) and "outer.gradient" in str(info.value)
+
+
+def test_validation_writes_a_learning_curve_and_keeps_the_best_step(files):
+    config = yaml.safe_load((files / "train.yaml").read_text())
+    config["validation"] = {"path": "rows.jsonl", "n": 2, "every": 1, "max_new_tokens": 2}
+    (files / "v.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(files / "v.yaml")]) == 0
+    summary = json.loads((files / "out" / "links" / "train_summary.json").read_text())
+    curve = summary["validation_curve"]
+    assert [c["step"] for c in curve] == [0, 1, 2]  # before the first step, then every step
+    assert all(0 <= c["val_accuracy"] <= 1 and c["val_loss"] > 0 for c in curve)
+    best = max(curve, key=lambda c: (c["val_accuracy"], -c["val_loss"]))
+    assert (summary["best_step"], summary["best_val_loss"], summary["kept"]) == (best["step"], best["val_loss"], "best")
+
+
+def test_role_text_forcing_on_the_answer_is_warned_about(files, caplog):
+    config = load_train_config(files / "train.yaml")
+    config = config.model_copy(update={"targets": {}, "outer": config.outer.model_copy(update={"forcing": "role_text"})})
+    from recursivemas.train.setup import prepare
+
+    with caplog.at_level("WARNING", logger="recursivemas"):
+        prepare(config)
+    assert "teacher-forces planner on the decoder's own target" in caplog.text

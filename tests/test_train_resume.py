@@ -120,7 +120,9 @@ def test_rerun_on_other_data_refuses_the_old_checkpoints(config, tmp_path):
     longer = config.model_copy(update={"outer": config.outer.model_copy(update={"steps": 4})})
     summary = json.loads((train(longer, stage="outer", progress=False) / "train_summary.json").read_text())
     assert summary["resumed_from_step"] == 2 and len(summary["outer_losses"]) == 2
-    for changed in ({"seed": 1}, {"data": config.data.model_copy(update={"n": 3})}):
-        with pytest.raises(ValueError, match="trained on other data, targets, topology or seed") as err:
+    other_forcing = [{"outer": longer.outer.model_copy(update=change)}
+                     for change in ({"forcing": "role_text"}, {"gradient": "full"}, {"latent_steps": 7})]
+    for changed in ({"seed": 1}, {"data": config.data.model_copy(update={"n": 3})}, *other_forcing):
+        with pytest.raises(ValueError, match="trained on other data, targets, topology, seed or forcing") as err:
             train(longer.model_copy(update=changed), stage="outer", progress=False)
         assert "step-000004-outer" in str(err.value) and "new `output`" in str(err.value)

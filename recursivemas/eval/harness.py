@@ -105,11 +105,11 @@ def evaluate(runner, topology, items: Sequence[EvalItem], modes: Sequence[str] =
                 if on_item is not None:
                     on_item()
         results.extend(mine)
-        cells.append(_summarise(mode, r, mine))
+        cells.append(summarise(mode, r, mine))
     return Evaluation(getattr(topology, "name", str(topology)), dataset, cells, results, dict(dataset_options or {}))
 
 
-def _summarise(mode: str, rounds: int, results: list[ItemResult]) -> Cell:
+def summarise(mode: str, rounds: int, results: list[ItemResult]) -> Cell:
     n = len(results)
     wall = sum(r.wall_s for r in results)
     return Cell(mode, rounds, n, sum(r.correct for r in results) / n, wall, wall / n,

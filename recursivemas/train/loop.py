@@ -82,7 +82,7 @@ def fit(setup: Setup, config: TrainConfig, checkpoints: Checkpoints, world: Worl
         if state.get("problem") not in (None, problem):  # None: written before digests, or by train_outer alone
             raise ValueError(
                 f"the checkpoint in {state.get('directory', 'the checkpoint directory')} was trained on other data, "
-                "targets, topology or seed than this config; resuming would mix the two runs. Set a new `output`, "
+                "targets, topology, seed or forcing than this config; resuming would mix the two runs. Set a new `output`, "
                 "or delete the old run's checkpoints to start over")
         log.info("resuming from the %s stage at step %d", state["stage"], state["step"])
     state["problem"] = problem
