@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from recursivemas.eval.datasets import load_eval_dataset  # noqa: E402
 from recursivemas.eval.harness import ItemResult, evaluate, summarise  # noqa: E402
 from recursivemas.eval.report import machine  # noqa: E402
 from recursivemas.eval.stats import mcnemar_exact  # noqa: E402
+from recursivemas.runtime.local import InProcessRunner  # noqa: E402
 from recursivemas.train.config import load_train_config  # noqa: E402
 
 DEMO_TRAINING = Path(__file__).resolve().parents[1] / "examples" / "train-demo.yaml"
@@ -71,6 +73,17 @@ def check_settings(out: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
 
 
+@contextmanager
+def runner_for(kind: str):
+    if kind == "cluster":
+        from recursivemas.cluster import Cluster
+
+        with Cluster() as cluster:
+            yield cluster
+    else:
+        yield InProcessRunner()
+
+
 def soft_prompt_runner(topology, directory: str):
     from recursivemas.runtime import load_engines
     from recursivemas.train.prompt_tuning import SoftPrompt, SoftPromptRunner
@@ -93,6 +106,9 @@ def main() -> None:
     parser.add_argument("--dataset-options", help="YAML mapping (default: the demo training's data.options)")
     parser.add_argument("--prompt-tuned", help="a soft prompt from benchmarks/prompt_tuned.py (else no such cell)")
     parser.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, of {', '.join(CELLS)}")
+    parser.add_argument("--runner", choices=("local", "cluster"), default="local",
+                        help="local: this process (default; on a small CPU Ray's low-priority workers starve beside "
+                             "other work); cluster: a local Ray cluster's actors")
     parser.add_argument("--out", default="eval-results/accuracy")
     args = parser.parse_args()
     options = (load_train_config(DEMO_TRAINING).data.options if args.dataset_options is None
@@ -115,10 +131,8 @@ def main() -> None:
                          "prompt_tuned": args.prompt_tuned})
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
 
-    from recursivemas.cluster import Cluster
-
     results: dict[str, list[ItemResult]] = {}
-    with Cluster() as cluster:
+    with runner_for(args.runner) as cluster:
         for name in cells:
             mode, rounds, system = CELLS[name]
             path = out / "cells" / f"{name}.jsonl"

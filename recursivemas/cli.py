@@ -14,10 +14,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-DEMO_PROMPT = (
-    "A baker makes 24 muffins in the morning and 18 in the afternoon. She sells 30 of them. "
-    "How many muffins are left?"
-)
+# The demo links' task: the first item of its test split (reasoning-gym basic_arithmetic held-out, seed 0, at
+# examples/train-demo.yaml's difficulty), taken by position, not chosen by how the system answers it (a test checks).
+DEMO_PROMPT = "Calculate 1 - 6.\n\nPut your final answer in \\boxed{}."
 
 
 def cmd_run(args: argparse.Namespace) -> int:

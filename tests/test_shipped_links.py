@@ -35,3 +35,15 @@ def test_demo_topology_names_the_shipped_links_and_they_load_with_exact_keys():
     assert dtypes == {torch.bfloat16}  # stored small; loading casts to the links' float32
     assert (Path(topology.links) / WEIGHTS_FILE).stat().st_size < 20 * 2**20
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in links.parameters())
+
+
+def test_the_demo_asks_the_first_test_item_of_the_task_its_links_were_trained_on():
+    from recursivemas.cli import DEMO_PROMPT
+    from recursivemas.eval.datasets import load_eval_dataset
+    from recursivemas.train.config import load_train_config
+
+    config = load_train_config(Path(__file__).parents[1] / "examples" / "train-demo.yaml")
+    first = load_eval_dataset(config.data.generator, limit=1, seed=0, options=config.data.options)[0]
+    assert DEMO_PROMPT == first.question
+    # and the topology serves the rollout length the links were trained with
+    assert load_topology("sequential-demo").latent_steps == config.outer.latent_steps

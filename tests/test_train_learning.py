@@ -12,9 +12,10 @@ trained, always below the held-out answers' entropy (1.27-1.38); held-out accura
   free latent vector, optimised directly for 60 Adam steps, moved its answer loss by < 0.1 nat. So the solver is a
   tiny Llama built with ``initializer_range`` SOLVER_INIT, whose output one latent can steer; the planner is the
   usual tiny Llama.
-- One latent step (``latent_steps`` = ``max_latent_tokens`` = 1): the thought trained on (the planner's state
-  before its first role-text token) is then exactly the rollout's first state at inference, so the held-out
-  latent-mode accuracy scores the map stage 2 learned. Longer rollouts need stage 1 to match training.
+- Both forcings learn it. ``role_text`` with one latent step (``latent_steps`` = ``max_latent_tokens`` = 1): the
+  thought trained on (the planner's state before its first role-text token) is then exactly the rollout's first
+  state at inference; longer teacher-forced thoughts would need stage 1 to match training. ``rollout`` hands on
+  the real 3-step rollout, the inference path by construction, with truncated gradients.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ TARGETS = {"planner": "echo"}  # the planner is teacher-forced on its own field,
 # Gradient checkpointing only saves memory (its gradients are tested elsewhere); off, this test runs ~1/3 faster.
 OUTER = {"steps": 200, "lr": 1e-2, "batch_size": 8, "warmup_steps": 5, "max_latent_tokens": 1,
          "gradient_checkpointing": False}
+FORCINGS = {"role_text": 1, "rollout": 3}  # forcing -> latent steps
 
 
 def make_rows(rng: random.Random, n: int, seen: set[str]) -> list[dict]:
@@ -68,7 +70,7 @@ def save_sharp_llama(path, init: float, seed: int) -> str:
     return str(path)
 
 
-def learn(root, seed: int = SEED) -> dict:
+def learn(root, seed: int = SEED, forcing: str = "role_text") -> dict:
     """Build the task, score fresh links on held-out rows, train stage 2 with the real trainer, score again."""
     topology = {
         "name": "handoff-task",
@@ -76,7 +78,7 @@ def learn(root, seed: int = SEED) -> dict:
                       "b": {"model": save_sharp_llama(root / "solver", SOLVER_INIT, seed=seed + 1)}},
         "agents": [{"name": "planner", "backbone": "a", "prompt": "{question}\n{feedback}"},
                    {"name": "solver", "backbone": "b", "prompt": "{feedback}{question}\n{inputs}"}],
-        "pattern": "sequential", "rounds": 1, "latent_steps": 1,
+        "pattern": "sequential", "rounds": 1, "latent_steps": FORCINGS[forcing],
     }
     (root / "topology.yaml").write_text(yaml.safe_dump(topology))
     rng, seen = random.Random(seed), set()
@@ -84,19 +86,19 @@ def learn(root, seed: int = SEED) -> dict:
     (root / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in train_rows))
     config = TrainConfig.model_validate({
         "topology": str(root / "topology.yaml"), "data": {"path": str(root / "rows.jsonl"), "n": len(train_rows)},
-        "targets": TARGETS, "outer": OUTER, "seed": seed,
+        "targets": TARGETS, "outer": {**OUTER, "forcing": forcing}, "seed": seed,
     })
     setup = prepare(config)
-    score = dict(max_new_tokens=1, targets=TARGETS, max_latent_tokens=OUTER["max_latent_tokens"])
+    score = dict(max_new_tokens=1, targets=TARGETS, max_latent_tokens=OUTER["max_latent_tokens"], forcing=forcing)
     untrained = evaluate(setup.topology, setup.engines, build_links(setup.topology, setup.engines), heldout, **score)
     losses = train_outer(setup, config.outer, progress=False)
     trained = evaluate(setup.topology, setup.engines, setup.links, heldout, **score)
     return {"setup": setup, "heldout": heldout, "losses": losses, "untrained": untrained, "trained": trained}
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return learn(tmp_path_factory.mktemp("learning"))
+@pytest.fixture(scope="module", params=sorted(FORCINGS))
+def run(request, tmp_path_factory):
+    return learn(tmp_path_factory.mktemp(f"learning-{request.param}"), forcing=request.param)
 
 
 def test_the_solver_never_sees_the_question(run):

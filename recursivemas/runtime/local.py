@@ -57,3 +57,34 @@ def load_system(topology: Topology | str | Path) -> Executor:
         topology = load_topology(topology)
     engines = load_engines(topology)
     return Executor(topology, engines, build_links(topology, engines))
+
+
+class InProcessRunner:
+    """The cluster's ``run_batch(topology, prompts, mode, rounds, latent_steps)`` in this process: one engine per
+    unique backbone (model, dtype, device), shared by every topology run, as the cluster shares its actors. For
+    machines where Ray's worker processes would compete with other work at a lower priority (a 2-core laptop)."""
+
+    def __init__(self) -> None:
+        self._engines: dict[tuple, BackboneEngine] = {}
+        self._systems: dict[str, tuple[Topology, Executor]] = {}
+
+    def _executor(self, topology: Topology) -> Executor:
+        known = self._systems.get(topology.name)
+        if known is not None and known[0] == topology:
+            return known[1]
+        engines = {}
+        for name, cfg in topology.backbones.items():
+            key = (cfg.model, cfg.dtype, cfg.device)
+            if key not in self._engines:
+                log.info("loading backbone %s (%s)", name, cfg.model)
+                self._engines[key] = BackboneEngine.load(resolve_model(cfg.model), dtype=cfg.dtype, device=cfg.device,
+                                                         name=name)
+            engines[name] = self._engines[key]
+        executor = Executor(topology, engines, build_links(topology, engines))
+        self._systems[topology.name] = (topology, executor)
+        return executor
+
+    def run_batch(self, topology: Topology | str | Path, prompts, mode="latent", rounds=None, latent_steps=None):
+        if not isinstance(topology, Topology):
+            topology = load_topology(topology)
+        return self._executor(topology).run_batch(list(prompts), mode, rounds, latent_steps)

@@ -82,8 +82,8 @@ def fit(setup: Setup, config: TrainConfig, checkpoints: Checkpoints, world: Worl
         if state.get("problem") not in (None, problem):  # None: written before digests, or by train_outer alone
             raise ValueError(
                 f"the checkpoint in {state.get('directory', 'the checkpoint directory')} was trained on other data, "
-                "targets, topology, seed or forcing than this config; resuming would mix the two runs. Set a new `output`, "
-                "or delete the old run's checkpoints to start over")
+                "targets, topology, seed or forcing than this config; resuming would mix the two runs. Set a new "
+                "`output`, or delete the old run's checkpoints to start over")
         log.info("resuming from the %s stage at step %d", state["stage"], state["step"])
     state["problem"] = problem
     summary: dict = {"resumed_from_step": state["step"], "resumed_from_stage": state["stage"]}
