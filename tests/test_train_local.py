@@ -123,6 +123,8 @@ def test_validation_writes_a_learning_curve_and_keeps_the_best_step(files):
     assert all(0 <= c["val_accuracy"] <= 1 and c["val_loss"] > 0 for c in curve)
     best = max(curve, key=lambda c: (c["val_accuracy"], -c["val_loss"]))
     assert (summary["best_step"], summary["best_val_loss"], summary["kept"]) == (best["step"], best["val_loss"], "best")
+    assert 0 <= summary["val_accuracy_single"] <= 1  # the decoder alone on the same rows: the line to clear
+    assert (files / "out" / "links" / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_role_text_forcing_on_the_answer_is_warned_about(files, caplog):

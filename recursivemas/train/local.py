@@ -13,6 +13,7 @@ from pathlib import Path
 from recursivemas.links import save_links
 from recursivemas.train.checkpoints import LocalCheckpoints
 from recursivemas.train.config import TrainConfig, load_train_config
+from recursivemas.train.curve import plot_learning_curve
 from recursivemas.train.loop import Stage, fit, train_outer
 from recursivemas.train.setup import Setup, eval_rows, prepare, validation_rows
 from recursivemas.train.updaters import cosine
@@ -33,6 +34,7 @@ def train(config: TrainConfig, stage: Stage = "both", progress: bool = True, res
                   validation_rows=validation_rows(config))
     path = save_links(setup.links, config.output)
     (path / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_learning_curve(summary, path / "learning_curve.png")
     log.info("saved links to %s (%s)", path, _brief(summary))
     return path
 

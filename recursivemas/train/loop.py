@@ -20,10 +20,11 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
+from recursivemas.runtime import Executor
 from recursivemas.train.checkpoints import Checkpoints
 from recursivemas.train.config import OuterStageConfig, TrainConfig
 from recursivemas.train.data import Row
-from recursivemas.train.evaluate import latent_accuracy
+from recursivemas.train.evaluate import answer_correct, latent_accuracy
 from recursivemas.train.inner import InnerExample, agent_prompt, train_inner
 from recursivemas.train.outer import outer_parameters, unroll_loss
 from recursivemas.train.parallel import Wire, World, broadcast_module, sum_scalar
@@ -97,6 +98,7 @@ def fit(setup: Setup, config: TrainConfig, checkpoints: Checkpoints, world: Worl
         if validation_rows:
             validation = Validation(lambda: validation_scores(setup, config, validation_rows, world),
                                     config.validation.every, config.validation.keep)
+            summary["val_accuracy_single"] = decoder_alone_accuracy(setup, config, validation_rows, world)
         losses = train_outer(setup, config.outer, progress, world, checkpoints, state, deepspeed, validation)
         summary.update(outer_loss=losses[-1] if losses else None, outer_losses=losses, outer_steps=config.outer.steps)
         if validation is not None:
@@ -232,6 +234,20 @@ def validation_scores(setup: Setup, config: TrainConfig, rows: list[Row], world:
                                    latent_steps=config.outer.latent_steps)
         accuracy = sum_scalar(world, mine)
     return {"val_accuracy": accuracy, "val_loss": inference_path_loss(setup, config, rows, world)}
+
+
+def decoder_alone_accuracy(setup: Setup, config: TrainConfig, rows: list[Row], world: World) -> float | None:
+    """The decoder alone (``single`` mode) on the validation rows: the line trained links must clear."""
+    if not _whole_on_rank0(config, world):
+        return None
+    mine = 0.0
+    if world.rank == 0:
+        executor = Executor(setup.topology, setup.engines, setup.links)
+        results = executor.run_batch([row.question for row in rows], mode="single",
+                                     generation={"max_new_tokens": config.validation.max_new_tokens,
+                                                 "temperature": 0.0})
+        mine = sum(answer_correct(r.text, row.answer) for r, row in zip(results, rows)) / len(rows)
+    return sum_scalar(world, mine)
 
 
 def inference_path_loss(setup: Setup, config: TrainConfig, rows: list[Row], world: World) -> float:
