@@ -65,22 +65,22 @@ def load_rows(data: DataConfig, split: str = "train", n: int | None = None, path
 
 
 def eval_rows(config: TrainConfig) -> list[Row]:
-    """Held-out rows: ``eval.path``, else the generator's held-out split (disjoint from training), else none."""
-    if config.eval.n == 0:
-        return []
-    if config.eval.path or config.data.generator:
-        return load_rows(config.data, "heldout", config.eval.n, config.eval.path)
-    log.warning("no held-out rows: set `eval.path` to a JSONL file to score the trained links after training")
-    return []
+    """Held-out rows scored after training: ``eval.path``, else the generator's held-out (test) split."""
+    return _split_rows(config, "heldout", "eval", "score the trained links after training")
 
 
 def validation_rows(config: TrainConfig) -> list[Row]:
-    """Rows scored during training: ``validation.path``, else the generator's validation split, else none."""
-    if config.validation.n == 0:
+    """Rows scored during training: ``validation.path``, else the generator's validation split."""
+    return _split_rows(config, "validation", "validation", "follow accuracy during training")
+
+
+def _split_rows(config: TrainConfig, split: str, section: str, purpose: str) -> list[Row]:
+    settings = getattr(config, section)
+    if settings.n == 0:
         return []
-    if config.validation.path or config.data.generator:
-        return load_rows(config.data, "validation", config.validation.n, config.validation.path)
-    log.warning("no validation rows: set `validation.path` to a JSONL file to follow accuracy during training")
+    if settings.path or config.data.generator:
+        return load_rows(config.data, split, settings.n, settings.path)
+    log.warning("no %s rows: set `%s.path` to a JSONL file to %s", section, section, purpose)
     return []
 
 
