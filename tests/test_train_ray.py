@@ -67,17 +67,20 @@ def single_process(config):
     return train_outer(setup, config.outer, progress=False), setup
 
 
-@pytest.mark.parametrize("pattern,placement,workers", [
-    ("sequential", "replicated", 2), ("sequential", "pipelined", 1),
-    ("mixture", "replicated", 2),
-    ("mixture", "pipelined", 2),  # two data-parallel copies of a two-stage pipeline: 4 ranks
+@pytest.mark.parametrize("pattern,placement,workers,forcing", [
+    ("sequential", "replicated", 2, "rollout"), ("sequential", "pipelined", 1, "rollout"),
+    ("sequential", "pipelined", 1, "role_text"),  # the paper's recipe: teacher-forced role texts cross ranks
+    ("mixture", "replicated", 2, "rollout"),
+    ("mixture", "pipelined", 2, "rollout"),  # two data-parallel copies of a two-stage pipeline: 4 ranks
 ])
-def test_placement_matches_single_process(root, ray_cluster, pattern, placement, workers):
+def test_placement_matches_single_process(root, ray_cluster, pattern, placement, workers, forcing):
+    """Rollout forcing: each upstream rollout runs on its backbone's rank and the hand-off's gradient crosses back."""
     config = load_train_config(root / f"{pattern}-train.yaml")
+    config.outer.forcing = forcing
     expected_losses, expected = single_process(config)
     config = config.model_copy(update={
         "cluster": ClusterTrainConfig(placement=placement, workers=workers, cpus_per_worker=0.5),
-        "output": str(root / "out" / f"{pattern}-{placement}-{workers}"),
+        "output": str(root / "out" / f"{pattern}-{placement}-{workers}-{forcing}"),
     })
     result = train_on_ray(config, stage="outer")
     assert result.metrics["outer_losses"] == pytest.approx(expected_losses, abs=1e-5)
@@ -117,12 +120,15 @@ def test_train_command_on_ray_runs_both_stages_and_evaluates(root, ray_cluster, 
     config = yaml.safe_load((root / "sequential-train.yaml").read_text())
     config.update(data={"generator": "basic_arithmetic", "n": 4, "seed": 3}, targets={},
                   inner={"steps": 2, "batch_size": 2}, eval={"n": 2, "max_new_tokens": 4},
+                  validation={"n": 2, "every": 2, "max_new_tokens": 4},
                   cluster={"placement": "replicated", "workers": 2, "cpus_per_worker": 0.5}, output="out/cli")
     (root / "cli-train.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", "--config", str(root / "cli-train.yaml")]) == 0
     printed = json.loads(capsys.readouterr().out.splitlines()[-2])
     assert printed["outer_steps"] == 3 and printed["eval_rows"] == 2
     assert printed["eval_answer_loss"] > 0 and 0 <= printed["eval_accuracy"] <= 1
+    assert [c["step"] for c in printed["validation_curve"]] == [0, 2, 3]  # before, every 2 steps, after the last
+    assert printed["best_step"] in (0, 2, 3) and 0 <= printed["val_accuracy_single"] <= 1
 
     local = load_train_config(root / "cli-train.yaml")
     local.cluster = None
