@@ -127,8 +127,9 @@ def test_train_command_on_ray_runs_both_stages_and_evaluates(root, ray_cluster, 
     printed = json.loads(capsys.readouterr().out.splitlines()[-2])
     assert printed["outer_steps"] == 3 and printed["eval_rows"] == 2
     assert printed["eval_answer_loss"] > 0 and 0 <= printed["eval_accuracy"] <= 1
-    assert [c["step"] for c in printed["validation_curve"]] == [0, 2, 3]  # before, every 2 steps, after the last
-    assert printed["best_step"] in (0, 2, 3) and 0 <= printed["val_accuracy_single"] <= 1
+    summary = json.loads((root / "out" / "cli" / "train_summary.json").read_text())
+    assert [c["step"] for c in summary["validation_curve"]] == [0, 2, 3]  # before, every 2 steps, after the last
+    assert summary["best_step"] in (0, 2, 3) and 0 <= summary["val_accuracy_single"] <= 1
 
     local = load_train_config(root / "cli-train.yaml")
     local.cluster = None
