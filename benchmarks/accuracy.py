@@ -160,7 +160,7 @@ def main() -> None:
         mine = [r.correct for r in results["latent_r3"]]
         for other, key in P_KEYS.items():
             if other in results:
-                paired[key] = round(mcnemar_exact(mine, [r.correct for r in results[other]]), 4)
+                paired[key] = float(f"{mcnemar_exact(mine, [r.correct for r in results[other]]):.3g}")
     checks = {}
     a = acc.get("acc_latent_r3")
     if a is not None:
@@ -189,7 +189,7 @@ def markdown(line: dict, summary: dict, command: str) -> str:
             "decoded tokens / item |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, c in summary.items():
         key = P_KEYS.get(name)
-        p = f"{line[key]:.4f}" if key in line else ""
+        p = f"{line[key]:.3g}" if key in line else ""
         rows.append(f"| {name} | {c.mode} | {c.rounds} | {c.accuracy:.3f} | {p} | {c.wall_s_per_item:.2f} | "
                     f"{c.decoded_tokens_per_item:.1f} |")
     return "\n".join(rows) + "\n"
