@@ -37,7 +37,7 @@ from recursivemas.config import load_topology  # noqa: E402
 from recursivemas.eval.datasets import load_eval_dataset  # noqa: E402
 from recursivemas.eval.harness import ItemResult, evaluate, summarise  # noqa: E402
 from recursivemas.eval.report import machine  # noqa: E402
-from recursivemas.eval.stats import mcnemar_exact  # noqa: E402
+from recursivemas.eval.stats import discordant, mcnemar_exact  # noqa: E402
 from recursivemas.runtime.local import InProcessRunner  # noqa: E402
 from recursivemas.train.config import load_train_config  # noqa: E402
 
@@ -160,7 +160,10 @@ def main() -> None:
         mine = [r.correct for r in results["latent_r3"]]
         for other, key in P_KEYS.items():
             if other in results:
-                paired[key] = float(f"{mcnemar_exact(mine, [r.correct for r in results[other]]):.3g}")
+                theirs = [r.correct for r in results[other]]
+                paired[key] = float(f"{mcnemar_exact(mine, theirs):.3g}")
+                # (items only latent r3 gets right, items only the other gets right): what the test weighs
+                paired[key.replace("p_", "discordant_", 1)] = list(discordant(mine, theirs))
     checks = {}
     a = acc.get("acc_latent_r3")
     if a is not None:
@@ -185,12 +188,14 @@ def main() -> None:
 
 def markdown(line: dict, summary: dict, command: str) -> str:
     rows = [f"# {line['topology']}: {line['n']} held-out items\n", f"Machine: {line['machine']}.  ",
-            f"Command: `{command}`\n", "| cell | mode | rounds | accuracy | p (latent r3 vs) | wall s / item | "
-            "decoded tokens / item |", "|---|---|---:|---:|---:|---:|---:|"]
+            f"Command: `{command}`\n",
+            "| cell | mode | rounds | accuracy | latent r3 wins / losses | p (latent r3 vs) | wall s / item | "
+            "decoded tokens / item |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, c in summary.items():
         key = P_KEYS.get(name)
         p = f"{line[key]:.3g}" if key in line else ""
-        rows.append(f"| {name} | {c.mode} | {c.rounds} | {c.accuracy:.3f} | {p} | {c.wall_s_per_item:.2f} | "
+        split = " / ".join(map(str, line[key.replace("p_", "discordant_", 1)])) if key in line else ""
+        rows.append(f"| {name} | {c.mode} | {c.rounds} | {c.accuracy:.3f} | {split} | {p} | {c.wall_s_per_item:.2f} | "
                     f"{c.decoded_tokens_per_item:.1f} |")
     return "\n".join(rows) + "\n"
 

@@ -31,9 +31,9 @@ PLACEHOLDERS = frozenset({"answer", "your answer", "final answer", "the answer",
 answer, so the scorer reads on (an earlier box, "The answer is 7", the last number)."""
 
 
-def with_boxed(question: str) -> str:
-    """``question`` followed by :data:`BOXED_INSTRUCTION`."""
-    return f"{question.rstrip()}\n\n{BOXED_INSTRUCTION}"
+def with_boxed(question: str, instruction: str = BOXED_INSTRUCTION) -> str:
+    """``question`` followed, after a blank line, by ``instruction`` (:data:`BOXED_INSTRUCTION` unless told)."""
+    return f"{question.rstrip()}\n\n{instruction}"
 
 # A number as models write it: optional sign (only where it cannot be a binary minus), optional "$", thousands
 # commas, decimals, an optional "/denominator" and an optional trailing percent sign.

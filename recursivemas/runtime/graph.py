@@ -21,7 +21,6 @@ class Turn:
     """One agent's turn in one round: whether it decodes the answer, and whom it hands its thoughts to."""
 
     round: int
-    final: bool
     agent: str
     decodes: bool  # the decoder in the final round: it writes the answer and hands nothing on
     handoffs: tuple[tuple[str, bool], ...]  # (target agent, along a feedback edge into the next round)
@@ -73,11 +72,11 @@ class Plan:
     def turn(self, round_: int, rounds: int, agent: str) -> Turn:
         final = round_ == rounds
         if final and agent == self.decoder:
-            return Turn(round_, True, agent, True, ())
+            return Turn(round_, agent, True, ())
         handoffs = [(dst, False) for dst in self.targets[agent]]
         if not final:
             handoffs += [(dst, True) for dst in self.feedback_targets[agent]]
-        return Turn(round_, final, agent, False, tuple(handoffs))
+        return Turn(round_, agent, False, tuple(handoffs))
 
     def schedule(self, rounds: int) -> Iterator[tuple[Turn, ...]]:
         """Every level of every round, in execution order; the turns of one level may run at once."""
@@ -94,7 +93,7 @@ class Plan:
 
     def single(self) -> tuple[Turn, ...]:
         """The ``single`` mode's one level: the decoder alone, answering in one turn."""
-        return (Turn(1, True, self.decoder, True, ()),)
+        return (Turn(1, self.decoder, True, ()),)
 
     def used_edges(self, rounds: int) -> list[tuple[str, str]]:
         """The outer links a run of ``rounds`` rounds reads (feedback links only with ``rounds > 1``)."""

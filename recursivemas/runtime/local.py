@@ -21,11 +21,13 @@ log = logging.getLogger("recursivemas")
 
 
 def load_engines(topology: Topology) -> dict[str, BackboneEngine]:
-    engines = {}
-    for name, cfg in topology.backbones.items():
-        log.info("loading backbone %s (%s)", name, cfg.model)
-        engines[name] = BackboneEngine.load(resolve_model(cfg.model), dtype=cfg.dtype, device=cfg.device, name=name)
-    return engines
+    return {name: load_engine(name, cfg) for name, cfg in topology.backbones.items()}
+
+
+def load_engine(name: str, cfg) -> BackboneEngine:
+    """One backbone of a topology (``cfg`` is its ``backbones:`` entry), loaded in this process."""
+    log.info("loading backbone %s (%s)", name, cfg.model)
+    return BackboneEngine.load(resolve_model(cfg.model), dtype=cfg.dtype, device=cfg.device, name=name)
 
 
 def build_links(topology: Topology, backbones: Mapping[str, object], seed: int = 0) -> LinkSet:
@@ -76,9 +78,7 @@ class InProcessRunner:
         for name, cfg in topology.backbones.items():
             key = (cfg.model, cfg.dtype, cfg.device)
             if key not in self._engines:
-                log.info("loading backbone %s (%s)", name, cfg.model)
-                self._engines[key] = BackboneEngine.load(resolve_model(cfg.model), dtype=cfg.dtype, device=cfg.device,
-                                                         name=name)
+                self._engines[key] = load_engine(name, cfg)
             engines[name] = self._engines[key]
         executor = Executor(topology, engines, build_links(topology, engines))
         self._systems[topology.name] = (topology, executor)

@@ -34,7 +34,7 @@ def evaluate(topology: Topology, engines: Mapping[str, object], links: LinkSet, 
     ``answer_loss`` is the mean cross-entropy of the decoder's final-round target (``targets`` maps agents to row
     fields as ``TrainConfig.targets`` does; unnamed agents read ``answer``), unrolled with ``forcing``
     (``role_text`` reads the upstream agents' fields, up to ``max_latent_tokens`` states). ``accuracy`` is
-    :func:`latent_accuracy`.
+    :func:`answer_accuracy` in latent mode.
     """
     if not rows:
         raise ValueError("evaluate: pass at least one row")
@@ -52,19 +52,20 @@ def evaluate(topology: Topology, engines: Mapping[str, object], links: LinkSet, 
             ]
     finally:
         links.train(was_training)
-    accuracy = latent_accuracy(topology, engines, links, rows, max_new_tokens)
+    accuracy = answer_accuracy(topology, engines, links, rows, max_new_tokens)
     return {"answer_loss": sum(losses) / len(losses), "accuracy": accuracy, "rows": float(len(rows))}
 
 
-def latent_accuracy(topology: Topology, engines: Mapping[str, object], links: LinkSet, rows: Sequence[Row],
-                    max_new_tokens: int = 16, latent_steps: int | None = None) -> float:
-    """The fraction of rows whose latent-mode answer, greedily decoded up to ``max_new_tokens`` tokens, is right
-    (:func:`answer_correct`): what a user of the trained system would see."""
+def answer_accuracy(topology: Topology, engines: Mapping[str, object], links: LinkSet, rows: Sequence[Row],
+                    max_new_tokens: int = 16, latent_steps: int | None = None, mode: str = "latent") -> float:
+    """The fraction of rows whose answer in ``mode`` (``latent``: what a user of the trained system sees;
+    ``single``: the decoder alone), greedily decoded up to ``max_new_tokens`` tokens, is right
+    (:func:`answer_correct`)."""
     was_training = links.training
     links.eval()
     try:
         executor = Executor(topology, engines, links)
-        results = executor.run_batch([row.question for row in rows], mode="latent", latent_steps=latent_steps,
+        results = executor.run_batch([row.question for row in rows], mode=mode, latent_steps=latent_steps,
                                      generation={"max_new_tokens": max_new_tokens, "temperature": 0.0})
     finally:
         links.train(was_training)

@@ -20,11 +20,10 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
-from recursivemas.runtime import Executor
 from recursivemas.train.checkpoints import Checkpoints
 from recursivemas.train.config import OuterStageConfig, TrainConfig
 from recursivemas.train.data import Row
-from recursivemas.train.evaluate import answer_correct, latent_accuracy
+from recursivemas.train.evaluate import answer_accuracy
 from recursivemas.train.inner import InnerExample, agent_prompt, train_inner
 from recursivemas.train.outer import outer_parameters, unroll_loss
 from recursivemas.train.parallel import Wire, World, broadcast_module, sum_scalar
@@ -98,7 +97,7 @@ def fit(setup: Setup, config: TrainConfig, checkpoints: Checkpoints, world: Worl
         if validation_rows:
             validation = Validation(lambda: validation_scores(setup, config, validation_rows, world),
                                     config.validation.every, config.validation.keep)
-            summary["val_accuracy_single"] = decoder_alone_accuracy(setup, config, validation_rows, world)
+            summary["val_accuracy_single"] = rank0_accuracy(setup, config, validation_rows, world, "single")
         losses = train_outer(setup, config.outer, progress, world, checkpoints, state, deepspeed, validation)
         summary.update(outer_loss=losses[-1] if losses else None, outer_losses=losses, outer_steps=config.outer.steps)
         if validation is not None:
@@ -212,9 +211,7 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
 
 
 def _validate(validation: Validation, step: int, links, bar) -> dict:
-    was_training = links.training
     scores = validation.record(step, links)
-    links.train(was_training)
     accuracy = "n/a" if scores["val_accuracy"] is None else f"{scores['val_accuracy']:.3f}"
     message = f"validation at step {step}: accuracy {accuracy}, loss {scores['val_loss']:.4f}"
     (bar.write if bar is not None else log.info)(message)
@@ -225,36 +222,29 @@ def validation_scores(setup: Setup, config: TrainConfig, rows: list[Row], world:
                       max_new_tokens: int | None = None) -> dict:
     """Latent-mode accuracy (the benchmark's scorer; None where rank 0 cannot run inference alone) and the answer
     loss on the inference path, the same on every rank."""
-    accuracy = None
-    if _whole_on_rank0(config, world):
-        mine = 0.0
-        if world.rank == 0:
-            mine = latent_accuracy(setup.topology, setup.engines, setup.links, rows,
-                                   max_new_tokens or config.validation.max_new_tokens,
-                                   latent_steps=config.outer.latent_steps)
-        accuracy = sum_scalar(world, mine)
+    accuracy = rank0_accuracy(setup, config, rows, world, "latent", max_new_tokens)
     return {"val_accuracy": accuracy, "val_loss": inference_path_loss(setup, config, rows, world)}
 
 
-def decoder_alone_accuracy(setup: Setup, config: TrainConfig, rows: list[Row], world: World) -> float | None:
-    """The decoder alone (``single`` mode) on the validation rows: the line trained links must clear."""
+def rank0_accuracy(setup: Setup, config: TrainConfig, rows: list[Row], world: World, mode: str,
+                   max_new_tokens: int | None = None) -> float | None:
+    """:func:`answer_accuracy` in ``mode``, run on rank 0 and shared with every rank; None where rank 0 cannot run
+    inference alone (``single`` on the validation rows is the line trained links must clear)."""
     if not _whole_on_rank0(config, world):
         return None
     mine = 0.0
     if world.rank == 0:
-        executor = Executor(setup.topology, setup.engines, setup.links)
-        results = executor.run_batch([row.question for row in rows], mode="single",
-                                     generation={"max_new_tokens": config.validation.max_new_tokens,
-                                                 "temperature": 0.0})
-        mine = sum(answer_correct(r.text, row.answer) for r, row in zip(results, rows)) / len(rows)
+        mine = answer_accuracy(setup.topology, setup.engines, setup.links, rows,
+                               max_new_tokens or config.validation.max_new_tokens,
+                               latent_steps=config.outer.latent_steps, mode=mode)
     return sum_scalar(world, mine)
 
 
 def inference_path_loss(setup: Setup, config: TrainConfig, rows: list[Row], world: World) -> float:
     """The decoder's mean target loss with every hand-off from a real latent rollout: the path users run, whatever
     the training forcing (a loss measured on teacher-forced hand-offs can fall while answers do not improve)."""
-    if not _whole_on_rank0(config, world) and config.cluster and config.cluster.deepspeed:
-        rows = rows[: len(rows) - len(rows) % world.size] or rows[:0]  # ZeRO-3: every rank makes the same calls
+    if _zero3(config):  # ZeRO-3 gathers weights in every module call: every rank must make the same calls
+        rows = rows[: len(rows) - len(rows) % world.size] or rows[:0]
     if not rows:
         return math.nan
     total = 0.0
@@ -267,10 +257,13 @@ def inference_path_loss(setup: Setup, config: TrainConfig, rows: list[Row], worl
     return sum_scalar(world, total) / len(rows)
 
 
+def _zero3(config: TrainConfig) -> bool:
+    return bool(config.cluster and config.cluster.deepspeed and config.cluster.deepspeed.get("stage") == 3)
+
+
 def _whole_on_rank0(config: TrainConfig, world: World) -> bool:
-    """Rank 0 can run latent inference alone: every backbone whole there (not pipelined, not ZeRO-3)."""
-    sharded = bool(config.cluster and config.cluster.deepspeed and config.cluster.deepspeed.get("stage") == 3)
-    return not world.pipelined and not sharded
+    """Rank 0 can run inference alone: every backbone whole there (not pipelined, not sharded by ZeRO-3)."""
+    return not world.pipelined and not _zero3(config)
 
 
 def evaluate_heldout(setup: Setup, config: TrainConfig, rows: list[Row], world: World) -> dict:

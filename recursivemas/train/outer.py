@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -32,8 +32,7 @@ from recursivemas.train.parallel import Wire
 
 Forcing = Literal["rollout", "role_text"]
 Gradient = Literal["truncated", "full"]
-FORCINGS: tuple[str, ...] = ("rollout", "role_text")
-GRADIENTS: tuple[str, ...] = ("truncated", "full")
+FORCINGS: tuple[str, ...] = get_args(Forcing)
 
 
 def answer_loss(engine, prompt, answer: str) -> torch.Tensor:

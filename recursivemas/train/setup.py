@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import torch
 
+from recursivemas.answers import with_boxed
 from recursivemas.config import Topology, load_topology
 from recursivemas.links import LinkSet
 from recursivemas.runtime import Executor, build_links, load_engines
@@ -59,8 +60,7 @@ def load_rows(data: DataConfig, split: str = "train", n: int | None = None, path
                 f"data.solutions: procedural solutions cover plain expressions only; {len(bad)} row(s) have none "
                 "(use `solutions: sampled`):", bad))
     if data.instruction:
-        rows = [row.model_copy(update={"question": f"{row.question.rstrip()}\n\n{data.instruction}"})
-                for row in rows]
+        rows = [row.model_copy(update={"question": with_boxed(row.question, data.instruction)}) for row in rows]
     return rows
 
 
