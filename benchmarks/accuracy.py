@@ -14,7 +14,7 @@ Targets: latent r3 above single (exact McNemar ``p_latent_vs_single`` <= 0.05), 
 at least latent r1. Each cell appends its answers to ``OUT/cells/<cell>.jsonl`` batch by batch, so a rerun with the
 same settings continues where it stopped.
 
-Run: ``python benchmarks/accuracy.py [--topology sequential-demo] [--limit 300] [--max-new-tokens 48]
+Run: ``python benchmarks/accuracy.py [--topology sequential-demo] [--links DIR] [--limit 300] [--max-new-tokens 48]
 [--prompt-tuned runs/prompt-tuned] [--cells single,latent_r3,...] [--out eval-results/accuracy]``. Last line: JSON
 with ``acc_<cell>``, ``p_latent_vs_<cell>``, the target checks, and decoded tokens and wall time per item.
 """
@@ -98,6 +98,8 @@ def soft_prompt_runner(topology, directory: str):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--topology", default="sequential-demo")
+    parser.add_argument("--links", help="trained links to score instead of the topology's (a `recursivemas train` "
+                                         "output directory)")
     parser.add_argument("--limit", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -121,6 +123,8 @@ def main() -> None:
         cells = [c for c in cells if c != "prompt_tuned"]
 
     trained = load_topology(args.topology)
+    if args.links:
+        trained = trained.replace(links=str(Path(args.links).resolve()))
     trained = trained.replace(generation={**trained.generation.model_dump(), "max_new_tokens": args.max_new_tokens})
     systems = {"trained": trained, "untrained": trained.replace(links=None, name=f"{trained.name}-untrained"),
                "prompt_tuned": trained}

@@ -31,3 +31,17 @@ def test_no_disagreement_and_even_splits_give_one():
 def test_unpaired_results_are_refused():
     with pytest.raises(ValueError, match="same items"):
         mcnemar_exact([True], [True, False])
+
+
+def test_paired_benchmark_compares_cell_files_item_by_item(tmp_path):
+    from benchmarks.paired import answers, compare
+
+    def cell(name, correct):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(f'{{"id": "q{i}", "correct": {str(c).lower()}}}\n' for i, c in enumerate(correct)))
+        return answers(str(path))
+
+    a, b = cell("a", [True] * 6 + [False] * 4), cell("b", [False] * 10)
+    assert compare(a, b) == {"n": 10, "acc_a": 0.6, "acc_b": 0.0, "p": 0.0312, "discordant": [6, 0]}
+    with pytest.raises(SystemExit, match="first difference at item 0"):
+        compare(a, [{**r, "id": "other"} for r in b])

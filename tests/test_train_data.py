@@ -199,3 +199,14 @@ def test_sampled_solutions_keep_the_first_accepted_sample():
     found = sampled_solutions(["ab", "abc", "x"], ["3", "3", "9"], sample, tries=3)
     assert found == ["attempt 1: \\boxed{3}", "attempt 0: \\boxed{3}", None]
     assert calls == [(["ab", "abc", "x"], 0), (["ab", "x"], 1), (["x"], 2)]  # solved questions are not resampled
+
+
+def test_sampled_solutions_leave_training_rows_to_the_decoder_and_give_checks_a_reference_working():
+    from recursivemas.train.config import DataConfig
+    from recursivemas.train.setup import load_rows
+
+    data = DataConfig(generator="basic_arithmetic", n=6, options=EASY, solutions="sampled")
+    assert all(row.target("solution") is None for row in load_rows(data, "train"))  # sampled later, by the decoder
+    for split in ("validation", "heldout"):
+        rows = load_rows(data, split)
+        assert rows and all(row.target("solution").endswith(f"\\boxed{{{row.answer}}}.") for row in rows)

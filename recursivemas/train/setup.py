@@ -41,21 +41,25 @@ class Setup:
         return {agent: row.target(field) for agent, field in self.targets.items()}
 
     def decoder_target(self, row: Row) -> str:
-        """What the decoder is trained to write for ``row``: its target field (a worked solution, or the answer)."""
-        return row.target(self.targets[self.topology.decoder])
+        """What the decoder is trained to write for ``row``: its target field (a worked solution, or the answer); the
+        answer for a validation or test row that has no reference working (``solutions: sampled``)."""
+        return row.target(self.targets[self.topology.decoder]) or row.answer
 
 
 def load_rows(data: DataConfig, split: str = "train", n: int | None = None, path: str | None = None) -> list[Row]:
-    """``n`` rows of a split, framed as the eval frames them (``data.instruction``), with procedural solutions."""
+    """``n`` rows of a split, framed as the eval frames them (``data.instruction``), with procedural solutions.
+
+    Under ``solutions: sampled`` the validation and test rows get the procedural working where there is one, as the
+    reference for their loss: sampling them would keep only the rows the decoder already solves."""
     n = data.n if n is None else n
     if path or (data.path and split == "train"):
         return load_jsonl(path or data.path, max_rows=n)
     rows = generate_rows(data.generator, n, data.seed, split=split, options=data.options)
-    if data.solutions == "procedural":
+    if data.solutions == "procedural" or (data.solutions == "sampled" and split != "train"):
         rows = [row.model_copy(update={"solution": procedural_solution(row.question, row.answer)}) for row in rows]
         bad = [f"row {i} ({row.question!r}): no step-by-step working found" for i, row in enumerate(rows, 1)
                if row.target("solution") is None]
-        if bad:
+        if bad and data.solutions == "procedural":
             raise DataError(summarise_problems(
                 f"data.solutions: procedural solutions cover plain expressions only; {len(bad)} row(s) have none "
                 "(use `solutions: sampled`):", bad))
