@@ -53,7 +53,11 @@ class AgentConfig(Strict):
 
 
 class GenerationConfig(Strict):
+    """Sampling for decoded text. ``max_new_tokens`` caps the final answer; ``message_max_new_tokens`` caps each
+    text-mode message an agent writes for the next one (unset: the answer's cap)."""
+
     max_new_tokens: int = Field(256, ge=1)
+    message_max_new_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = None

@@ -83,6 +83,19 @@ def test_completion_and_stream_agree_under_greedy_decoding(http):
     assert "".join(pieces) == text
 
 
+def test_finish_reason_comes_from_the_engine(http):
+    """Cut at the topology's default budget (no max_tokens sent: nothing to guess from) is "length" in the
+    completion, the stream and gRPC alike; the tiny models never reach end-of-turn within 8 tokens."""
+    client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused")
+    messages = [{"role": "user", "content": "What is 2+3?"}]
+    completion = client.chat.completions.create(model="seq", messages=messages, temperature=0)
+    assert completion.usage.model_extra["recursivemas"]["answer_tokens"] == 8  # generation.max_new_tokens
+    assert completion.choices[0].finish_reason == "length"
+    finals = [c.choices[0].finish_reason for c in client.chat.completions.create(
+        model="seq", messages=messages, temperature=0, stream=True) if c.choices and c.choices[0].finish_reason]
+    assert finals == ["length"]
+
+
 def test_two_topologies_share_backbone_deployments(http):
     from ray import serve
 
@@ -178,7 +191,9 @@ def test_grpc_gets_the_same_answer_as_http(server):
         reply = stub.Run(request, metadata=metadata, timeout=60)
         assert reply.text == expected and reply.usage.completion_tokens > 0
         chunks = list(stub.RunStream(request, metadata=metadata, timeout=60))
-        assert "".join(c.delta for c in chunks) == expected and chunks[-1].finish_reason
+        assert "".join(c.delta for c in chunks) == expected and chunks[-1].finish_reason == reply.finish_reason
+        assert stub.Run(pb.RunRequest(model="seq", prompt="What is 2+3?", temperature=0), metadata=metadata,
+                        timeout=60).finish_reason == "length"  # cut at the topology's 8 tokens
         with pytest.raises(grpc.RpcError) as info:
             stub.Run(pb.RunRequest(model="nope", prompt="x"), metadata=metadata, timeout=60)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND and "seq" in info.value.details()

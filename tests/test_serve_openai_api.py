@@ -15,7 +15,7 @@ from recursivemas.serve.openai_api import (
     ChatCompletionRequest, Limits, parse_payload, parse_request, question_from_messages,
 )
 from recursivemas.serve.openai_responses import (
-    SSE_DONE, SSE_HEADERS, ChunkStream, chunk_body, completion_body, finish_reason, models_body, sse, usage_body,
+    SSE_DONE, SSE_HEADERS, ChunkStream, chunk_body, completion_body, models_body, sse, usage_body,
 )
 
 LIMITS = Limits(max_tokens=256, max_rounds=4, max_latent_steps=64, max_body_bytes=4096, max_messages=6)
@@ -27,7 +27,7 @@ def body(**fields) -> bytes:
     return json.dumps({"model": "sequential-demo", "messages": USER, **fields}).encode()
 
 
-def result(mode="latent", answer_tokens=12) -> RunResult:
+def result(mode="latent", answer_tokens=12, finish="stop") -> RunResult:
     usage = [
         AgentUsage(agent="planner", round=r, backbone="smol", kind="latent", prompt_tokens=20, latent_steps=8,
                    wall_s=0.1) for r in (1, 2)
@@ -35,10 +35,11 @@ def result(mode="latent", answer_tokens=12) -> RunResult:
         AgentUsage(agent="critic", round=1, backbone="gemma", kind="text", prompt_tokens=30, decoded_tokens=5,
                    message="ok"),
         AgentUsage(agent="solver", round=2, backbone="smol", kind="answer", prompt_tokens=40,
-                   decoded_tokens=answer_tokens, latent_in=8, message="36"),
+                   decoded_tokens=answer_tokens, latent_in=8, message="36",
+                   finish_reason="length" if finish == "length" else "eos"),
     ]
     return RunResult(question="What is 15% of 240?", text="36", mode=mode, rounds=2, latent_steps=8, wall_s=1.25,
-                     usage=usage)
+                     usage=usage, finish_reason=finish)
 
 
 # ------------------------------------------------------------------------------------------------ bad requests
@@ -258,15 +259,19 @@ def test_completion_body():
     assert out["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "36"}, "finish_reason": "stop",
                                "logprobs": None}]
     assert out["usage"] == usage_body(result())
-    assert completion_body("chatcmpl-x", "m", None, "", result(), "length")["id"] == "chatcmpl-x"
+    cut = completion_body("chatcmpl-x", "m", None, "", result(finish="length"))
+    assert cut["id"] == "chatcmpl-x" and cut["choices"][0]["finish_reason"] == "length"
+    assert completion_body("x", "m", None, "", result(finish="length").to_dict())["choices"][0]["finish_reason"] == (
+        "length")  # from an actor, as a dict
     assert isinstance(completion_body("x", "m", None, "", result())["created"], int)
     json.dumps(out)
 
 
-def test_finish_reason():
-    assert finish_reason(result(answer_tokens=12), 12) == "length"
-    assert finish_reason(result(answer_tokens=11), 12) == "stop"
-    assert finish_reason(result(), None) == "stop"
+def test_finish_reason_is_the_runs_not_a_guess_from_token_counts():
+    # 12 tokens of a 12-token budget that ended on end-of-turn is a stop; the reason comes from the engine
+    assert completion_body("a", "m", 1, "36", result(answer_tokens=12))["choices"][0]["finish_reason"] == "stop"
+    assert completion_body("a", "m", 1, "36", result(answer_tokens=3, finish="length"))["choices"][0][
+        "finish_reason"] == "length"
 
 
 def test_chunk_bodies():
@@ -305,7 +310,7 @@ def test_sse_framing():
 def test_chunk_stream(include_usage):
     stream = ChunkStream("abc", "sequential-demo", created=7, include_usage=include_usage)
     pieces = ["3", "6", "", " is the answer\n"]
-    raw = stream.start() + b"".join(stream.delta(p) for p in pieces) + stream.end(result(), "stop")
+    raw = stream.start() + b"".join(stream.delta(p) for p in pieces) + stream.end(result())
     got = events(raw)
     assert got[-1] == "[DONE]"
     chunks = got[:-1]
@@ -346,7 +351,7 @@ def test_openai_models_accept_our_bodies():
     import openai.types as openai_types
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-    done = ChatCompletion.model_validate(completion_body("abc", "sequential-demo", 1, "36", result(), "length"))
+    done = ChatCompletion.model_validate(completion_body("abc", "sequential-demo", 1, "36", result(finish="length")))
     assert done.choices[0].message.content == "36" and done.choices[0].finish_reason == "length"
     assert done.usage.prompt_tokens == 110 and done.usage.completion_tokens == 17
     assert done.usage.completion_tokens_details.reasoning_tokens == 5
@@ -420,7 +425,7 @@ def openai_server():
             if req.user == "fail-mid-stream":
                 self.wfile.write(stream.error(APIError.internal(request_id)))
             else:
-                self.wfile.write(stream.end(run, "stop"))
+                self.wfile.write(stream.end(run))
             self.close_connection = True
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

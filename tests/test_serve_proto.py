@@ -26,12 +26,13 @@ LIMITS = Limits(max_tokens=256, max_rounds=4, max_latent_steps=64, max_body_byte
 MODELS = ("sequential-demo",)
 
 
-def result() -> RunResult:
+def result(finish: str = "stop") -> RunResult:
     usage = [
         AgentUsage(agent="planner", round=1, backbone="smol", kind="latent", prompt_tokens=20, latent_steps=8),
         AgentUsage(agent="solver", round=1, backbone="smol", kind="answer", prompt_tokens=40, decoded_tokens=3),
     ]
-    return RunResult(question="q", text="36", mode="latent", rounds=1, latent_steps=8, wall_s=0.5, usage=usage)
+    return RunResult(question="q", text="36", mode="latent", rounds=1, latent_steps=8, wall_s=0.5, usage=usage,
+                     finish_reason=finish)
 
 
 def test_stubs_import_and_name_the_service():
@@ -58,7 +59,7 @@ def test_messages_round_trip():
     assert back == req and back.temperature == 0.7  # double: no float32 rounding
     assert back.HasField("latent_steps") and back.latent_steps == 0  # explicit presence: 0 is not "unset"
     assert not pb.RunRequest(model="m").HasField("latent_steps")
-    resp = grpc_api.response_to_proto("id1", "sequential-demo", "36", result(), "length")
+    resp = grpc_api.response_to_proto("id1", "sequential-demo", "36", result("length"))
     back = pb.RunResponse.FromString(resp.SerializeToString())
     assert back == resp and back.usage.agents[1].decoded_tokens == 3 and back.finish_reason == "length"
     chunk = grpc_api.final_chunk_to_proto("id1", "m", result())

@@ -8,6 +8,14 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Kind = Literal["latent", "text", "answer"]
+EngineFinish = Literal["eos", "stop", "length"]  # why the engine stopped decoding: end of turn, a stop string, budget
+Finish = Literal["stop", "length"]  # OpenAI's finish_reason: ``length`` when the answer was cut off
+
+
+def openai_finish(reason: EngineFinish | None) -> Finish:
+    """The engine's reason as OpenAI reports it: ``eos`` and ``stop`` are ``stop``; ``length`` (``max_tokens``, the
+    topology's budget or the context window ran out) is ``length``."""
+    return "length" if reason == "length" else "stop"
 
 
 class AgentUsage(BaseModel):
@@ -29,6 +37,7 @@ class AgentUsage(BaseModel):
     tool_calls: int = 0
     wall_s: float = 0.0
     message: str | None = None  # the decoded text, for text-mode messages and answers
+    finish_reason: EngineFinish | None = None  # decoding turns: why the (last) generation stopped
 
 
 class Totals(BaseModel):
@@ -46,6 +55,7 @@ class RunResult(BaseModel):
     latent_steps: int
     wall_s: float
     usage: list[AgentUsage] = Field(default_factory=list)
+    finish_reason: Finish = "stop"  # the answer's, as OpenAI reports it (:func:`openai_finish`)
 
     @property
     def totals(self) -> Totals:

@@ -26,7 +26,7 @@ from recursivemas import prompts
 from recursivemas.actors.inputs import Prompt
 from recursivemas.config import Mode, Topology
 from recursivemas.links import LinkSet
-from recursivemas.runtime.accounting import AgentUsage, RunResult
+from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
 from recursivemas.runtime.backend import as_backend
 from recursivemas.runtime.graph import Plan, Turn
 from recursivemas.runtime.tools import STOP_STRINGS, PythonTool, Toolbox, final_answer, run_tool_loop
@@ -53,6 +53,7 @@ class _QuestionState:
     feedback: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
     next_feedback: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
     answer: str = ""
+    finish: str | None = None  # why the answer's generation stopped
     usage: list[AgentUsage] = field(default_factory=list)
 
     def new_round(self) -> None:
@@ -70,7 +71,15 @@ class _Run:
     questions: list[_QuestionState]
     on_turn: Callable[[AgentUsage], None] | None = None
     on_delta: Callable[[str], None] | None = None
-    sampling: dict = field(default_factory=dict)
+    sampling: dict = field(default_factory=dict)  # the answer's; messages get ``message_max_new_tokens``
+
+    def sampling_for(self, turn: _Turn) -> dict:
+        """The engine's sampling settings for a decoding turn: an answer's, or a text-mode message's budget."""
+        out = {k: v for k, v in self.sampling.items() if k != "message_max_new_tokens"}
+        message_budget = self.sampling.get("message_max_new_tokens")
+        if turn.usage.kind == "text" and message_budget is not None:
+            out["max_new_tokens"] = message_budget
+        return out
 
 
 class Executor:
@@ -122,8 +131,8 @@ class Executor:
         sampling = {**self._sampling(), **(generation or {})}
         unknown = sorted(set(sampling) - set(self._sampling()) - {"stop"})
         if unknown:
-            raise ValueError(f"generation: unknown setting(s) {unknown}; use max_new_tokens, temperature, top_p, "
-                             "seed or stop")
+            raise ValueError(f"generation: unknown setting(s) {unknown}; use max_new_tokens, "
+                             "message_max_new_tokens, temperature, top_p, seed or stop")
         run = _Run(mode, rounds, steps, [_QuestionState(q) for q in questions], on_turn, on_delta, sampling)
         schedule = [self.plan.single()] if mode == "single" else self.plan.schedule(rounds)
         round_ = 0
@@ -137,7 +146,8 @@ class Executor:
         wall = time.perf_counter() - start
         return [
             RunResult(question=s.question, text=s.answer, mode=mode, rounds=1 if mode == "single" else rounds,
-                      latent_steps=steps if mode == "latent" else 0, wall_s=wall, usage=s.usage)
+                      latent_steps=steps if mode == "latent" else 0, wall_s=wall, usage=s.usage,
+                      finish_reason=openai_finish(s.finish))
             for s in run.questions
         ]
 
@@ -157,13 +167,13 @@ class Executor:
             state = run.questions[turn.question]
             state.usage.append(turn.usage)
             if turn.usage.kind == "answer":
-                state.answer = turn.message or ""
+                state.answer, state.finish = turn.message or "", turn.usage.finish_reason
             if run.on_turn is not None:
                 run.on_turn(turn.usage)
         return done
 
     def _call(self, backbone_name: str, turns: list[_Turn], run: _Run) -> list[_Turn]:
-        steps, on_delta, sampling = run.steps, run.on_delta, run.sampling
+        steps, on_delta = run.steps, run.on_delta
         backend = self.backends[backbone_name]
         start = time.perf_counter()
         latent = [t for t in turns if t.usage.kind == "latent"]
@@ -180,13 +190,15 @@ class Executor:
         streamed = [t for t in plain if on_delta is not None and t.usage.kind == "answer"]
         plain = [t for t in plain if t not in streamed]
         for turn in streamed:
-            gen = self._stream(backend, turn.prompt, on_delta, sampling)
-            self._record_text(turn, gen.text, len(gen.token_ids), gen.prompt_tokens, gen.latent_tokens)
-        if plain:
-            for turn, gen in zip(plain, backend.generate([t.prompt for t in plain], **sampling)):
-                self._record_text(turn, gen.text, len(gen.token_ids), gen.prompt_tokens, gen.latent_tokens)
+            self._record(turn, self._stream(backend, turn.prompt, on_delta, run.sampling_for(turn)))
+        by_sampling: dict[str, list[_Turn]] = defaultdict(list)  # a message budget of their own: a call of their own
+        for turn in plain:
+            by_sampling[repr(sorted(run.sampling_for(turn).items()))].append(turn)
+        for group in by_sampling.values():
+            for turn, gen in zip(group, backend.generate([t.prompt for t in group], **run.sampling_for(group[0]))):
+                self._record(turn, gen)
         for turn in with_tools:
-            self._tool_turn(backend, turn, sampling)
+            self._tool_turn(backend, turn, run.sampling_for(turn))
         wall = time.perf_counter() - start
         for turn in turns:
             turn.usage.wall_s = wall
@@ -207,27 +219,35 @@ class Executor:
 
     def _tool_turn(self, backend, turn: _Turn, sampling: dict) -> None:
         segments = [*turn.prompt.segments, "\n\n" + self.toolbox.instructions()]
-        counts = {}
+        generations = []
 
         def generate(prefix: str) -> tuple[str, int]:
             gen = backend.generate([Prompt(segments, prefix)], **{**sampling, "stop": STOP_STRINGS})[0]
-            counts.setdefault("prompt", (gen.prompt_tokens, gen.latent_tokens))
+            generations.append(gen)
             return gen.text, len(gen.token_ids)
 
         text, tokens, results = run_tool_loop(generate, self.toolbox)
-        self._record_text(turn, final_answer(text) if turn.usage.kind == "answer" else text, tokens, *counts["prompt"])
+        first, last = generations[0], generations[-1]  # the prompt as first read; the reason the loop ended
+        self._record_text(turn, final_answer(text) if turn.usage.kind == "answer" else text, tokens,
+                          first.prompt_tokens, first.latent_tokens, last.finish_reason)
         turn.usage.tool_calls = len(results)
 
+    @classmethod
+    def _record(cls, turn: _Turn, gen) -> None:
+        cls._record_text(turn, gen.text, len(gen.token_ids), gen.prompt_tokens, gen.latent_tokens, gen.finish_reason)
+
     @staticmethod
-    def _record_text(turn: _Turn, text: str, decoded: int, prompt_tokens: int, latent_in: int) -> None:
+    def _record_text(turn: _Turn, text: str, decoded: int, prompt_tokens: int, latent_in: int, finish: str) -> None:
         turn.message = text
         turn.usage.message = text
         turn.usage.decoded_tokens = decoded
         turn.usage.prompt_tokens, turn.usage.latent_in = prompt_tokens, latent_in
+        turn.usage.finish_reason = finish
 
     def _sampling(self) -> dict:
         g = self.topology.generation
-        return dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p, seed=g.seed)
+        return dict(max_new_tokens=g.max_new_tokens, message_max_new_tokens=g.message_max_new_tokens,
+                    temperature=g.temperature, top_p=g.top_p, seed=g.seed)
 
     # --- prompts and hand-offs -----------------------------------------------------------------------------------
     def _prompt(self, agent: str, state: _QuestionState, with_slots: bool) -> Prompt:

@@ -31,7 +31,7 @@ from recursivemas.runtime import Executor, build_links
 from recursivemas.serve.batcher import AdaptiveBatcher
 from recursivemas.serve.errors import APIError, error_body, new_request_id
 from recursivemas.serve.openai_api import Limits, parse_request
-from recursivemas.serve.openai_responses import SSE_HEADERS, ChunkStream, completion_body, finish_reason, models_body
+from recursivemas.serve.openai_responses import SSE_HEADERS, ChunkStream, completion_body, models_body
 
 log = logging.getLogger("recursivemas")
 POOL_THREADS = 64  # concurrent runs (and backbone calls) a replica keeps in flight
@@ -256,8 +256,7 @@ def make_ingress(app):
             except Exception as exc:  # noqa: BLE001 - any failure is this request's, not the server's
                 err = _as_api_error(exc, request_id)
                 return JSONResponse(error_body(err, request_id), status_code=err.status, headers=headers)
-            body = completion_body(request_id, req.model, int(time.time()), result["text"], result,
-                                   finish_reason(result, req.max_new_tokens))
+            body = completion_body(request_id, req.model, int(time.time()), result["text"], result)
             return JSONResponse(body, headers=headers)
 
         # --- gRPC (the same validation and runs; served through Ray Serve's gRPC proxy) ----------------------------
@@ -271,8 +270,7 @@ def make_ingress(app):
             except Exception as exc:  # noqa: BLE001
                 _grpc_fail(grpc_context, exc, request_id)
                 return grpc_api.pb.RunResponse(id=request_id)
-            return grpc_api.response_to_proto(request_id, req.model, result["text"], result,
-                                              finish_reason(result, req.max_new_tokens))
+            return grpc_api.response_to_proto(request_id, req.model, result["text"], result)
 
         async def RunStream(self, request, grpc_context=None):  # noqa: N802
             from recursivemas.serve import grpc_api
@@ -284,8 +282,7 @@ def make_ingress(app):
                     if isinstance(item, str):
                         yield grpc_api.chunk_to_proto(request_id, req.model, item)
                     else:
-                        yield grpc_api.final_chunk_to_proto(request_id, req.model, item,
-                                                            finish_reason(item, req.max_new_tokens))
+                        yield grpc_api.final_chunk_to_proto(request_id, req.model, item)
             except Exception as exc:  # noqa: BLE001
                 _grpc_fail(grpc_context, exc, request_id)
 
@@ -297,7 +294,7 @@ def make_ingress(app):
                     if isinstance(item, str):
                         yield chunks.delta(item)
                     else:
-                        yield chunks.end(item, finish_reason(item, req.max_new_tokens))
+                        yield chunks.end(item)
             except Exception as exc:  # noqa: BLE001
                 yield chunks.error(_as_api_error(exc, request_id))
 

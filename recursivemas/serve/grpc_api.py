@@ -12,7 +12,7 @@ from typing import Any
 from recursivemas.runtime.accounting import RunResult
 from recursivemas.serve.errors import APIError
 from recursivemas.serve.openai_api import ChatCompletionRequest, Limits, parse_payload
-from recursivemas.serve.openai_responses import usage_body
+from recursivemas.serve.openai_responses import as_run_result, usage_body
 from recursivemas.serve.proto import recursivemas_pb2 as pb
 
 # An HTTP status -> the gRPC status code's name (grpc.StatusCode[name]).
@@ -62,18 +62,19 @@ def usage_to_proto(result: RunResult | Mapping[str, Any]) -> pb.Usage:
     )
 
 
-def response_to_proto(request_id: str, model: str, text: str, result: RunResult | Mapping[str, Any],
-                      finish: str = "stop") -> pb.RunResponse:
-    return pb.RunResponse(id=request_id, model=model, text=text, finish_reason=finish, usage=usage_to_proto(result))
+def response_to_proto(request_id: str, model: str, text: str, result: RunResult | Mapping[str, Any]
+                      ) -> pb.RunResponse:
+    return pb.RunResponse(id=request_id, model=model, text=text, finish_reason=as_run_result(result).finish_reason,
+                          usage=usage_to_proto(result))
 
 
 def chunk_to_proto(request_id: str, model: str, delta: str) -> pb.RunStreamChunk:
     return pb.RunStreamChunk(id=request_id, model=model, delta=delta)
 
 
-def final_chunk_to_proto(request_id: str, model: str, result: RunResult | Mapping[str, Any],
-                         finish: str = "stop") -> pb.RunStreamChunk:
-    return pb.RunStreamChunk(id=request_id, model=model, finish_reason=finish, usage=usage_to_proto(result))
+def final_chunk_to_proto(request_id: str, model: str, result: RunResult | Mapping[str, Any]) -> pb.RunStreamChunk:
+    return pb.RunStreamChunk(id=request_id, model=model, finish_reason=as_run_result(result).finish_reason,
+                             usage=usage_to_proto(result))
 
 
 def grpc_status(err: APIError):

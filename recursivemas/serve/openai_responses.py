@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from recursivemas.runtime.accounting import RunResult
 from recursivemas.serve.errors import APIError, error_body
@@ -23,12 +23,6 @@ def as_run_result(result: RunResult | Mapping[str, Any]) -> RunResult:
 
 def completion_id(request_id: str) -> str:
     return request_id if request_id.startswith("chatcmpl-") else f"chatcmpl-{request_id}"
-
-
-def finish_reason(result: RunResult | Mapping[str, Any], max_tokens: int | None) -> Literal["stop", "length"]:
-    """``length`` when the answer used all of ``max_tokens`` (cut off), else ``stop``."""
-    answer = [u for u in as_run_result(result).usage if u.kind == "answer"]
-    return "length" if max_tokens is not None and answer and answer[-1].decoded_tokens >= max_tokens else "stop"
 
 
 def usage_body(result: RunResult | Mapping[str, Any]) -> dict:
@@ -66,8 +60,10 @@ def usage_body(result: RunResult | Mapping[str, Any]) -> dict:
 
 
 def completion_body(request_id: str, model: str, created: int | None, text: str,
-                    result: RunResult | Mapping[str, Any], finish: Literal["stop", "length"] = "stop") -> dict:
-    """A ``chat.completion`` object: one choice holding ``text``, and :func:`usage_body` of ``result``."""
+                    result: RunResult | Mapping[str, Any]) -> dict:
+    """A ``chat.completion`` object: one choice holding ``text`` and the run's ``finish_reason`` (``length`` when
+    the answer was cut off), and :func:`usage_body` of ``result``."""
+    finish = as_run_result(result).finish_reason
     return {
         "id": completion_id(request_id),
         "object": "chat.completion",
@@ -119,8 +115,8 @@ class ChunkStream:
     def delta(self, text: str) -> bytes:
         return self._chunk(content=text) if text else b""
 
-    def end(self, result: RunResult | Mapping[str, Any], finish: Literal["stop", "length"] = "stop") -> bytes:
-        out = self._chunk(finish=finish)
+    def end(self, result: RunResult | Mapping[str, Any]) -> bytes:
+        out = self._chunk(finish=as_run_result(result).finish_reason)
         if self.include_usage:
             out += sse(chunk_body(self.request_id, self.model, self.created, usage=usage_body(result)))
         return out + SSE_DONE
