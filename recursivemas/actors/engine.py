@@ -14,8 +14,10 @@ position ids that follow the attention mask, so a batch gives the same numbers a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.utils.checkpoint
@@ -127,19 +129,15 @@ class BackboneEngine:
             empty = torch.empty((0, self.hidden_size), dtype=self.dtype, device=self.device)
             return [Rollout(empty, i.text_tokens, i.latent_tokens) for i in items]
         batch = left_pad([i.embeds for i in items])
-        out = self.decoder(
-            inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids, use_cache=True,
-        )
-        mask, positions, cache = batch.attention_mask, batch.position_ids, out.past_key_values
+        out, kv = _cached(self.decoder, None, inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
+                          position_ids=batch.position_ids)
+        mask, positions = batch.attention_mask, batch.position_ids
         hidden = out.last_hidden_state[:, -1]
         states = [hidden]
         for _ in range(steps - 1):
             mask, positions = extend(mask, positions)
-            out = self.decoder(
-                inputs_embeds=_apply_links(links, hidden).unsqueeze(1), attention_mask=mask,
-                position_ids=positions, past_key_values=cache, use_cache=True,
-            )
+            out, kv = _cached(self.decoder, kv, inputs_embeds=_apply_links(links, hidden).unsqueeze(1),
+                              attention_mask=mask, position_ids=positions)
             hidden = out.last_hidden_state[:, -1]
             states.append(hidden)
         stacked = torch.stack(states, dim=1)
@@ -207,11 +205,9 @@ class BackboneEngine:
         batch = left_pad([i.embeds for i in items])
         budgets = [min(max_new_tokens, self.max_context - n) for n in batch.lengths]  # each row's own room
         budget = max(budgets)
-        out = self.model(
-            inputs_embeds=batch.embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-            use_cache=True, logits_to_keep=1,
-        )
-        mask, positions, cache = batch.attention_mask, batch.position_ids, out.past_key_values
+        out, kv = _cached(self.model, None, inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
+                          position_ids=batch.position_ids, logits_to_keep=1)
+        mask, positions = batch.attention_mask, batch.position_ids
         running = torch.tensor([b > 0 for b in budgets], dtype=torch.bool, device=self.device)
         generated: list[list[int]] = [[] for _ in items]
         for step in range(budget):
@@ -236,10 +232,8 @@ class BackboneEngine:
                 return
             mask, positions = extend(mask, positions)
             positions = positions.clamp(max=self.max_context - 1)  # finished rows ride along; keep them in range
-            out = self.model(
-                input_ids=next_tokens.unsqueeze(1), attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True,
-            )
+            out, kv = _cached(self.model, kv, input_ids=next_tokens.unsqueeze(1), attention_mask=mask,
+                              position_ids=positions)
 
     # --- teacher forcing (training) ------------------------------------------------------------------------------
     def forward_states(self, prompts: Sequence[Prompt], targets: Sequence[str], end: bool = False
@@ -307,14 +301,14 @@ class BackboneEngine:
         item = self.embed(prompt, steps)
         mask = torch.ones((1, item.length), dtype=torch.long, device=self.device)
         positions = torch.arange(item.length, device=self.device).unsqueeze(0)
-        out = self.decoder(inputs_embeds=item.embeds.unsqueeze(0), attention_mask=mask, position_ids=positions,
-                           use_cache=True)
-        cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+        out, kv = _cached(self.decoder, None, inputs_embeds=item.embeds.unsqueeze(0), attention_mask=mask,
+                          position_ids=positions)
+        hidden = out.last_hidden_state[:, -1]
         states = [hidden]
         for _ in range(steps - 1):
             mask, positions = extend(mask, positions)
-            out = self.decoder(inputs_embeds=_apply_links([inner], hidden).unsqueeze(1), attention_mask=mask,
-                               position_ids=positions, past_key_values=cache, use_cache=True)
+            out, kv = _cached(self.decoder, kv, inputs_embeds=_apply_links([inner], hidden).unsqueeze(1),
+                              attention_mask=mask, position_ids=positions)
             hidden = out.last_hidden_state[:, -1]
             states.append(hidden)
         return torch.cat(states, dim=0)
@@ -324,6 +318,20 @@ class BackboneEngine:
         if self.gradient_checkpointing and torch.is_grad_enabled() and embeds.requires_grad:
             return torch.utils.checkpoint.checkpoint(run, embeds, use_reentrant=False)
         return run(embeds)
+
+
+def _cached(module: nn.Module, kv, **inputs):
+    """One forward that extends the KV cache ``kv`` (None: start one); returns the output and the cache."""
+    name = _cache_name(type(module))
+    out = module(**inputs, use_cache=True, **({name: kv} if kv is not None else {}))
+    return out, getattr(out, name)
+
+
+@cache
+def _cache_name(module_type: type) -> str:
+    """The forward's name for the KV cache: ``cache`` since transformers 5.24 (``past_key_values`` warns there and
+    goes in 5.40), ``past_key_values`` before (the GPU machines run 5.17)."""
+    return "cache" if "cache" in inspect.signature(module_type.forward).parameters else "past_key_values"
 
 
 def _apply_links(links: list[nn.Module | None], hidden: torch.Tensor) -> torch.Tensor:
