@@ -24,8 +24,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The Ray-free core (engine, executor, links, training in one process, HTTP logic): about two minutes.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not ray"
 
 lint: setup
 	$(VENV)/bin/ruff check recursivemas benchmarks tests

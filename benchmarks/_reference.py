@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recursivemas.actors import BackboneEngine, Prompt
+from recursivemas.engine import BackboneEngine, Prompt
 
 
 def _last_state(engine: BackboneEngine, embeds: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from recursivemas.eval.datasets import load_eval_dataset  # noqa: E402
 from recursivemas.eval.harness import ItemResult, evaluate, summarise  # noqa: E402
 from recursivemas.eval.report import machine  # noqa: E402
 from recursivemas.eval.stats import discordant, mcnemar_exact  # noqa: E402
-from recursivemas.runtime.local import InProcessRunner  # noqa: E402
+from recursivemas.runtime import InProcess  # noqa: E402
 from recursivemas.train.config import load_train_config  # noqa: E402
 
 DEMO_TRAINING = Path(__file__).resolve().parents[1] / "examples" / "train-demo.yaml"
@@ -73,15 +72,13 @@ def check_settings(out: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
 
 
-@contextmanager
-def runner_for(kind: str):
+def systems_for(kind: str):
+    """What loads each system: a local Ray cluster's actors, or this process."""
     if kind == "cluster":
         from recursivemas.cluster import Cluster
 
-        with Cluster() as cluster:
-            yield cluster
-    else:
-        yield InProcessRunner()
+        return Cluster()
+    return InProcess()
 
 
 def soft_prompt_runner(topology, directory: str):
@@ -91,8 +88,7 @@ def soft_prompt_runner(topology, directory: str):
     decoder = topology.agent(topology.decoder)
     spec = topology.model_copy(update={"backbones": {decoder.backbone: topology.backbones[decoder.backbone]}})
     engine = load_engines(spec)[decoder.backbone]
-    return SoftPromptRunner(engine, topology.template(topology.decoder), SoftPrompt.load(directory),
-                            topology.decoder, decoder.backbone)
+    return SoftPromptRunner(engine, topology, SoftPrompt.load(directory))
 
 
 def main() -> None:
@@ -136,19 +132,19 @@ def main() -> None:
     command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
 
     results: dict[str, list[ItemResult]] = {}
-    with runner_for(args.runner) as cluster:
+    with systems_for(args.runner) as loaded:
         for name in cells:
             mode, rounds, system = CELLS[name]
             path = out / "cells" / f"{name}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             done = load_done(path)
-            runner = soft_prompt_runner(trained, args.prompt_tuned) if system == "prompt_tuned" else cluster
+            runner = (soft_prompt_runner(trained, args.prompt_tuned) if system == "prompt_tuned"
+                      else loaded.system(systems[system]))
             todo = items[len(done):]
             with tqdm(total=len(items), initial=len(done), desc=name, unit="item") as bar:
                 for start in range(0, len(todo), args.batch_size):
                     batch = todo[start : start + args.batch_size]
-                    got = evaluate(runner, systems[system], batch, (mode,), (rounds,), args.latent_steps,
-                                   len(batch)).items
+                    got = evaluate(runner, batch, (mode,), (rounds,), args.latent_steps, len(batch)).items
                     with path.open("a") as fh:
                         fh.writelines(json.dumps(asdict(r)) + "\n" for r in got)
                     done.extend(got)

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import best_of  # noqa: E402
 from benchmarks._reference import recompute_rollout  # noqa: E402
-from recursivemas.actors import BackboneEngine, Prompt  # noqa: E402
+from recursivemas.engine import BackboneEngine, Prompt  # noqa: E402
 from recursivemas.links import InnerLink  # noqa: E402
 from recursivemas.model_zoo import resolve_model  # noqa: E402
 from recursivemas.prompts import ROLE_PROMPTS, Slot, render  # noqa: E402

@@ -31,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         topology = topology.replace(**changes)
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
     cluster = _cluster(args) if args.cluster or args.address else None
-    system = None if cluster else load_system(topology)
+    system = cluster.system(topology) if cluster else load_system(topology)  # one runner interface either way
     results = []
     for mode in modes:
         if not args.json:
@@ -39,11 +39,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             where = " on Ray" if cluster else ""
             print(f"\n=== {mode} mode{where}: {t.name}, rounds {t.rounds}, latent steps {t.latent_steps} ===",
                   flush=True)
-        if cluster:
-            result = cluster.run(topology, args.prompt, mode=mode)
-        else:
-            progress = None if args.json else _progress(1 if mode == "single" else topology.rounds)
-            result = system.run(args.prompt, mode=mode, on_turn=progress)
+        progress = None if args.json else _progress(1 if mode == "single" else topology.rounds)
+        result = system.run(args.prompt, mode=mode, on_turn=progress)  # on a cluster, turns are heard after the run
         results.append(result)
         if not args.json:
             print(f"\nanswer ({mode}):\n{result.text.strip()}\n")
@@ -95,7 +92,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluation, paths = run_eval(args.topology, args.dataset, modes, rounds, args.limit, args.seed, args.out,
                                  args.address, args.batch_size, args.latent_steps, args.max_new_tokens,
                                  command="recursivemas " + " ".join(sys.argv[1:]),
-                                 dataset_options=parse_mapping(args.dataset_options, "--dataset-options"))
+                                 dataset_options=parse_mapping(args.dataset_options, "--dataset-options"),
+                                 cluster=args.cluster)
     from recursivemas.eval.report import markdown_table
 
     print(markdown_table(evaluation))
@@ -280,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument("--latent-steps", type=int)
     eval_cmd.add_argument("--max-new-tokens", type=int)
     eval_cmd.add_argument("--out", default="eval-results", help="directory for results.json, results.md, *.png")
-    eval_cmd.add_argument("--address", help="Ray address to join (default: start a local Ray)")
+    eval_cmd.add_argument("--address", help="Ray address to join (default: run in this process, no Ray)")
+    eval_cmd.add_argument("--cluster", action="store_true", help="run on a local Ray cluster started here")
     eval_cmd.set_defaults(func=cmd_eval)
 
     models = sub.add_parser("models", help="offline model zoo (real small models from PyPI)")

@@ -19,6 +19,8 @@ from recursivemas import prompts
 
 Pattern = Literal["sequential", "mixture", "distillation", "deliberation"]
 Mode = Literal["latent", "text", "single"]
+Handoff = Literal["inner_outer", "outer"]  # what crosses an edge: outer(inner(H)), or outer(H)
+Transport = Literal["object_store", "gloo", "nccl"]  # how latents travel between Ray actors
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 
 
@@ -92,8 +94,8 @@ class Topology(BaseModel):
     decoder: str | None = None
     rounds: int = Field(3, ge=1)
     latent_steps: int = Field(32, ge=0)
-    handoff: Literal["inner_outer", "outer"] = "inner_outer"
-    transport: Literal["object_store", "gloo", "nccl"] = "object_store"
+    handoff: Handoff = "inner_outer"
+    transport: Transport = "object_store"
     placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] | None = None
     """On a cluster, place the backbone actors this topology starts as one Ray placement group with this strategy."""
     """How latents cross between backbone actors on a cluster: Ray's object store, or Ray Direct Transport over a

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from recursivemas.actors.batching import CoalescingEngine
+from recursivemas.engine.coalescing import CoalescingEngine
 
 
 class SlowEngine:

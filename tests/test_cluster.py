@@ -12,6 +12,8 @@ from recursivemas.config import Topology
 from recursivemas.runtime import load_system
 from tiny import save_tiny, save_tiny_pair
 
+pytestmark = pytest.mark.ray  # starts Ray: `make test-fast` leaves these out
+
 QUESTION = "What is 6*7?"
 PATTERN_AGENTS = {
     "sequential": [("planner", "a"), ("critic", "b"), ("solver", "b")],
@@ -58,7 +60,7 @@ def test_cluster_equals_in_process(cluster, model_dirs, pattern):
 
 def test_backbones_are_shared_across_agents_and_topologies(cluster, model_dirs):
     for pattern in PATTERN_AGENTS:
-        cluster.load(topology(model_dirs, pattern))
+        cluster.system(topology(model_dirs, pattern))
     assert len(cluster.backbone_actors) == 2  # two unique backbones, however many agents and topologies
     other = topology(model_dirs, "sequential", name="another-topology")
     cluster.run(other, QUESTION)
@@ -95,7 +97,7 @@ def test_gpu_request_beyond_the_cluster_fails_fast(cluster, model_dirs):
                  backbones={"a": {"model": model_dirs["a"] + "-gpu", "num_gpus": 1}, "b": {"model": model_dirs["b"]}})
     start = time.monotonic()
     with pytest.raises(ValueError) as info:
-        cluster.load(t)
+        cluster.system(t)
     assert "backbones.a" in str(info.value) and "GPU=1" in str(info.value)
     assert time.monotonic() - start < 5
 
@@ -105,15 +107,15 @@ def test_unloadable_model_names_backbone_and_path(cluster, model_dirs, tmp_path)
     t = topology(model_dirs, "distillation", name="broken",
                  backbones={"a": {"model": model_dirs["a"]}, "b": {"model": missing}})
     with pytest.raises(OSError) as info:
-        cluster.load(t)
+        cluster.system(t)
     assert "backbone 'b'" in str(info.value) and missing in str(info.value)
     assert cluster.run(topology(model_dirs, "distillation"), QUESTION).text is not None  # the cluster still works
 
 
 def test_same_name_other_definition_is_refused(cluster, model_dirs):
-    cluster.load(topology(model_dirs, "sequential"))
+    cluster.system(topology(model_dirs, "sequential"))
     with pytest.raises(ValueError, match="already loaded"):
-        cluster.load(topology(model_dirs, "sequential", latent_steps=5))
+        cluster.system(topology(model_dirs, "sequential", latent_steps=5))
 
 
 def _actor_of(cluster, model_dir):
@@ -130,7 +132,7 @@ def test_a_run_survives_its_backbone_dying_once(cluster, model_dirs):
     time.sleep(0.3)
     ray.kill(victim, no_restart=False)  # dies mid-run; Ray restarts it (max_restarts: 1)
     assert ray.get(ref)[0].text == expected  # the coordinator retried the run and got the same answer
-    assert ray.get(cluster.load(t).stats.remote())["retries"] == 1
+    assert ray.get(cluster.system(t).coordinator.stats.remote())["retries"] == 1
     assert ray.get(victim.info.remote())["pid"] != pid  # a new process serves the backbone
     assert cluster.run(t, QUESTION).text == expected  # and later runs are fine
 
@@ -139,7 +141,7 @@ def test_a_backbone_that_stays_dead_fails_with_its_name(cluster, model_dirs, tmp
     path = save_tiny(tmp_path / "fragile", "qwen2", chat=False, seed=3)
     t = topology(model_dirs, "distillation", name="fragile",
                  backbones={"a": {"model": model_dirs["a"]}, "b": {"model": path, "max_restarts": 0}})
-    cluster.load(t)
+    cluster.system(t)
     ray.kill(_actor_of(cluster, path))
     with pytest.raises(BackboneFailure) as info:
         cluster.run(t, QUESTION)

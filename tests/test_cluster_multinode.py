@@ -11,6 +11,8 @@ from recursivemas.config import Topology
 from recursivemas.runtime import load_system
 from tiny import save_tiny
 
+pytestmark = pytest.mark.ray  # starts Ray: `make test-fast` leaves these out
+
 
 @pytest.fixture(scope="module")
 def nodes():
@@ -41,7 +43,7 @@ def test_backbones_follow_their_node_constraints(nodes, tmp_path):
         result = cluster.run(topology, "What is 6*7?")
         placed = {info["name"]: info["node_id"] for info in cluster.backbone_info()}
         with pytest.raises(ValueError, match="node_c"):  # a constraint no node satisfies fails fast
-            cluster.load(topology.replace(name="nowhere", backbones={
+            cluster.system(topology.replace(name="nowhere", backbones={
                 "a": {"model": topology.backbones["a"].model + "-x", "resources": {"node_c": 1}},
                 "b": topology.backbones["b"].model_dump()}))
     assert placed == {"a": node_ids["node_a"], "b": node_ids["node_b"]}

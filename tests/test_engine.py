@@ -1,4 +1,4 @@
-"""Tests for the backbone engine (recursivemas.actors): latent rollout, generation, teacher forcing, inputs.
+"""Tests for the backbone engine (recursivemas.engine): latent rollout, generation, teacher forcing, inputs.
 
 Everything runs on tiny random-weight models of four families (tests/tiny.py), so it is fast and needs no weights.
 The KV-cached rollout is checked against ``benchmarks._reference.recompute_rollout``, the paper's no-cache algorithm.
@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from benchmarks._reference import recompute_rollout
-from recursivemas.actors import ContextLengthError, Prompt
-from recursivemas.actors.inputs import render_pieces
+from recursivemas.engine import ContextLengthError, Prompt
+from recursivemas.engine.inputs import render_pieces
 from recursivemas.links import InnerLink
 from tiny import FAMILIES, tiny_engine
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -21,10 +22,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 class ScriptedRunner:
     """Answers right in latent mode from 2 rounds on, wrong otherwise; decodes more tokens in text mode."""
 
+    topology = SimpleNamespace(name="toy")
+
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, int]] = []
 
-    def run_batch(self, topology, prompts, mode, rounds, latent_steps):
+    def run_batch(self, prompts, *, mode, rounds, latent_steps):
         self.calls.append((mode, rounds, len(prompts)))
         out = []
         for prompt in prompts:
@@ -52,7 +55,7 @@ def test_grid_runs_single_once_and_the_others_per_round():
 
 def test_evaluate_scores_every_cell_and_counts_tokens():
     runner, ticks = ScriptedRunner(), []
-    evaluation = evaluate(runner, "toy", ITEMS, rounds=[1, 2], batch_size=2, on_item=lambda: ticks.append(1))
+    evaluation = evaluate(runner, ITEMS, rounds=[1, 2], batch_size=2, on_item=lambda: ticks.append(1))
     assert evaluation.cell("latent", 2).accuracy == 1.0 and evaluation.cell("latent", 1).accuracy == 0.0
     assert evaluation.cell("single", 3).accuracy == 0.0  # single stands for every round count
     assert evaluation.cell("text", 2).decoded_tokens_per_item == 45.0
@@ -64,7 +67,7 @@ def test_evaluate_scores_every_cell_and_counts_tokens():
 
 
 def test_report_files(tmp_path):
-    evaluation = evaluate(ScriptedRunner(), "toy", ITEMS, rounds=[1, 2, 3], dataset="basic_arithmetic",
+    evaluation = evaluate(ScriptedRunner(), ITEMS, rounds=[1, 2, 3], dataset="basic_arithmetic",
                           dataset_options={"max_terms": 3})
     paths = write_report(evaluation, tmp_path, command="recursivemas eval ...")
     data = json.loads(paths["json"].read_text())

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from recursivemas.actors import ContextLengthError, Generation, Prompt, Rollout
+from recursivemas.engine import ContextLengthError, Generation, Prompt, Rollout
 from recursivemas.config import Topology
 from recursivemas.links import LinkCheckpointError, save_links
 from recursivemas.runtime import Executor, Plan, RunResult, build_links, load_system
@@ -714,7 +714,9 @@ def test_on_turn_reports_every_turn_in_order(two_engines):
 
 def test_a_backend_with_think_is_used_as_is_and_latent_handles_stay_opaque(two_engines):
     """The cluster's contract: the executor only moves latent handles, it never looks inside them."""
-    from recursivemas.runtime.backend import LocalBackend, Thought
+    from recursivemas.runtime.backend import LocalBackend
+    from recursivemas.runtime.calls import Thought
+    from recursivemas.runtime.host import BackboneHost
 
     topology = make_topology("sequential", rounds=2)
     links = build_links(topology, two_engines)
@@ -723,12 +725,14 @@ def test_a_backend_with_think_is_used_as_is_and_latent_handles_stay_opaque(two_e
         def __init__(self, inner):
             self.inner, self.store, self.seen = inner, {}, []
 
-        def think(self, agents, prompts, steps, targets):
-            resolved = [p.__class__([self.store[s] if isinstance(s, tuple) else s for s in p.segments],
-                                    p.response_prefix) for p in prompts]
-            self.seen += [s for p in prompts for s in p.segments if isinstance(s, tuple)]
+        def resolved(self, call):
+            return call.with_prompts([p.__class__([self.store[s] if isinstance(s, tuple) else s for s in p.segments],
+                                                  p.response_prefix) for p in call.prompts])
+
+        def think(self, call):
+            self.seen += [s for p in call.prompts for s in p.segments if isinstance(s, tuple)]
             out = []
-            for thought in self.inner.think(agents, resolved, steps, targets):
+            for thought in self.inner.think(self.resolved(call)):
                 handles = {}
                 for dst, latent in thought.handoffs.items():
                     handles[dst] = ("ref", len(self.store))
@@ -736,15 +740,16 @@ def test_a_backend_with_think_is_used_as_is_and_latent_handles_stay_opaque(two_e
                 out.append(Thought(thought.prompt_tokens, thought.latent_tokens, handles))
             return out
 
-        def generate(self, prompts, **kw):
-            resolved = [p.__class__([self.store[s] if isinstance(s, tuple) else s for s in p.segments],
-                                    p.response_prefix) for p in prompts]
-            return self.inner.generate(resolved, **kw)
+        def generate(self, call):
+            return self.inner.generate(self.resolved(call))
+
+        def stream(self, call):
+            return self.inner.stream(self.resolved(call))
 
     shared: dict = {}
     backends = {}
     for name, engine in two_engines.items():
-        backends[name] = Handles(LocalBackend(engine, links))
+        backends[name] = Handles(LocalBackend(BackboneHost(engine), links))
         backends[name].store = shared
     via_handles = Executor(topology, backends).run(QUESTION)
     direct = Executor(topology, two_engines, links).run(QUESTION)

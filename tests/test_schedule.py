@@ -8,6 +8,7 @@ import torch
 
 from recursivemas.runtime import Executor, Plan, build_links
 from recursivemas.runtime.backend import LocalBackend
+from recursivemas.runtime.host import BackboneHost
 from recursivemas.train.outer import unroll_loss
 from recursivemas.train.parallel import Wire
 from test_executor import PATTERN_AGENTS, make_topology
@@ -16,12 +17,12 @@ from tiny import tiny_engine
 
 class RecordingBackend(LocalBackend):
     def __init__(self, engine, links, seen):
-        super().__init__(engine, links)
+        super().__init__(BackboneHost(engine), links)
         self.seen = seen
 
-    def think(self, agents, prompts, steps, targets):
-        self.seen.extend((agent, tuple(dsts)) for agent, dsts in zip(agents, targets))
-        return super().think(agents, prompts, steps, targets)
+    def think(self, call):
+        self.seen.extend((agent, tuple(dsts)) for agent, dsts in zip(call.agents, call.targets))
+        return super().think(call)
 
 
 class RecordingWire(Wire):

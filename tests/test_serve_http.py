@@ -21,6 +21,8 @@ from recursivemas.serve.proto import recursivemas_pb2 as pb
 from recursivemas.serve.proto import recursivemas_pb2_grpc
 from tiny import save_tiny_pair
 
+pytestmark = pytest.mark.ray  # starts Ray: `make test-fast` leaves these out
+
 
 def free_port() -> int:
     with socket.socket() as s:

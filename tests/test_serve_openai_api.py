@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from recursivemas.runtime.calls import GenerationOverrides, RunOptions
 from recursivemas.runtime.accounting import AgentUsage, RunResult
 from recursivemas.serve.errors import APIError, error_body
 from recursivemas.serve.openai_api import (
@@ -182,8 +183,7 @@ def test_good_request_defaults():
     req = parse_request(body(), LIMITS, MODELS)
     assert isinstance(req, ChatCompletionRequest)
     assert req.model == "sequential-demo" and req.question() == "What is 15% of 240?"
-    assert req.run_options() == {"mode": None, "rounds": None, "latent_steps": None}
-    assert req.generation_options() == {}
+    assert req.run_options() == RunOptions()  # the topology's own settings
     assert not req.stream and not req.include_usage and req.stop_sequences == []
 
 
@@ -193,9 +193,8 @@ def test_good_request_everything():
                frequency_penalty=0.0, logprobs=False, top_logprobs=None, logit_bias={},
                response_format={"type": "text"}, tools=[], tool_choice="none", parallel_tool_calls=True)
     req = parse_request(raw, LIMITS, MODELS)
-    assert req.run_options() == {"mode": "text", "rounds": 4, "latent_steps": 0}
-    assert req.generation_options() == {"max_new_tokens": 64, "temperature": 0.0, "top_p": 0.9, "seed": 3,
-                                        "stop": ["\n\n"]}
+    assert req.run_options() == RunOptions(mode="text", rounds=4, latent_steps=0, generation=GenerationOverrides(
+        max_new_tokens=64, temperature=0.0, top_p=0.9, seed=3, stop=("\n\n",)))
     assert req.stream and req.include_usage and req.user == "u-1"
 
 

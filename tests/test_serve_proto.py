@@ -13,6 +13,7 @@ import pytest
 import grpc  # noqa: E402  (a dev dependency: missing, this fails)
 
 from recursivemas.runtime.accounting import AgentUsage, RunResult  # noqa: E402
+from recursivemas.runtime.calls import GenerationOverrides, RunOptions  # noqa: E402
 from recursivemas.serve import grpc_api  # noqa: E402
 from recursivemas.serve.errors import APIError  # noqa: E402
 from recursivemas.serve.openai_api import Limits  # noqa: E402
@@ -158,10 +159,10 @@ def test_request_from_proto():
                       max_tokens=16, temperature=0.0, rounds=2, latent_steps=0, mode=pb.MODE_SINGLE, stop=["x"],
                       seed=1, user="u"), LIMITS, MODELS)
     assert req.question() == "Be brief.\n\n2+2?"
-    assert req.run_options() == {"mode": "single", "rounds": 2, "latent_steps": 0}
-    assert req.generation_options() == {"max_new_tokens": 16, "temperature": 0.0, "seed": 1, "stop": ["x"]}
+    assert req.run_options() == RunOptions(mode="single", rounds=2, latent_steps=0, generation=GenerationOverrides(
+        max_new_tokens=16, temperature=0.0, seed=1, stop=("x",)))
     plain = grpc_api.request_from_proto(pb.RunRequest(model="sequential-demo", prompt="hi"), LIMITS, MODELS)
-    assert plain.question() == "hi" and plain.run_options()["mode"] is None and plain.generation_options() == {}
+    assert plain.question() == "hi" and plain.run_options() == RunOptions()
 
 
 @pytest.mark.parametrize("msg, status, param, code", [

@@ -99,6 +99,7 @@ def _worker(loop: dict) -> None:
     ray.train.report({"done": 1})
 
 
+@pytest.mark.ray
 def test_zero_matches_single_process_on_two_workers(config, tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer

@@ -97,7 +97,7 @@ def test_used_edges_follow_the_rounds():
 # --- rollout forcing: the states a real rollout hands on, with gradients ------------------------------------------
 
 def _rollout_case(family="llama", steps=5):
-    from recursivemas.actors import Prompt
+    from recursivemas.engine import Prompt
     from recursivemas.links import InnerLink
 
     engine = tiny_engine(family, seed=3)

@@ -22,6 +22,8 @@ from recursivemas.train.ray_train import train_on_ray
 from recursivemas.train.setup import prepare
 from tiny import save_tiny_pair
 
+pytestmark = pytest.mark.ray  # starts Ray: `make test-fast` leaves these out
+
 TOPOLOGIES = {
     "sequential": [{"name": "planner", "backbone": "a"}, {"name": "solver", "backbone": "b"}],
     # three agents on two backbones: the "a" stage of a pipeline runs two agents

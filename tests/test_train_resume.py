@@ -75,6 +75,7 @@ def kill_a_worker_after_first_checkpoint(storage, killed: list) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.ray
 def test_killed_worker_resumes_from_checkpoint(config, tmp_path):
     expected = unbroken(config)
     storage = tmp_path / "ray_results"
@@ -126,3 +127,17 @@ def test_rerun_on_other_data_refuses_the_old_checkpoints(config, tmp_path):
         with pytest.raises(ValueError, match="trained on other data, targets, topology, seed or forcing") as err:
             train(longer.model_copy(update=changed), stage="outer", progress=False)
         assert "step-000004-outer" in str(err.value) and "new `output`" in str(err.value)
+
+
+def test_train_state_round_trips_through_the_flat_trainer_file_format():
+    from recursivemas.train.checkpoints import TrainState
+
+    state = TrainState("outer", 12, 48, "digest", {"optimizer": {"lr": 1}, "scheduler": {}, "curve": [1]})
+    flat = state.state_dict()
+    assert flat == {"optimizer": {"lr": 1}, "scheduler": {}, "curve": [1], "stage": "outer", "step": 12,
+                    "rows_seen": 48, "problem": "digest"}  # what trainer.pt has always held
+    back = TrainState.from_state_dict(flat, "/ckpt")
+    assert (back.stage, back.step, back.rows_seen, back.problem, back.parts, back.directory) == (
+        "outer", 12, 48, "digest", state.parts, "/ckpt")
+    assert back.for_parts()["directory"] == "/ckpt" and "directory" not in TrainState().for_parts()
+    assert TrainState.from_state_dict({"stage": "inner", "step": 0}).parts == {}  # an inner-stage file

@@ -8,7 +8,7 @@ from transformers import (
     AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config,
 )
 
-from recursivemas.actors import BackboneEngine
+from recursivemas.engine import BackboneEngine
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

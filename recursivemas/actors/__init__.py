@@ -1,6 +1,7 @@
-"""The backbone engine: pure torch over transformers, no Ray (the cluster wraps it in an actor)."""
+"""The Ray actors: one per unique backbone (over a Ray-free host), one coordinator per topology, and the one
+remote backend through which an executor reaches a backbone that runs elsewhere. The cluster and Serve layers both
+build on these, side by side."""
 
-from recursivemas.actors.engine import BackboneEngine, ContextLengthError, Generation, Rollout, TeacherForced
-from recursivemas.actors.inputs import Prompt, Segment
+from recursivemas.actors.remote import BackboneFailure, RemoteBackend
 
-__all__ = ["BackboneEngine", "ContextLengthError", "Generation", "Prompt", "Rollout", "Segment", "TeacherForced"]
+__all__ = ["BackboneFailure", "RemoteBackend"]

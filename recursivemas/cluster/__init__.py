@@ -6,6 +6,6 @@ import os
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 from recursivemas.cluster.cluster import Cluster  # noqa: E402
-from recursivemas.cluster.coordinator import BackboneFailure  # noqa: E402
+from recursivemas.actors.coordinator import BackboneFailure  # noqa: E402
 
 __all__ = ["BackboneFailure", "Cluster"]

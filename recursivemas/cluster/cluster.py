@@ -3,36 +3,64 @@
 - every unique backbone (same model, dtype, device) becomes ONE actor, shared by all agents and topologies;
 - each topology gets a coordinator actor that drives its rounds; latents move actor to actor by reference;
 - the driver only submits questions and receives ``RunResult``s (text and accounting, never tensors).
+
+``cluster.system(topology)`` is a runner with the executor's ``run_batch(questions, *, mode, ...)``, so the CLI,
+``eval`` and the benchmarks run the same code on a cluster as in one process.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from recursivemas.cluster.backbone_actor import BackboneActor
-from recursivemas.cluster.coordinator import BackboneFailure, Coordinator
+from recursivemas.actors.backbone import BackboneActor
+from recursivemas.actors.coordinator import Coordinator
+from recursivemas.actors.remote import BackboneFailure
 from recursivemas.config import BackboneConfig, Mode, Topology, load_topology
 from recursivemas.model_zoo import resolve_model
-from recursivemas.runtime import RunResult
+from recursivemas.runtime import AgentUsage, RunResult
+from recursivemas.runtime.calls import BackboneDims, GenerationOverrides, RunOptions
 from recursivemas.runtime.local import build_links
 
 log = logging.getLogger("recursivemas")
 
 
-class _Dims:
-    """What build_links needs from a backbone, read from its actor once."""
+class RemoteSystem:
+    """A topology loaded on a cluster, as a runner: ``run_batch(questions, *, mode, rounds, latent_steps,
+    generation, on_turn)``, like :class:`~recursivemas.runtime.Executor`. Its rounds run on the coordinator
+    actor, so ``on_turn`` cannot be called live: it hears every turn after the run, in order."""
 
-    def __init__(self, info: dict):
-        self.hidden_size = info["hidden_size"]
-        self.embedding_scale = info["embedding_scale"]
+    def __init__(self, topology: Topology, coordinator) -> None:
+        self.topology, self.coordinator = topology, coordinator
+
+    def submit(self, questions: Sequence[str], *, mode: Mode = "latent", rounds: int | None = None,
+               latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None
+               ) -> ray.ObjectRef:
+        """Start a run and return at once; ``ray.get`` the reference for its list of ``RunResult``."""
+        options = RunOptions.of(mode, rounds, latent_steps, generation)
+        return self.coordinator.run_batch.remote(list(questions), options)
+
+    def run_batch(self, questions: Sequence[str], *, mode: Mode = "latent", rounds: int | None = None,
+                  latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
+                  on_turn: Callable[[AgentUsage], None] | None = None) -> list[RunResult]:
+        results = _unwrap(self.submit(questions, mode=mode, rounds=rounds, latent_steps=latent_steps,
+                                      generation=generation))
+        if on_turn is not None:
+            for result in results:
+                for usage in result.usage:
+                    on_turn(usage)
+        return results
+
+    def run(self, question: str, **options) -> RunResult:
+        return self.run_batch([question], **options)[0]
 
 
 class Cluster:
@@ -54,8 +82,8 @@ class Cluster:
                 raise ConnectionError(f"cannot start or reach Ray at address={address!r}: {exc}") from exc
             self._started = address is None
         self._actors: dict[tuple, object] = {}  # backbone key -> actor handle
-        self._dims: dict[tuple, _Dims] = {}
-        self._systems: dict[str, tuple[Topology, object]] = {}  # topology name -> (topology, coordinator)
+        self._dims: dict[tuple, BackboneDims] = {}
+        self._systems: dict[str, RemoteSystem] = {}  # topology name -> its loaded system
         self._groups: list = []  # placement groups this object created
 
     # --- context manager -----------------------------------------------------------------------------------------
@@ -67,8 +95,8 @@ class Cluster:
 
     def shutdown(self) -> None:
         """Kill this cluster's actors; stop Ray if this object started it."""
-        for _, coordinator in self._systems.values():
-            ray.kill(coordinator)
+        for system in self._systems.values():
+            ray.kill(system.coordinator)
         for actor in self._actors.values():
             ray.kill(actor)
         for group in self._groups:
@@ -81,30 +109,28 @@ class Cluster:
         self._started = False
 
     # --- running -------------------------------------------------------------------------------------------------
-    def run(self, topology: Topology | str | Path, prompt: str, mode: Mode = "latent", rounds: int | None = None,
-            latent_steps: int | None = None) -> RunResult:
-        return self.run_batch(topology, [prompt], mode, rounds, latent_steps)[0]
+    def run(self, topology: Topology | str | Path, prompt: str, **options) -> RunResult:
+        """One question: ``mode``, ``rounds``, ``latent_steps``, ``generation`` as in ``run_batch``."""
+        return self.system(topology).run(prompt, **options)
 
-    def run_batch(self, topology: Topology | str | Path, prompts: Sequence[str], mode: Mode = "latent",
-                  rounds: int | None = None, latent_steps: int | None = None) -> list[RunResult]:
-        coordinator = self.load(topology)
-        return _unwrap(coordinator.run_batch.remote(list(prompts), mode, rounds, latent_steps))
+    def run_batch(self, topology: Topology | str | Path, prompts: Sequence[str], **options) -> list[RunResult]:
+        return self.system(topology).run_batch(prompts, **options)
 
-    def submit(self, topology: Topology | str | Path, prompt: str, mode: Mode = "latent", rounds: int | None = None,
-               latent_steps: int | None = None) -> ray.ObjectRef:
+    def submit(self, topology: Topology | str | Path, prompt: str, **options) -> ray.ObjectRef:
         """Start a run and return at once; ``ray.get`` the reference for a list holding its ``RunResult``."""
-        return self.load(topology).run_batch.remote([prompt], mode, rounds, latent_steps)
+        return self.system(topology).submit([prompt], **options)
 
-    def load(self, topology: Topology | str | Path):
-        """The coordinator for a topology, creating its backbone actors (only those not running yet) and links."""
+    def system(self, topology: Topology | str | Path) -> RemoteSystem:
+        """The runner for a topology, creating its backbone actors (only those not running yet), links and
+        coordinator on first use."""
         if not isinstance(topology, Topology):
             topology = load_topology(topology)
         known = self._systems.get(topology.name)
         if known is not None:
-            if known[0] != topology:
+            if known.topology != topology:
                 raise ValueError(f"topology name {topology.name!r} is already loaded with another definition; "
                                  "give the new one its own `name`")
-            return known[1]
+            return known
         # Direct transport binds actors to one collective group for life: such a topology gets its own actors.
         owner = topology.name if topology.transport != "object_store" else None
         bundles = self._placement(topology, owner)
@@ -114,8 +140,8 @@ class Cluster:
         coordinator = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=64).remote(
             topology.to_dict(), actors, [ray.put(links)])
         ray.get(coordinator.ready.remote())
-        self._systems[topology.name] = (topology, coordinator)
-        return coordinator
+        self._systems[topology.name] = RemoteSystem(topology, coordinator)
+        return self._systems[topology.name]
 
     @property
     def backbone_actors(self) -> dict[tuple, object]:
@@ -163,7 +189,7 @@ class Cluster:
             raise OSError(f"backbone {name!r}: the actor could not load model {cfg.model!r} ({path}): "
                           f"{_root_cause(exc)}") from None
         self._actors[key] = actor
-        self._dims[key] = _Dims(info)
+        self._dims[key] = BackboneDims.of(info)
         return actor
 
 

@@ -5,8 +5,9 @@ The comparison the paper makes is one system answered three ways: a single agent
 here sees the same items, in the same batches, on the same runner, so accuracy, wall time and decoded tokens differ
 only by mode and rounds. A single agent has no rounds: it runs once and stands for every round count.
 
-The runner is anything with ``run_batch(topology, prompts, mode, rounds, latent_steps) -> [RunResult]``: a
-:class:`~recursivemas.cluster.Cluster` in the CLI, an in-process system in tests that need no Ray.
+The runner is one topology's system, anything with ``run_batch(questions, *, mode, rounds, latent_steps)`` and its
+``topology``: an :class:`~recursivemas.runtime.Executor` (``InProcess().system(topology)``), a cluster's
+``Cluster.system(topology)``, or a baseline with the same interface.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def grid(modes: Sequence[str], rounds: Sequence[int]) -> list[tuple[str, int]]:
     return [(m, 1) if m == "single" else (m, r) for m in ordered for r in (rounds if m != "single" else rounds[:1])]
 
 
-def evaluate(runner, topology, items: Sequence[EvalItem], modes: Sequence[str] = MODES,
+def evaluate(runner, items: Sequence[EvalItem], modes: Sequence[str] = MODES,
              rounds: Sequence[int] = (1, 2, 3), latent_steps: int | None = None, batch_size: int = 8,
              on_item: Callable[[], None] | None = None, timeout_s: float = 10.0, dataset: str = "",
              dataset_options: Mapping[str, Any] | None = None) -> Evaluation:
@@ -95,7 +96,7 @@ def evaluate(runner, topology, items: Sequence[EvalItem], modes: Sequence[str] =
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
             began = time.perf_counter()
-            runs = runner.run_batch(topology, [i.question for i in batch], mode, r, latent_steps)
+            runs = runner.run_batch([i.question for i in batch], mode=mode, rounds=r, latent_steps=latent_steps)
             share = (time.perf_counter() - began) / len(batch)
             for item, run in zip(batch, runs):
                 verdict = score(run.text, item.reference, item.kind, prompt=item.prompt, tests=item.tests,
@@ -106,7 +107,7 @@ def evaluate(runner, topology, items: Sequence[EvalItem], modes: Sequence[str] =
                     on_item()
         results.extend(mine)
         cells.append(summarise(mode, r, mine))
-    return Evaluation(getattr(topology, "name", str(topology)), dataset, cells, results, dict(dataset_options or {}))
+    return Evaluation(runner.topology.name, dataset, cells, results, dict(dataset_options or {}))
 
 
 def summarise(mode: str, rounds: int, results: list[ItemResult]) -> Cell:

@@ -1,4 +1,5 @@
-"""``recursivemas eval``: load a topology and a dataset, run the grid on the cluster, write the report.
+"""``recursivemas eval``: load a topology and a dataset, run the grid in this process or on a cluster, write the
+report.
 
 One function, so the CLI, ``benchmarks/accuracy.py`` and a notebook all evaluate the same way.
 """
@@ -6,10 +7,13 @@ One function, so the CLI, ``benchmarks/accuracy.py`` and a notebook all evaluate
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from recursivemas.runtime import InProcess
 
 from recursivemas.config import load_topology
 from recursivemas.eval.datasets import load_eval_dataset
@@ -20,11 +24,13 @@ from recursivemas.eval.report import write_report
 def run_eval(topology: str | Path, dataset: str, modes: Sequence[str] = ("single", "text", "latent"),
              rounds: Sequence[int] = (1, 2, 3), limit: int | None = None, seed: int = 0, out: str | Path | None = None,
              address: str | None = None, batch_size: int = 8, latent_steps: int | None = None,
-             max_new_tokens: int | None = None, command: str = "", runner=None,
-             dataset_options: Mapping[str, Any] | None = None) -> tuple[Evaluation, dict]:
-    """Evaluate and (when ``out`` is given) write the report; ``runner`` defaults to a local or joined Ray cluster.
+             max_new_tokens: int | None = None, command: str = "", systems=None,
+             dataset_options: Mapping[str, Any] | None = None, cluster: bool = False) -> tuple[Evaluation, dict]:
+    """Evaluate and (when ``out`` is given) write the report.
 
-    ``dataset_options`` are a generated dataset's settings (e.g. ``{"max_terms": 3}``), recorded in the report.
+    ``systems`` is what loads the topology (``system(topology)``): an ``InProcess`` or a ``Cluster``; by default
+    this process, or a Ray cluster at ``address``. ``dataset_options`` are a generated dataset's settings (e.g.
+    ``{"max_terms": 3}``), recorded in the report.
     """
     system = load_topology(topology)
     if max_new_tokens is not None:
@@ -32,14 +38,18 @@ def run_eval(topology: str | Path, dataset: str, modes: Sequence[str] = ("single
     items = load_eval_dataset(dataset, limit=limit, seed=seed, options=dataset_options)
     total = len(items) * cells_run(modes, rounds)
     with tqdm(total=total, desc=f"eval {system.name} on {dataset}", unit="answer") as bar:
-        if runner is not None:
-            evaluation = evaluate(runner, system, items, modes, rounds, latent_steps, batch_size, bar.update,
+        with nullcontext(systems) if systems is not None else _systems(address, cluster) as chosen:
+            evaluation = evaluate(chosen.system(system), items, modes, rounds, latent_steps, batch_size, bar.update,
                                   dataset=dataset, dataset_options=dataset_options)
-        else:
-            from recursivemas.cluster import Cluster
-
-            with Cluster(address=address) as cluster:
-                evaluation = evaluate(cluster, system, items, modes, rounds, latent_steps, batch_size, bar.update,
-                                      dataset=dataset, dataset_options=dataset_options)
     paths = write_report(evaluation, out, command) if out is not None else {}
     return evaluation, paths
+
+
+def _systems(address: str | None, cluster: bool):
+    """A Ray cluster (joined at ``address``, or started here with ``cluster``); else this process, which starts no
+    Ray and so answers sooner (``docs/benchmarks.md``)."""
+    if address is None and not cluster:
+        return InProcess()
+    from recursivemas.cluster import Cluster
+
+    return Cluster(address=address)

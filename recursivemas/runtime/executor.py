@@ -17,17 +17,18 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from recursivemas import prompts
-from recursivemas.actors.inputs import Prompt
 from recursivemas.config import Mode, Topology
+from recursivemas.engine import Generation, Prompt
 from recursivemas.links import LinkSet
 from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
-from recursivemas.runtime.backend import as_backend
+from recursivemas.runtime.backend import Backend, as_backend
+from recursivemas.runtime.calls import GenerateCall, GenerationOverrides, Sampling, ThinkCall
 from recursivemas.runtime.graph import Plan, Turn
 from recursivemas.runtime.tools import STOP_STRINGS, PythonTool, Toolbox, final_answer, run_tool_loop
 
@@ -69,17 +70,13 @@ class _Run:
     rounds: int
     steps: int
     questions: list[_QuestionState]
+    answer: Sampling
+    message: Sampling  # text-mode messages: the answer's sampling with the message budget
     on_turn: Callable[[AgentUsage], None] | None = None
     on_delta: Callable[[str], None] | None = None
-    sampling: dict = field(default_factory=dict)  # the answer's; messages get ``message_max_new_tokens``
 
-    def sampling_for(self, turn: _Turn) -> dict:
-        """The engine's sampling settings for a decoding turn: an answer's, or a text-mode message's budget."""
-        out = {k: v for k, v in self.sampling.items() if k != "message_max_new_tokens"}
-        message_budget = self.sampling.get("message_max_new_tokens")
-        if turn.usage.kind == "text" and message_budget is not None:
-            out["max_new_tokens"] = message_budget
-        return out
+    def sampling_for(self, turn: _Turn) -> Sampling:
+        return self.message if turn.usage.kind == "text" else self.answer
 
 
 class Executor:
@@ -98,7 +95,7 @@ class Executor:
         self.topology = topology
         self.plan = Plan.from_topology(topology)
         self.links = links  # the in-process link set (None when backends hold their own, as actors do)
-        self.backends = {name: as_backend(obj, links, topology.handoff) for name, obj in backbones.items()}
+        self.backends = {name: as_backend(obj, links) for name, obj in backbones.items()}
         tools = topology.tools
         self.toolbox = toolbox or Toolbox(
             python=PythonTool(timeout_s=tools.python_timeout_s, memory_mb=tools.python_memory_mb),
@@ -108,32 +105,34 @@ class Executor:
         # requests) share the pool, so size it for several runs, not one.
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_calls, thread_name_prefix="backbone")
 
-    def run(self, question: str, mode: Mode = "latent", rounds: int | None = None, latent_steps: int | None = None,
+    def run(self, question: str, *, mode: Mode = "latent", rounds: int | None = None,
+            latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
             on_turn: Callable[[AgentUsage], None] | None = None,
-            on_delta: Callable[[str], None] | None = None, generation: Mapping[str, Any] | None = None) -> RunResult:
-        """One question. ``on_delta`` hears the answer's text as it is decoded (where the decoder's backend can
-        stream; otherwise once, whole); under greedy decoding the deltas join to the same text as without it.
-        ``generation`` overrides the topology's sampling for this run (``max_new_tokens``, ``temperature``, ...)."""
-        return self.run_batch([question], mode, rounds, latent_steps, on_turn, on_delta, generation)[0]
+            on_delta: Callable[[str], None] | None = None) -> RunResult:
+        """One question. ``on_delta`` hears the answer's text as it is decoded; under greedy decoding the deltas
+        join to the same text as without it."""
+        return self.run_batch([question], mode=mode, rounds=rounds, latent_steps=latent_steps, generation=generation,
+                              on_turn=on_turn, on_delta=on_delta)[0]
 
     @torch.inference_mode()
-    def run_batch(self, questions: Sequence[str], mode: Mode = "latent", rounds: int | None = None,
-                  latent_steps: int | None = None, on_turn: Callable[[AgentUsage], None] | None = None,
-                  on_delta: Callable[[str], None] | None = None, generation: Mapping[str, Any] | None = None,
-                  ) -> list[RunResult]:
-        """Answer every question; ``on_turn`` hears of each agent turn as it finishes (progress, logging)."""
+    def run_batch(self, questions: Sequence[str], *, mode: Mode = "latent", rounds: int | None = None,
+                  latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
+                  on_turn: Callable[[AgentUsage], None] | None = None,
+                  on_delta: Callable[[str], None] | None = None) -> list[RunResult]:
+        """Answer every question: the runner interface that a cluster's and Serve's systems offer too.
+
+        ``rounds`` and ``latent_steps`` default to the topology's; ``generation`` overrides its sampling for this
+        run (``max_new_tokens``, ``message_max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``).
+        ``on_turn`` hears of each agent turn as it finishes (progress, logging).
+        """
         rounds = self.topology.rounds if rounds is None else rounds
         steps = self.topology.latent_steps if latent_steps is None else latent_steps
         _check_request(questions, mode, rounds, steps)
         start = time.perf_counter()
         if on_delta is not None and len(questions) != 1:
             raise ValueError("on_delta: streaming is for one question at a time; use run()")
-        sampling = {**self._sampling(), **(generation or {})}
-        unknown = sorted(set(sampling) - set(self._sampling()) - {"stop"})
-        if unknown:
-            raise ValueError(f"generation: unknown setting(s) {unknown}; use max_new_tokens, "
-                             "message_max_new_tokens, temperature, top_p, seed or stop")
-        run = _Run(mode, rounds, steps, [_QuestionState(q) for q in questions], on_turn, on_delta, sampling)
+        answer, message = GenerationOverrides.of(generation).over(self.topology.generation)
+        run = _Run(mode, rounds, steps, [_QuestionState(q) for q in questions], answer, message, on_turn, on_delta)
         schedule = [self.plan.single()] if mode == "single" else self.plan.schedule(rounds)
         round_ = 0
         for level in schedule:
@@ -178,8 +177,11 @@ class Executor:
         start = time.perf_counter()
         latent = [t for t in turns if t.usage.kind == "latent"]
         if latent:
-            thoughts = backend.think([t.step.agent for t in latent], [t.prompt for t in latent], steps,
-                                     [t.step.targets for t in latent])
+            t = self.topology
+            thoughts = backend.think(ThinkCall(
+                tuple(turn.step.agent for turn in latent), tuple(turn.prompt for turn in latent), steps,
+                tuple(tuple(turn.step.targets) for turn in latent), links=t.name, handoff=t.handoff,
+                transport=t.transport))
             for turn, thought in zip(latent, thoughts):
                 turn.handoffs = thought.handoffs
                 turn.usage.prompt_tokens, turn.usage.latent_in = thought.prompt_tokens, thought.latent_tokens
@@ -191,11 +193,11 @@ class Executor:
         plain = [t for t in plain if t not in streamed]
         for turn in streamed:
             self._record(turn, self._stream(backend, turn.prompt, on_delta, run.sampling_for(turn)))
-        by_sampling: dict[str, list[_Turn]] = defaultdict(list)  # a message budget of their own: a call of their own
+        by_sampling: dict[Sampling, list[_Turn]] = defaultdict(list)  # a message budget of its own: a call of its own
         for turn in plain:
-            by_sampling[repr(sorted(run.sampling_for(turn).items()))].append(turn)
-        for group in by_sampling.values():
-            for turn, gen in zip(group, backend.generate([t.prompt for t in group], **run.sampling_for(group[0]))):
+            by_sampling[run.sampling_for(turn)].append(turn)
+        for sampling, group in by_sampling.items():
+            for turn, gen in zip(group, backend.generate(GenerateCall(tuple(t.prompt for t in group), sampling))):
                 self._record(turn, gen)
         for turn in with_tools:
             self._tool_turn(backend, turn, run.sampling_for(turn))
@@ -205,24 +207,21 @@ class Executor:
         return turns
 
     @staticmethod
-    def _stream(backend, prompt: Prompt, on_delta: Callable[[str], None], sampling: dict):
-        if not hasattr(backend, "stream"):
-            (gen,) = backend.generate([prompt], **sampling)
-            on_delta(gen.text)
-            return gen
-        for piece in backend.stream(prompt, **sampling):
+    def _stream(backend: Backend, prompt: Prompt, on_delta: Callable[[str], None], sampling: Sampling) -> Generation:
+        for piece in backend.stream(GenerateCall((prompt,), sampling, stream=True)):
             if isinstance(piece, str):
                 on_delta(piece)
             else:
                 return piece
         raise RuntimeError("backend stream ended without its final Generation")
 
-    def _tool_turn(self, backend, turn: _Turn, sampling: dict) -> None:
+    def _tool_turn(self, backend: Backend, turn: _Turn, sampling: Sampling) -> None:
         segments = [*turn.prompt.segments, "\n\n" + self.toolbox.instructions()]
         generations = []
+        with_stops = replace(sampling, stop=tuple(STOP_STRINGS))
 
         def generate(prefix: str) -> tuple[str, int]:
-            gen = backend.generate([Prompt(segments, prefix)], **{**sampling, "stop": STOP_STRINGS})[0]
+            (gen,) = backend.generate(GenerateCall((Prompt(segments, prefix),), with_stops))
             generations.append(gen)
             return gen.text, len(gen.token_ids)
 
@@ -243,11 +242,6 @@ class Executor:
         turn.usage.decoded_tokens = decoded
         turn.usage.prompt_tokens, turn.usage.latent_in = prompt_tokens, latent_in
         turn.usage.finish_reason = finish
-
-    def _sampling(self) -> dict:
-        g = self.topology.generation
-        return dict(max_new_tokens=g.max_new_tokens, message_max_new_tokens=g.message_max_new_tokens,
-                    temperature=g.temperature, top_p=g.top_p, seed=g.seed)
 
     # --- prompts and hand-offs -----------------------------------------------------------------------------------
     def _prompt(self, agent: str, state: _QuestionState, with_slots: bool) -> Prompt:

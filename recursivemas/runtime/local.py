@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
-from recursivemas.actors import BackboneEngine
+from recursivemas.engine import BackboneEngine
 from recursivemas.config import Topology, load_topology
 from recursivemas.links import LinkSet, load_links
 from recursivemas.model_zoo import resolve_model
+from recursivemas.runtime.calls import BackboneDims
 from recursivemas.runtime.executor import Executor
 
 log = logging.getLogger("recursivemas")
@@ -31,12 +32,13 @@ def load_engine(name: str, cfg) -> BackboneEngine:
 
 
 def build_links(topology: Topology, backbones: Mapping[str, object], seed: int = 0) -> LinkSet:
-    """The topology's link set, sized from the backbones; loaded from ``topology.links`` when it names a checkpoint.
+    """The topology's link set, sized from the backbones (engines, or their :class:`BackboneDims`); loaded from
+    ``topology.links`` when it names a checkpoint.
 
     Fresh links are initialised to be near-identity maps at the receiver's embedding scale, so an untrained system
     runs and produces text, but it has not learned to read another agent's thoughts: train before trusting it.
     """
-    agent_backbone = {a.name: backbones[a.backbone] for a in topology.agents}
+    agent_backbone = {a.name: BackboneDims.of(backbones[a.backbone]) for a in topology.agents}
     with torch.random.fork_rng(devices=[]):  # fresh links are the same wherever they are built (in-process, actors)
         torch.manual_seed(seed)
         links = LinkSet(
@@ -61,30 +63,34 @@ def load_system(topology: Topology | str | Path) -> Executor:
     return Executor(topology, engines, build_links(topology, engines))
 
 
-class InProcessRunner:
-    """The cluster's ``run_batch(topology, prompts, mode, rounds, latent_steps)`` in this process: one engine per
-    unique backbone (model, dtype, device), shared by every topology run, as the cluster shares its actors. For
-    machines where Ray's worker processes would compete with other work at a lower priority (a 2-core laptop)."""
+class InProcess:
+    """The in-process counterpart of a :class:`~recursivemas.cluster.Cluster`: ``system(topology)`` gives the
+    topology's runner (an :class:`Executor`), with one engine per unique backbone (model, dtype, device) shared by
+    every topology, as the cluster shares its actors. For machines where Ray's worker processes would compete with
+    other work at a lower priority (a 2-core laptop), and for runs that need no Ray at all."""
 
     def __init__(self) -> None:
         self._engines: dict[tuple, BackboneEngine] = {}
-        self._systems: dict[str, tuple[Topology, Executor]] = {}
+        self._systems: dict[str, Executor] = {}
 
-    def _executor(self, topology: Topology) -> Executor:
+    def system(self, topology: Topology | str | Path) -> Executor:
+        if not isinstance(topology, Topology):
+            topology = load_topology(topology)
         known = self._systems.get(topology.name)
-        if known is not None and known[0] == topology:
-            return known[1]
+        if known is not None and known.topology == topology:
+            return known
         engines = {}
         for name, cfg in topology.backbones.items():
             key = (cfg.model, cfg.dtype, cfg.device)
             if key not in self._engines:
                 self._engines[key] = load_engine(name, cfg)
             engines[name] = self._engines[key]
-        executor = Executor(topology, engines, build_links(topology, engines))
-        self._systems[topology.name] = (topology, executor)
-        return executor
+        self._systems[topology.name] = Executor(topology, engines, build_links(topology, engines))
+        return self._systems[topology.name]
 
-    def run_batch(self, topology: Topology | str | Path, prompts, mode="latent", rounds=None, latent_steps=None):
-        if not isinstance(topology, Topology):
-            topology = load_topology(topology)
-        return self._executor(topology).run_batch(list(prompts), mode, rounds, latent_steps)
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._systems.clear()
+        self._engines.clear()

@@ -22,7 +22,8 @@ from ray import serve
 from recursivemas.config import BackboneConfig, Topology, load_topology
 from recursivemas.model_zoo import resolve_model
 from recursivemas.serve.config import BackboneDeployment, ServeConfig
-from recursivemas.serve.deployments import BackboneServer, Router, make_ingress
+from recursivemas.serve.deployments import BackboneServer, Router
+from recursivemas.serve.ingress import Ingress
 
 GRPC_SERVICER = "recursivemas.serve.proto.recursivemas_pb2_grpc.add_RecursiveMASServicer_to_server"
 APP_NAME = "recursivemas"
@@ -50,8 +51,6 @@ def build(args: dict[str, Any]):
 
 def build_app(config: ServeConfig):
     """The ingress application over every topology of ``config``."""
-    from fastapi import FastAPI
-
     loaded = [t if isinstance(t, Topology) else load_topology(t) for t in config.topologies]
     names = [t.name for t in loaded]
     clashes = sorted({n for n in names if names.count(n) > 1})
@@ -76,7 +75,7 @@ def build_app(config: ServeConfig):
     router = serve.deployment(Router, name="router").options(
         **config.router.serve_options({"num_cpus": 0}, ongoing),
     ).bind([t.to_dict() for t in loaded], backbones, keys, batching.model_dump())
-    ingress = serve.deployment(make_ingress(FastAPI(title="recursivemas")), name="ingress").options(
+    ingress = serve.deployment(Ingress, name="ingress").options(
         **config.ingress.serve_options({"num_cpus": 0}, 256),
     )
     return ingress.bind(router, config.limits.model_dump())

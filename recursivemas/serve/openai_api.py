@@ -33,10 +33,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from recursivemas.config import Mode
+from recursivemas.runtime.calls import GenerationOverrides, RunOptions
 from recursivemas.serve.errors import APIError
 
-
-Mode = Literal["latent", "text", "single"]
 
 class Limits(BaseModel):
     """Server-side limits on what one request may ask for (413 for the body, 400 for the rest)."""
@@ -133,15 +133,12 @@ class ChatCompletionRequest(_Strict):
     def question(self) -> str:
         return question_from_messages(self.messages)
 
-    def run_options(self) -> dict:
-        """``mode``, ``rounds``, ``latent_steps`` as sent (None: the topology's own), for ``run``/``run_batch``."""
-        return {"mode": self.mode, "rounds": self.rounds, "latent_steps": self.latent_steps}
-
-    def generation_options(self) -> dict:
-        """The sampling overrides that were sent, named as in the topology's ``generation`` block (plus ``stop``)."""
-        sent = {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed, "stop": self.stop_sequences or None}
-        return {k: v for k, v in sent.items() if v is not None}
+    def run_options(self) -> RunOptions:
+        """The run this request asks for: what was sent, the topology's own settings for the rest."""
+        generation = GenerationOverrides(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                         top_p=self.top_p, seed=self.seed, stop=tuple(self.stop_sequences) or None)
+        return RunOptions(mode=self.mode or "latent", rounds=self.rounds, latent_steps=self.latent_steps,
+                          generation=generation)
 
 
 _FIELDS = {name for m in (ChatCompletionRequest, ChatMessage, TextPart, StreamOptions, ResponseFormat)

@@ -99,6 +99,25 @@ class OuterStageConfig(StageConfig):
     gradient_checkpointing: bool = True  # recompute each backbone call in backward: less memory, about +1/3 time
 
 
+class DeepSpeedOptions(Strict):
+    """DeepSpeed ZeRO for stage 2 (:mod:`recursivemas.train.zero`). What to shard: ``stage: 2`` shards optimizer
+    state and gradients of the trainable links; ``stage: 3`` also their parameters and the frozen backbones'."""
+
+    stage: Literal[2, 3] = 2
+    # Stage 3 only: a parameter with at most this many elements is kept whole on every worker (DeepSpeed's
+    # ``stage3_param_persistence_threshold``): small ones are not worth a gather per module call. 0 shards them all.
+    param_persistence_threshold: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _stage3_only(self) -> DeepSpeedOptions:
+        if self.param_persistence_threshold is not None and self.stage != 3:
+            raise ValueError(
+                f"param_persistence_threshold: only stage 3 shards parameters (stage is {self.stage}); "
+                "remove param_persistence_threshold or set stage: 3"
+            )
+        return self
+
+
 class ClusterTrainConfig(Strict):
     """Run on Ray Train. ``replicated``: every worker holds every backbone, ``workers`` data-parallel copies.
     ``pipelined``: one worker per backbone, latents and their gradients cross workers point to point; ``workers``
@@ -109,7 +128,7 @@ class ClusterTrainConfig(Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     max_failures: int = Field(1, ge=0)
-    deepspeed: dict | None = None  # DeepSpeed options (recursivemas.train.zero); replicated placement only
+    deepspeed: DeepSpeedOptions | None = None  # replicated placement only
 
     @model_validator(mode="after")
     def _deepspeed_replicated(self) -> ClusterTrainConfig:

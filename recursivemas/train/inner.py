@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from recursivemas.actors import Prompt
+from recursivemas.engine import Prompt
 from recursivemas.prompts import render
 
 

@@ -20,13 +20,13 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
-from recursivemas.train.checkpoints import Checkpoints
-from recursivemas.train.config import OuterStageConfig, TrainConfig
+from recursivemas.train.checkpoints import Checkpoints, TrainState
+from recursivemas.train.config import DeepSpeedOptions, OuterStageConfig, TrainConfig
 from recursivemas.train.data import Row
 from recursivemas.train.evaluate import answer_accuracy
 from recursivemas.train.inner import InnerExample, agent_prompt, train_inner
 from recursivemas.train.outer import outer_parameters, unroll_loss
-from recursivemas.train.parallel import Wire, World, broadcast_module, sum_scalar
+from recursivemas.train.parallel import Wire, World, broadcast_module, check_batch_split, sum_scalar
 from recursivemas.train.updaters import TorchUpdater, ZeroUpdater
 from recursivemas.train.setup import Setup
 
@@ -77,19 +77,19 @@ def fit(setup: Setup, config: TrainConfig, checkpoints: Checkpoints, world: Worl
     """Train and return a summary (last losses, steps, learning curve, held-out scores). Every rank calls this."""
     world = world or World()
     problem = training_problem(config)
-    state = checkpoints.restore(setup.links) or {"stage": "start", "step": 0}
-    if state["stage"] != "start":
-        if state.get("problem") not in (None, problem):  # None: written before digests, or by train_outer alone
+    state = checkpoints.restore(setup.links) or TrainState()
+    if state.stage != "start":
+        if state.problem not in (None, problem):  # None: written before digests, or by train_outer alone
             raise ValueError(
-                f"the checkpoint in {state.get('directory', 'the checkpoint directory')} was trained on other data, "
+                f"the checkpoint in {state.directory or 'the checkpoint directory'} was trained on other data, "
                 "targets, topology, seed or forcing than this config; resuming would mix the two runs. Set a new "
                 "`output`, or delete the old run's checkpoints to start over")
-        log.info("resuming from the %s stage at step %d", state["stage"], state["step"])
-    state["problem"] = problem
-    summary: dict = {"resumed_from_step": state["step"], "resumed_from_stage": state["stage"]}
-    if stage in ("inner", "both") and state["stage"] == "start":
+        log.info("resuming from the %s stage at step %d", state.stage, state.step)
+    state.problem = problem
+    summary: dict = {"resumed_from_step": state.step, "resumed_from_stage": state.stage}
+    if stage in ("inner", "both") and state.stage == "start":
         summary["inner_loss"] = train_inner_links(setup, config, world, progress)
-        state = {"stage": "inner", "step": 0, "problem": problem}
+        state = TrainState("inner", 0, problem=problem)
         checkpoints.save({"stage": "inner", **summary["inner_loss"]}, setup.links, state)
     if stage in ("outer", "both"):
         deepspeed = config.cluster.deepspeed if config.cluster else None
@@ -138,9 +138,9 @@ def train_inner_links(setup: Setup, config: TrainConfig, world: World, progress:
 
 
 def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, world: World | None = None,
-                checkpoints: Checkpoints | None = None, state: dict | None = None,
-                deepspeed: dict | None = None, validation: Validation | None = None) -> list[float]:
-    """Stage 2 from ``state["step"]`` to ``cfg.steps``; returns the batch-mean loss of each step it ran.
+                checkpoints: Checkpoints | None = None, state: TrainState | None = None,
+                deepspeed: DeepSpeedOptions | None = None, validation: Validation | None = None) -> list[float]:
+    """Stage 2 from ``state.step`` to ``cfg.steps``; returns the batch-mean loss of each step it ran.
 
     Each replica takes its share of every batch; gradients of the outer links are summed over ranks before each
     step, so all ranks hold identical links. Checkpoints every ``cfg.checkpoint_every`` steps and at the end.
@@ -148,19 +148,18 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
     last, and ends holding the best step's links when ``validation.keep`` is ``best``.
     """
     world = world or World()
-    if cfg.batch_size % world.replicas:
-        raise ValueError(f"outer.batch_size: {cfg.batch_size} rows per step do not split evenly over "
-                         f"{world.replicas} data-parallel replicas; use a multiple of {world.replicas}")
+    check_batch_split(cfg.batch_size, world.replicas)
     topology, links = setup.topology, setup.links
     params = outer_parameters(links, topology)
     if deepspeed is None:
         updater = TorchUpdater(params, cfg, world)
     else:
         updater = ZeroUpdater(links, setup.engines, params, cfg, world, deepspeed)
-    start = (state or {}).get("step", 0)
-    updater.load_state_dict(state or {})
+    state = state or TrainState()
+    start = state.step
+    updater.load_state_dict(state.for_parts())
     if validation is not None:
-        validation.load_state_dict(state or {})
+        validation.load_state_dict(state.for_parts())
         if start == 0 or not validation.curve:
             _validate(validation, start, links, bar=None)
     agent_backbone = {a.name: a.backbone for a in topology.agents}
@@ -197,9 +196,8 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
         if checkpoints is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             # one report per checkpoint, carrying every step since the last (a report is a barrier on Ray Train)
             metrics = {"stage": "outer", "rows_seen": done * cfg.batch_size, **recent[-1], "steps": recent}
-            checkpoints.save(metrics, links, {"stage": "outer", "step": done, "rows_seen": done * cfg.batch_size,
-                                              "problem": (state or {}).get("problem"), **updater.state_dict(),
-                                              **(validation.state_dict() if validation else {})},
+            parts = {**updater.state_dict(), **(validation.state_dict() if validation else {})}
+            checkpoints.save(metrics, links, TrainState("outer", done, done * cfg.batch_size, state.problem, parts),
                              updater.shards)
             recent = []
     links.eval()
@@ -258,7 +256,7 @@ def inference_path_loss(setup: Setup, config: TrainConfig, rows: list[Row], worl
 
 
 def _zero3(config: TrainConfig) -> bool:
-    return bool(config.cluster and config.cluster.deepspeed and config.cluster.deepspeed.get("stage") == 3)
+    return bool(config.cluster and config.cluster.deepspeed and config.cluster.deepspeed.stage == 3)
 
 
 def _whole_on_rank0(config: TrainConfig, world: World) -> bool:

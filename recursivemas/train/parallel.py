@@ -205,3 +205,10 @@ def _recv(tensor: torch.Tensor, peer: int) -> None:
     import torch.distributed as dist
 
     dist.recv(tensor, src=peer)
+
+
+def check_batch_split(batch_size: int, replicas: int) -> None:
+    """Every data-parallel replica takes an equal share of each step's rows."""
+    if batch_size % replicas:
+        raise ValueError(f"outer.batch_size: {batch_size} rows per step do not split evenly over {replicas} "
+                         f"data-parallel replicas; use a multiple of {replicas}")

@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recursivemas.runtime.accounting import AgentUsage, RunResult
+from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
+from recursivemas.runtime.calls import GenerationOverrides
 from recursivemas.runtime.executor import fill_prompt
 from recursivemas.train.outer import answer_loss
 from recursivemas.train.updaters import cosine
@@ -101,25 +102,33 @@ def train_soft_prompt(engine, template: str, soft: SoftPrompt, rows: Sequence[tu
 
 
 class SoftPromptRunner:
-    """The decoder alone with its soft prompt, behind the eval harness's runner interface (single mode only)."""
+    """The decoder alone with its soft prompt, behind the runner interface (single mode only)."""
 
-    def __init__(self, engine, template: str, soft: SoftPrompt, agent: str, backbone: str) -> None:
-        self.engine, self.template, self.soft, self.agent, self.backbone = engine, template, soft, agent, backbone
+    def __init__(self, engine, topology, soft: SoftPrompt) -> None:
+        self.engine, self.topology, self.soft = engine, topology, soft
+        self.agent = topology.decoder
+        self.backbone = topology.agent(self.agent).backbone
+        self.template = topology.template(self.agent)
 
     @torch.inference_mode()
-    def run_batch(self, topology, prompts: Sequence[str], mode: str = "single", rounds: int | None = None,
-                  latent_steps: int | None = None) -> list[RunResult]:
+    def run_batch(self, questions: Sequence[str], *, mode: str = "single", rounds: int | None = None,
+                  latent_steps: int | None = None, generation=None, on_turn=None) -> list[RunResult]:
         if mode != "single":
             raise ValueError(f"mode: the prompt-tuned baseline is one agent; use 'single', got {mode!r}")
         began = time.perf_counter()
         vectors = self.soft()
-        g = topology.generation
-        gens = self.engine.generate([_prompt(self.template, q, vectors) for q in prompts],
-                                    max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_p=g.top_p,
-                                    seed=g.seed)
+        sampling, _ = GenerationOverrides.of(generation).over(self.topology.generation)
+        gens = self.engine.generate([_prompt(self.template, q, vectors) for q in questions],
+                                    **sampling.engine_kwargs())
         wall = time.perf_counter() - began
-        return [RunResult(question=q, text=gen.text, mode="single", rounds=1, latent_steps=0, wall_s=wall,
-                          usage=[AgentUsage(agent=self.agent, round=1, backbone=self.backbone, kind="answer",
-                                            prompt_tokens=gen.prompt_tokens, latent_in=gen.latent_tokens,
-                                            decoded_tokens=len(gen.token_ids), wall_s=wall, message=gen.text)])
-                for q, gen in zip(prompts, gens)]
+        results = [RunResult(question=q, text=gen.text, mode="single", rounds=1, latent_steps=0, wall_s=wall,
+                             finish_reason=openai_finish(gen.finish_reason),
+                             usage=[AgentUsage(agent=self.agent, round=1, backbone=self.backbone, kind="answer",
+                                               prompt_tokens=gen.prompt_tokens, latent_in=gen.latent_tokens,
+                                               decoded_tokens=len(gen.token_ids), wall_s=wall, message=gen.text,
+                                               finish_reason=gen.finish_reason)])
+                   for q, gen in zip(questions, gens)]
+        for usage in (u for r in results for u in r.usage):
+            if on_turn is not None:
+                on_turn(usage)
+        return results

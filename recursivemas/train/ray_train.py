@@ -21,10 +21,10 @@ from pathlib import Path
 
 from recursivemas.config import load_topology
 from recursivemas.links import LinkSet
-from recursivemas.train.checkpoints import LINKS_DIR, Shards, read_checkpoint, write_checkpoint
+from recursivemas.train.checkpoints import LINKS_DIR, Shards, TrainState, read_checkpoint, write_checkpoint
 from recursivemas.train.config import ClusterTrainConfig, TrainConfig
 from recursivemas.train.loop import Stage, fit
-from recursivemas.train.parallel import World, pipeline_stages
+from recursivemas.train.parallel import World, check_batch_split, pipeline_stages
 from recursivemas.train.setup import eval_rows, prepare, validation_rows
 
 
@@ -34,7 +34,7 @@ class RayCheckpoints:
     def __init__(self, rank: int, resume_from: str | None = None) -> None:
         self.rank, self.resume_from = rank, resume_from
 
-    def restore(self, links: LinkSet) -> dict | None:
+    def restore(self, links: LinkSet) -> TrainState | None:
         """This run's newest checkpoint (after a worker failure), else the one the run was started from."""
         import ray.train
 
@@ -43,7 +43,7 @@ class RayCheckpoints:
             return read_checkpoint(self.resume_from, links) if self.resume_from else None
         return read_checkpoint(checkpoint.to_directory(), links)  # a local copy that outlives this call
 
-    def save(self, metrics: dict, links: LinkSet, state: dict, shards: Shards | None = None) -> None:
+    def save(self, metrics: dict, links: LinkSet, state: TrainState, shards: Shards | None = None) -> None:
         """Rank 0 writes links and trainer state; with ``shards`` every rank adds its own files, and Ray Train
         gathers every rank's directory into one checkpoint."""
         import ray.train
@@ -70,7 +70,8 @@ def _worker(loop_config: dict) -> None:
     summary = fit(setup, config, checkpoints, world, stage=loop_config["stage"], progress=False,
                   heldout=eval_rows(config), validation_rows=validation_rows(config))
     # Ray keeps the metrics of the newest checkpoint as the result's: the summary goes with a final one
-    checkpoints.save({"done": True, **_flat(summary)}, setup.links, {"stage": "done", "step": config.outer.steps})
+    checkpoints.save({"done": True, **_flat(summary)}, setup.links,
+                     TrainState("done", config.outer.steps))
 
 
 def _flat(summary: dict) -> dict:
@@ -99,9 +100,7 @@ def train_on_ray(config: TrainConfig, stage: Stage = "both", storage_path: str |
     cluster = config.cluster or ClusterTrainConfig()
     size, stages = world_size(config)
     replicas = size // len(stages) if stages else size
-    if config.outer.batch_size % replicas:
-        raise ValueError(f"outer.batch_size: {config.outer.batch_size} rows per step do not split evenly over "
-                         f"{replicas} data-parallel replicas; use a multiple of {replicas}")
+    check_batch_split(config.outer.batch_size, replicas)
     if resume_from is not None:
         resume_from = str(Path(resume_from).resolve())
         if not (Path(resume_from) / "trainer.pt").is_file():

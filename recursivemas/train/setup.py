@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 
@@ -17,6 +16,7 @@ from recursivemas.answers import with_boxed
 from recursivemas.config import Topology, load_topology
 from recursivemas.links import LinkSet
 from recursivemas.runtime import Executor, build_links, load_engines
+from recursivemas.runtime.calls import BackboneDims
 from recursivemas.train.config import DataConfig, TrainConfig
 from recursivemas.train.data import (
     DataError, Row, check_rows_have, generate_rows, load_jsonl, resolve_targets, summarise_problems,
@@ -140,9 +140,9 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     for engine in engines.values():
         engine.gradient_checkpointing = config.outer.gradient_checkpointing
     check_lengths(topology, engines, rows, targets, config.data.max_length)
-    shapes: dict[str, SimpleNamespace] = {}
-    for part in gather_objects(world, {name: (e.hidden_size, e.embedding_scale) for name, e in engines.items()}):
-        shapes.update({name: SimpleNamespace(hidden_size=h, embedding_scale=s) for name, (h, s) in part.items()})
+    shapes: dict[str, BackboneDims] = {}  # every rank sizes every link, also of backbones it does not hold
+    for part in gather_objects(world, {name: BackboneDims.of(e) for name, e in engines.items()}):
+        shapes.update(part)
     return Setup(topology, rows, targets, engines, build_links(topology, shapes))
 
 

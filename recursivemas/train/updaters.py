@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from recursivemas.train.config import OuterStageConfig
+from recursivemas.train.config import DeepSpeedOptions, OuterStageConfig
 from recursivemas.train.parallel import World, sum_gradients
 
 
@@ -65,7 +65,7 @@ class ZeroUpdater:
     on resume, with the schedule and step count (DeepSpeed's own checkpoint format, in ``zero/``)."""
 
     def __init__(self, links, engines: dict, params: list[torch.nn.Parameter], cfg: OuterStageConfig, world: World,
-                 options: dict) -> None:
+                 options: DeepSpeedOptions) -> None:
         from recursivemas.train.zero import initialize
 
         wanted = {id(p) for p in params}

@@ -27,32 +27,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
+from recursivemas.train.config import DeepSpeedOptions
+
 _DEFAULT_BUCKET = 500_000_000  # DeepSpeed's own default reduce bucket, in elements
-
-
-class DeepSpeedOptions(BaseModel, extra="forbid"):
-    """What to shard. ``stage: 2`` shards optimizer state and gradients of the trainable links; ``stage: 3`` also
-    their parameters and the frozen backbones' parameters."""
-
-    stage: Literal[2, 3] = 2
-    # Stage 3 only: a parameter with at most this many elements is kept whole on every worker (DeepSpeed's
-    # ``stage3_param_persistence_threshold``): small ones are not worth a gather per module call. 0 shards them all.
-    param_persistence_threshold: int | None = Field(None, ge=0)
-
-    @model_validator(mode="after")
-    def _stage3_only(self) -> DeepSpeedOptions:
-        if self.param_persistence_threshold is not None and self.stage != 3:
-            raise ValueError(
-                f"param_persistence_threshold: only stage 3 shards parameters (stage is {self.stage}); "
-                "remove param_persistence_threshold or set stage: 3"
-            )
-        return self
 
 
 class ZeroTrainer:

@@ -23,8 +23,8 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from recursivemas.actors.inputs import Embedded, Prompt, embed, extend, left_pad
-from recursivemas.actors.sampling import Sampler
+from recursivemas.engine.inputs import Embedded, Prompt, embed, extend, left_pad
+from recursivemas.engine.sampling import Sampler
 
 _STOP_WINDOW = 32  # tokens decoded to look for a stop string; longer stop strings are not supported
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -1,0 +1,81 @@
+"""One backbone, ready for every topology that names it: the engine, optional coalescing, and link sets by key.
+
+This is the one place where a typed call meets an engine. The executor's in-process backend, the cluster's
+``BackboneActor`` and the Serve backbone deployment all run their calls here; the Ray wrappers only turn latent
+references into tensors on the way in and publish hand-offs on the way out. No Ray.
+
+Hand-offs are computed where their states were produced, so the links live with the host that runs their input
+agent (its inner link and its outgoing outer links), as ``docs/architecture.md`` describes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import torch
+
+from recursivemas.engine import BackboneEngine, Generation
+from recursivemas.engine.coalescing import CoalescingEngine
+from recursivemas.links import LinkSet
+from recursivemas.runtime.calls import BackboneDims, GenerateCall, ThinkCall, Thought
+
+
+class BackboneHost:
+    """Runs :class:`ThinkCall` and :class:`GenerateCall` on one engine.
+
+    With ``max_batch`` set, concurrent calls (many runs, many topologies) are coalesced into batched engine calls,
+    as a shared actor or replica needs; in one process, calls go straight to the engine.
+    """
+
+    def __init__(self, engine: BackboneEngine, max_batch: int | None = None, batch_wait_s: float = 0.005):
+        self.engine = engine
+        self._calls = CoalescingEngine(engine, max_batch, batch_wait_s) if max_batch else engine
+        self._links: dict[str, LinkSet] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, name: str, path: str, dtype: str, device: str, max_batch: int | None = None,
+             batch_wait_s: float = 0.005) -> BackboneHost:
+        return cls(BackboneEngine.load(path, dtype=dtype, device=device, name=name), max_batch, batch_wait_s)
+
+    @property
+    def dims(self) -> BackboneDims:
+        return BackboneDims.of(self.engine)
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Sizes of the coalesced engine calls made so far (empty without coalescing)."""
+        return list(getattr(self._calls, "batches", []))
+
+    def links_for(self, key: str, fetch: Callable[[], LinkSet]) -> LinkSet:
+        """The link set named ``key``, fetched once (a Ray host fetches it from the object store)."""
+        with self._lock:
+            if key not in self._links:
+                self._links[key] = fetch()
+            return self._links[key]
+
+    @torch.inference_mode()
+    def think(self, call: ThinkCall, links: LinkSet | None) -> list[Thought]:
+        """Roll each agent out with its inner link; hand its states to each target as ``outer(inner(H))`` (or
+        ``outer(H)``), float32 tensors on the links' device."""
+        if links is None:
+            raise ValueError("latent mode needs a LinkSet; build one with recursivemas.runtime.build_links")
+        inner = [links.inner_link(agent) for agent in call.agents]
+        device = next(links.parameters()).device
+        thoughts = []
+        for agent, out, targets in zip(call.agents, self._calls.rollout(list(call.prompts), call.steps, inner),
+                                       call.targets):
+            states = out.states.to(device=device, dtype=torch.float32)
+            handoffs = {dst: links.handoff(states, agent, dst, call.handoff) for dst in targets}
+            thoughts.append(Thought(out.prompt_tokens, out.latent_tokens, handoffs))
+        return thoughts
+
+    def generate(self, call: GenerateCall) -> list[Generation]:
+        return self._calls.generate(list(call.prompts), **call.sampling.engine_kwargs())
+
+    def stream(self, call: GenerateCall) -> Iterator[str | Generation]:
+        """Text deltas of the call's one prompt as they are decoded, then its ``Generation`` (not coalesced: a
+        stream holds its batch of one for its whole length)."""
+        (prompt,) = call.prompts
+        return self.engine.stream_generation(prompt, **call.sampling.engine_kwargs())

@@ -1,0 +1,128 @@
+"""The HTTP and gRPC front door: OpenAI's chat-completions API (``recursivemas.serve.openai_api``) with
+server-sent events for ``stream: true``, and the ``RecursiveMAS`` gRPC service, both over the router deployment.
+
+Bad input is a 4xx with an OpenAI error object (gRPC: a status with the same message), an internal failure a 5xx
+with a request id. A request becomes a typed :class:`~recursivemas.runtime.calls.RunOptions` here, and nothing
+but typed fields carries it on to the engine. The FastAPI app and the ingress class are defined once, at module
+level, as Ray Serve LLM does.
+"""
+
+import logging
+import time
+
+from fastapi import FastAPI, Request  # module level: FastAPI resolves the route annotations against this module
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from recursivemas.serve.errors import APIError, error_body, new_request_id
+from recursivemas.serve.openai_api import Limits, parse_request
+from recursivemas.serve.openai_responses import SSE_HEADERS, ChunkStream, completion_body, models_body
+
+log = logging.getLogger("recursivemas")
+app = FastAPI(title="recursivemas")
+
+
+def _run_args(req) -> tuple:
+    """(model, question, typed run options) for the router."""
+    return req.model, req.question(), req.run_options()
+
+
+def _grpc_fail(context, exc: Exception, request_id: str) -> None:
+    from recursivemas.serve.grpc_api import grpc_status
+
+    err = exc if isinstance(exc, APIError) else _as_api_error(exc, request_id)
+    if context is not None:
+        context.set_code(grpc_status(err))
+        context.set_details(f"{err.message} (request id {request_id})")
+
+
+def _as_api_error(exc: Exception, request_id: str) -> APIError:
+    """A failure inside a run: the user's fault (a prompt over the context, ...) is a 400, anything else a 500."""
+    cause = getattr(exc, "cause", None) or exc
+    from recursivemas.engine import ContextLengthError
+
+    if isinstance(cause, ContextLengthError | ValueError):
+        return APIError(400, str(cause).splitlines()[0], param="messages", code="invalid_request")
+    log.exception("request %s failed", request_id)
+    return APIError.internal(request_id)
+
+
+# Serve pickles the class when it is decorated: everything its methods use must be defined above it.
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, router, limits: dict) -> None:
+        self.router = router
+        self.limits = Limits.model_validate(limits)
+        self.names: list[str] = []
+
+    async def _models(self) -> list[str]:
+        if not self.names:
+            self.names = await self.router.models.remote()
+        return self.names
+
+    @app.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok", "models": await self._models()}
+
+    @app.get("/v1/models")
+    async def list_models(self) -> dict:
+        return models_body(await self._models())
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        request_id = request.headers.get("x-request-id") or new_request_id()
+        headers = {"x-request-id": request_id}
+        try:
+            req = parse_request(await request.body(), self.limits, await self._models())
+        except APIError as err:
+            return JSONResponse(error_body(err, request_id), status_code=err.status, headers=headers)
+        args = _run_args(req)
+        if req.stream:
+            return StreamingResponse(self._events(request_id, req, args), media_type="text/event-stream",
+                                     headers={**SSE_HEADERS, **headers})
+        try:
+            result = await self.router.run.remote(*args)
+        except Exception as exc:  # noqa: BLE001 - any failure is this request's, not the server's
+            err = _as_api_error(exc, request_id)
+            return JSONResponse(error_body(err, request_id), status_code=err.status, headers=headers)
+        body = completion_body(request_id, req.model, int(time.time()), result["text"], result)
+        return JSONResponse(body, headers=headers)
+
+    # --- gRPC (the same validation and runs; served through Ray Serve's gRPC proxy) ----------------------------
+    async def Run(self, request, grpc_context=None):  # noqa: N802 - the RPC's name in recursivemas.proto
+        from recursivemas.serve import grpc_api
+
+        request_id = new_request_id()
+        try:
+            req = grpc_api.request_from_proto(request, self.limits, await self._models())
+            result = await self.router.run.remote(*_run_args(req))
+        except Exception as exc:  # noqa: BLE001
+            _grpc_fail(grpc_context, exc, request_id)
+            return grpc_api.pb.RunResponse(id=request_id)
+        return grpc_api.response_to_proto(request_id, req.model, result["text"], result)
+
+    async def RunStream(self, request, grpc_context=None):  # noqa: N802
+        from recursivemas.serve import grpc_api
+
+        request_id = new_request_id()
+        try:
+            req = grpc_api.request_from_proto(request, self.limits, await self._models())
+            async for item in self.router.options(stream=True).stream.remote(*_run_args(req)):
+                if isinstance(item, str):
+                    yield grpc_api.chunk_to_proto(request_id, req.model, item)
+                else:
+                    yield grpc_api.final_chunk_to_proto(request_id, req.model, item)
+        except Exception as exc:  # noqa: BLE001
+            _grpc_fail(grpc_context, exc, request_id)
+
+    async def _events(self, request_id: str, req, args):
+        chunks = ChunkStream(request_id, req.model, include_usage=req.include_usage)
+        yield chunks.start()
+        try:
+            async for item in self.router.options(stream=True).stream.remote(*args):
+                if isinstance(item, str):
+                    yield chunks.delta(item)
+                else:
+                    yield chunks.end(item)
+        except Exception as exc:  # noqa: BLE001
+            yield chunks.error(_as_api_error(exc, request_id))
