@@ -98,6 +98,20 @@ def test_finish_reason_comes_from_the_engine(http):
     assert finals == ["length"]
 
 
+def test_the_served_system_is_a_runner_with_the_same_answers(http):
+    from recursivemas.serve.client import ServedSystem
+
+    client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused")
+    questions = ["What is 2+3?", "What is 7-4?"]
+    expected = [client.chat.completions.create(model="seq", messages=[{"role": "user", "content": q}], max_tokens=6,
+                                               temperature=0).choices[0].message.content for q in questions]
+    system, heard = ServedSystem("seq"), []
+    assert system.topology.name == "seq"
+    results = system.run_batch(questions, mode="latent", generation={"max_new_tokens": 6}, on_turn=heard.append)
+    assert [r.text for r in results] == expected  # one batched run gives what two HTTP requests gave
+    assert len(heard) == sum(len(r.usage) for r in results) and heard[-1].kind == "answer"
+
+
 def test_two_topologies_share_backbone_deployments(http):
     from ray import serve
 

@@ -8,17 +8,21 @@ topology and backbone dims always produce the same keys and shapes, and a checkp
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 from torch import nn
 
 from .modules import InnerLink, OuterLink
+
+from recursivemas.config import Handoff
 
 __all__ = ["LinkSet", "edge_key", "parse_edge_key", "FORMAT_NAME", "FORMAT_VERSION", "HANDOFF_MODES"]
 
 FORMAT_NAME = "recursivemas-links"
 FORMAT_VERSION = 1
 EDGE_SEP = "->"
-HANDOFF_MODES = ("inner_outer", "outer")
+HANDOFF_MODES = get_args(Handoff)
 
 
 def edge_key(src: str, dst: str) -> str:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from recursivemas.config import Mode
+
 Kind = Literal["latent", "text", "answer"]
 EngineFinish = Literal["eos", "stop", "length"]  # why the engine stopped decoding: end of turn, a stop string, budget
 Finish = Literal["stop", "length"]  # OpenAI's finish_reason: ``length`` when the answer was cut off
@@ -50,7 +52,7 @@ class Totals(BaseModel):
 class RunResult(BaseModel):
     question: str
     text: str
-    mode: Literal["latent", "text", "single"]
+    mode: Mode
     rounds: int
     latent_steps: int
     wall_s: float

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
@@ -286,7 +286,7 @@ def _check_request(questions: Sequence[str], mode: str, rounds: int, steps: int)
     for i, q in enumerate(questions):
         if not isinstance(q, str) or not q.strip():
             raise ValueError(f"prompt: question {i} is empty; pass the text to solve")
-    if mode not in ("latent", "text", "single"):
+    if mode not in get_args(Mode):
         raise ValueError(f"mode: {mode!r} is not one of latent, text, single")
     if rounds < 1:
         raise ValueError(f"rounds: must be >= 1, got {rounds}")

@@ -22,7 +22,7 @@ from ray import serve
 from recursivemas.config import BackboneConfig, Topology, load_topology
 from recursivemas.model_zoo import resolve_model
 from recursivemas.serve.config import BackboneDeployment, ServeConfig
-from recursivemas.serve.deployments import BackboneServer, Router
+from recursivemas.serve.deployments import ROUTER, BackboneServer, Router
 from recursivemas.serve.ingress import Ingress
 
 GRPC_SERVICER = "recursivemas.serve.proto.recursivemas_pb2_grpc.add_RecursiveMASServicer_to_server"
@@ -72,7 +72,7 @@ def build_app(config: ServeConfig):
             keys[topology.name][name] = key
     batching = config.batching
     ongoing = max(256, batching.max_batch_size * batching.max_concurrent_batches)
-    router = serve.deployment(Router, name="router").options(
+    router = serve.deployment(Router, name=ROUTER).options(
         **config.router.serve_options({"num_cpus": 0}, ongoing),
     ).bind([t.to_dict() for t in loaded], backbones, keys, batching.model_dump())
     ingress = serve.deployment(Ingress, name="ingress").options(

@@ -23,13 +23,14 @@ from recursivemas.actors.backbone import links_from
 from recursivemas.actors.latents import fetched, lower
 from recursivemas.actors.remote import RemoteBackend
 from recursivemas.config import Topology
-from recursivemas.runtime import Executor, build_links
+from recursivemas.runtime import Executor, RunResult, build_links
 from recursivemas.runtime.calls import BackboneDims, GenerateCall, RunOptions, ThinkCall
 from recursivemas.runtime.host import BackboneHost
 from recursivemas.serve.batcher import AdaptiveBatcher
 
 log = logging.getLogger("recursivemas")
 POOL_THREADS = 64  # concurrent runs (and backbone calls) a replica keeps in flight
+ROUTER = "router"  # the router deployment's name in the application
 
 
 class BackboneServer:
@@ -120,6 +121,22 @@ class Router:
                 counter.inc(value, tags)
         self.seconds.observe(result.wall_s, tags)
         return result.to_dict()
+
+    def topology(self, model: str) -> dict:
+        return self.executors[model].topology.to_dict()
+
+    async def run_batch(self, model: str, questions: list[str], options: RunOptions) -> list[RunResult]:
+        """The runner interface over Serve (:class:`~recursivemas.serve.client.ServedSystem`): one batched run of
+        ``questions``, beside the requests the HTTP ingress batches."""
+        executor = self.executors[model]
+
+        def work() -> list[RunResult]:
+            results = executor.run_batch(questions, **options.as_kwargs())
+            for result in results:
+                self._count(model, result)
+            return results
+
+        return await asyncio.get_running_loop().run_in_executor(self.pool, work)
 
     async def run(self, model: str, question: str, options: RunOptions) -> dict:
         outcome = await self.batcher.submit(_Job(model, question, options))

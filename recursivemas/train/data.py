@@ -1,9 +1,9 @@
 """Training rows: where they come from, which field each agent learns, and errors that point at the exact line.
 
-Rows for inner and outer training (``docs/architecture.md``, Training) come from two places: a user's JSON Lines file, or a
-procedural generator from ``reasoning_gym`` (deterministic from a seed, with a held-out split that never shares a
-question with training). Every row has a ``question`` and an ``answer``; the paper rewrites each answer into role
-targets, so a sequential row may also carry ``plan`` and ``refined_plan``. Any extra field is kept as-is.
+Rows for inner and outer training (``docs/architecture.md``, Training) come from two places: a user's JSON Lines
+file, or a procedural generator from ``reasoning_gym`` (deterministic from a seed, with a held-out split that never
+shares a question with training). Every row has a ``question`` and an ``answer``; the paper rewrites each answer into
+role targets, so a sequential row may also carry ``plan`` and ``refined_plan``. Any extra field is kept as-is.
 
 Data files are written by hand or by scripts and break in boring ways (a stray comma, a missing key on line 4812).
 A training job that dies hours later, or a traceback from deep inside pydantic, costs far more than a loader that
