@@ -8,7 +8,8 @@
 Each is the mean cross-entropy (nats per token) of the bare answer and its end-of-turn token; ``inference_solution``
 is the inference path's loss of the worked solution the demo's decoder is trained on (``data.solutions``).
 
-Run: ``python benchmarks/loss_paths.py [--topology sequential-demo] [--untrained] [--rows 12] [--latent-steps N]``.
+Run: ``python benchmarks/loss_paths.py [--topology sequential-demo] [--untrained | --links DIR] [--rows 12]
+[--latent-steps N]``.
 Last line: JSON with the four losses.
 """
 
@@ -36,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--topology", default="sequential-demo")
     parser.add_argument("--untrained", action="store_true", help="freshly initialised links instead of the topology's")
+    parser.add_argument("--links", help="trained links to measure instead of the topology's (a training output)")
     parser.add_argument("--rows", type=int, default=12)
     parser.add_argument("--latent-steps", type=int, help="rollout length (default: the topology's)")
     parser.add_argument("--max-latent-tokens", type=int, default=32, help="teacher-forced states handed on")
@@ -43,6 +45,8 @@ def main() -> None:
     topology = load_topology(args.topology)
     if args.untrained:
         topology = topology.replace(links=None)
+    elif args.links:
+        topology = topology.replace(links=str(Path(args.links).resolve()))
     engines = load_engines(topology)
     links = build_links(topology, engines)  # the topology's `links:` checkpoint, or fresh ones without it
     data = load_train_config(DEMO_TRAINING).data
