@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from benchmarks._reference import recompute_rollout
-from recursivemas.engine import ContextLengthError, Prompt
+from recursivemas.engine import BackboneEngine, ContextLengthError, Prompt
 from recursivemas.engine.inputs import render_pieces
 from recursivemas.links import InnerLink
 from tiny import FAMILIES, tiny_engine
@@ -461,3 +461,20 @@ def test_render_pieces_plain_frame(engines):
     # a latent at the very start still keeps the frame's bos before it
     first = render_pieces(engine.tokenizer, Prompt([z, "tail"]))
     assert first[0] == "<bos>" and first[1] is z and first[2] == "tail\n\nResponse:"
+
+
+def test_a_multimodal_wrapper_loads_through_its_text_path(tmp_path, caplog):
+    """Gemma-3-4B (the released scaled planner) is a Gemma3ForConditionalGeneration: its config has no top-level
+    hidden_size. The engine reads the text config and runs the language model; the vision tower is reported."""
+    import logging
+
+    from tiny import save_tiny
+
+    path = save_tiny(tmp_path / "gemma3-mm", "gemma3_mm")
+    with caplog.at_level(logging.INFO, logger="recursivemas"):
+        engine = BackboneEngine.load(path, name="planner")
+    assert type(engine.model).__name__ == "Gemma3ForConditionalGeneration"
+    assert not hasattr(engine.model.config, "hidden_size") and engine.hidden_size == 40
+    assert "vision tower" in caplog.text and "planner" in caplog.text
+    (out,) = engine.rollout([Prompt(["What is 2+2?"])], 3, None)
+    assert out.states.shape == (3, 40)

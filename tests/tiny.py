@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
-    AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config,
+    AutoModelForCausalLM, Gemma3Config, Gemma3TextConfig, GPT2Config, LlamaConfig, MistralConfig,
+    PreTrainedTokenizerFast, Qwen2Config, Qwen3_5TextConfig, Qwen3Config, SiglipVisionConfig,
 )
 
 from recursivemas.engine import BackboneEngine
@@ -54,10 +55,30 @@ def tiny_config(family: str, context: int = 2048):
     if family == "gpt2":
         return GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=context, vocab_size=VOCAB,
                           bos_token_id=1, eos_token_id=2)
+    if family == "qwen3":
+        return Qwen3Config(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=12, max_position_embeddings=context, **common)
+    if family == "mistral":
+        return MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, max_position_embeddings=context, **common)
+    if family == "qwen3_5":  # hybrid: gated-delta-rule linear attention in 3 of 4 layers, as the released agents
+        return Qwen3_5TextConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=12, linear_num_key_heads=2, linear_num_value_heads=4,
+                                 linear_key_head_dim=12, linear_value_head_dim=12, linear_conv_kernel_dim=4,
+                                 layer_types=["linear_attention"] * 3 + ["full_attention"],
+                                 max_position_embeddings=context, **common)
+    if family == "gemma3_mm":  # the multimodal wrapper (Gemma3ForConditionalGeneration): no top-level hidden_size
+        text = Gemma3TextConfig(hidden_size=40, intermediate_size=80, num_hidden_layers=3, num_attention_heads=2,
+                                num_key_value_heads=1, head_dim=16, sliding_window=16,
+                                layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                                max_position_embeddings=context, **common)
+        vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                    image_size=28, patch_size=14)
+        return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, tie_word_embeddings=False)
     raise ValueError(family)
 
 
-FAMILIES = ["llama", "qwen2", "gemma3", "gpt2"]
+FAMILIES = ["llama", "qwen2", "gemma3", "gpt2", "qwen3", "mistral", "qwen3_5", "gemma3_mm"]
 
 
 def tiny_engine(family: str = "llama", chat: bool = True, seed: int = 0, context: int = 2048) -> BackboneEngine:

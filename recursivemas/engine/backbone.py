@@ -15,6 +15,7 @@ position ids that follow the attention mask, so a batch gives the same numbers a
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -26,6 +27,7 @@ from torch import nn
 from recursivemas.engine.inputs import Embedded, Prompt, embed, extend, left_pad
 from recursivemas.engine.sampling import Sampler
 
+log = logging.getLogger("recursivemas")
 _STOP_WINDOW = 32  # tokens decoded to look for a stop string; longer stop strings are not supported
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,9 +63,11 @@ class BackboneEngine:
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.name = name
+        # The text path of any causal LM, multimodal wrappers included (Gemma-3-4B loads as
+        # Gemma3ForConditionalGeneration): its language model's decoder and embeddings, its text config's sizes.
         self.decoder = model.get_decoder()
         self.embedding = model.get_input_embeddings()
-        config = model.config
+        config = model.config.get_text_config()
         self.hidden_size: int = config.hidden_size
         self.max_context: int = getattr(config, "max_position_embeddings", None) or 2**31
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -81,6 +85,10 @@ class BackboneEngine:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
         except (OSError, ValueError) as exc:
             raise OSError(f"backbone {name or path!r}: cannot load model from {path!r}: {exc}") from exc
+        unused = _beside_the_text_path(model)
+        if unused:
+            log.info("backbone %s: %s is loaded whole; its %s parameters outside the language model (the vision "
+                     "tower) are in memory but never run", name or path, type(model).__name__, f"{unused:,}")
         return cls(model, tokenizer, name=name or str(path))
 
     @property
@@ -318,6 +326,13 @@ class BackboneEngine:
         if self.gradient_checkpointing and torch.is_grad_enabled() and embeds.requires_grad:
             return torch.utils.checkpoint.checkpoint(run, embeds, use_reentrant=False)
         return run(embeds)
+
+
+def _beside_the_text_path(model: nn.Module) -> int:
+    """Parameters of a multimodal wrapper that the text path (decoder, input embeddings, LM head) does not use."""
+    used = {id(p) for part in (model.get_decoder(), model.get_input_embeddings(), model.get_output_embeddings())
+            if part is not None for p in part.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in used)
 
 
 def _cached(module: nn.Module, kv, **inputs):
