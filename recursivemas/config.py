@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -44,12 +44,28 @@ class BackboneConfig(Strict):
     chain take turns, so on a CPU machine each backbone may use every core without reserving them all."""
 
 
+class FramingConfig(Strict):
+    """How an agent's prompt is framed as a conversation. Set at the topology level for every agent, and per agent
+    to override a field; an unset field keeps the default (no system turn, no template options, ``plain``)."""
+
+    system_prompt: str | None = None
+    """A system turn before the user turn (the authors' agents get a short "helpful assistant" line)."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Keyword arguments for the tokenizer's chat template, e.g. ``{enable_thinking: false}`` for Qwen3."""
+    no_chat_template: Literal["plain", "refuse"] | None = None
+    """For a model without a chat template: the plain "prompt, then Response:" frame, or an error."""
+
+
 class AgentConfig(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     backbone: str
     prompt: str | None = None
     """A role preset name (planner, critic, solver, expert, summarizer, learner, reflector, tool_caller, agent) or a
     template with ``{question}`` and slots; None picks the preset for the agent's place in the pattern."""
+    later_prompt: str | None = None
+    """The template (or preset) for rounds 2 and on, e.g. one that tells the first agent it is revising the team's
+    last attempt; None keeps ``prompt`` every round. ``{round}`` in either gives the round number."""
+    framing: FramingConfig | None = None
     tools: bool = False
     """Give this agent the tool loop (Python, search) when it decodes text."""
 
@@ -102,6 +118,8 @@ class Topology(BaseModel):
     collective group (gloo on CPU, nccl on GPUs). Direct transport gives the topology its own backbone actors."""
     links: str | None = None
     link_norm: bool = True
+    framing: FramingConfig | None = None
+    """Every agent's framing (each agent's own ``framing`` overrides it field by field)."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
 
@@ -178,27 +196,33 @@ class Topology(BaseModel):
                 object.__setattr__(agent, "prompt", preset)
 
     def _check_slots(self) -> None:
+        """Every template has the question, no slot without an edge, and a slot for every hand-off it receives:
+        in-round hand-offs every round, feedback from round 2 on (so a first-round ``prompt`` beside a
+        ``later_prompt`` needs no feedback slot)."""
         for agent in self.agents:
-            template = prompts.resolve_template(agent.prompt or "")
-            field = f"agents.{agent.name}.prompt"
-            found = prompts.placeholders(template)
-            if prompts.QUESTION not in found:
-                raise ValueError(f"{field}: the template has no {{question}} placeholder; add one where it goes")
             incoming = [(s, False) for s, d in self.edges if d == agent.name]
             incoming += [(s, True) for s, d in self.feedback if d == agent.name]
             sources = {s for s, _ in incoming}
-            for name in found:
-                if name not in prompts.RESERVED and name not in sources:
-                    raise ValueError(
-                        f"{field}: slot {{{name}}} has no edge {name}->{agent.name}; "
-                        f"agents handing over to {agent.name}: {sorted(sources) or 'none'}"
-                    )
-            for src, is_feedback in incoming:
-                if prompts.slot_for(template, src, is_feedback) is None:
-                    kind = "feedback" if is_feedback else "inputs"
-                    raise ValueError(
-                        f"{field}: no slot for the hand-off from {src!r}; add {{{src}}} or {{{kind}}} to the template"
-                    )
+            checks = [("prompt", agent.prompt, agent.later_prompt is None)]
+            if agent.later_prompt is not None:
+                checks.append(("later_prompt", agent.later_prompt, True))
+            for name, raw, gets_feedback in checks:
+                field = f"agents.{agent.name}.{name}"
+                template = prompts.resolve_template(raw or "")
+                found = prompts.placeholders(template)
+                if prompts.QUESTION not in found:
+                    raise ValueError(f"{field}: the template has no {{question}} placeholder; add one where it goes")
+                for slot in found:
+                    if slot not in prompts.RESERVED and slot not in sources:
+                        raise ValueError(
+                            f"{field}: slot {{{slot}}} has no edge {slot}->{agent.name}; "
+                            f"agents handing over to {agent.name}: {sorted(sources) or 'none'}"
+                        )
+                for src, is_feedback in incoming:
+                    if (gets_feedback or not is_feedback) and prompts.slot_for(template, src, is_feedback) is None:
+                        kind = "feedback" if is_feedback else "inputs"
+                        raise ValueError(f"{field}: no slot for the hand-off from {src!r}; add {{{src}}} or "
+                                         f"{{{kind}}} to the template")
 
     # --- helpers -------------------------------------------------------------------------------------------------
     def agent(self, name: str) -> AgentConfig:
@@ -207,8 +231,23 @@ class Topology(BaseModel):
                 return agent
         raise KeyError(f"no agent named {name!r}; agents are {[a.name for a in self.agents]}")
 
-    def template(self, agent: str) -> str:
-        return prompts.resolve_template(self.agent(agent).prompt or "")
+    def template(self, agent: str, round: int = 1) -> str:
+        """The agent's template for ``round``: ``later_prompt`` from round 2 on when it has one."""
+        config = self.agent(agent)
+        chosen = config.later_prompt if round > 1 and config.later_prompt is not None else config.prompt
+        return prompts.resolve_template(chosen or "")
+
+    def framing_of(self, agent: str) -> FramingConfig:
+        """The agent's framing, every field resolved: its own, else the topology's, else the default."""
+        mine, common = self.agent(agent).framing or FramingConfig(), self.framing or FramingConfig()
+
+        def pick(name: str):
+            value = getattr(mine, name)
+            return getattr(common, name) if value is None else value
+
+        return FramingConfig(system_prompt=pick("system_prompt"),
+                             chat_template_kwargs=pick("chat_template_kwargs") or {},
+                             no_chat_template=pick("no_chat_template") or "plain")
 
     def to_dict(self) -> dict:
         """Plain data that validates back into an equal topology (a preset stays a preset)."""

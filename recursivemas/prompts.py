@@ -6,6 +6,8 @@ Keeping this a tiny parser of our own (not ``str.format``) lets a slot hold a te
 slots are all empty this round (e.g. "Feedback from the last round: {feedback}" in round 1) instead of showing the
 model a dangling label.
 
+``{round}`` is the round being run (1, 2, ...), for templates that tell an agent where it is in the recursion.
+
 Slot names:
 - ``{inputs}``: every in-round hand-off into this agent that no named slot takes, each labelled with its source;
 - ``{feedback}``: every feedback hand-off from the previous round that no named slot takes;
@@ -19,9 +21,11 @@ from dataclasses import dataclass
 
 PLACEHOLDER = re.compile(r"(?<!\{)\{([A-Za-z_][A-Za-z0-9_\-]*)\}(?!\})")  # {{x}} is a literal
 QUESTION = "question"
+ROUND = "round"
 INPUTS = "inputs"
 FEEDBACK = "feedback"
-RESERVED = (QUESTION, INPUTS, FEEDBACK)
+RESERVED = (QUESTION, ROUND, INPUTS, FEEDBACK)
+TEXT_FIELDS = (QUESTION, ROUND)  # placeholders that are filled with text, never a slot
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ def slot_for(template: str, source: str, feedback: bool) -> str | None:
     return collective if collective in names else None
 
 
-def render(template: str, question: str, sources: dict[str, list[str]]) -> list[str | Slot]:
+def render(template: str, question: str, sources: dict[str, list[str]], round: int = 1) -> list[str | Slot]:
     """Render ``template`` into text pieces and :class:`Slot` markers.
 
     ``sources`` maps a placeholder name to the source agents whose hand-offs fill it this round (in order).
@@ -53,14 +57,14 @@ def render(template: str, question: str, sources: dict[str, list[str]]) -> list[
     """
     pieces: list[str | Slot] = []
     for line in template.splitlines(keepends=True):
-        names = [n for n in placeholders(line) if n != QUESTION]
+        names = [n for n in placeholders(line) if n not in TEXT_FIELDS]
         if names and not any(sources.get(n) for n in names):
             continue
-        pieces.extend(_render_line(line, question, sources))
+        pieces.extend(_render_line(line, question, sources, round))
     return _merge_text(pieces)
 
 
-def _render_line(line: str, question: str, sources: dict[str, list[str]]) -> list[str | Slot]:
+def _render_line(line: str, question: str, sources: dict[str, list[str]], round: int) -> list[str | Slot]:
     out: list[str | Slot] = []
     cursor = 0
     for match in PLACEHOLDER.finditer(line):
@@ -69,6 +73,8 @@ def _render_line(line: str, question: str, sources: dict[str, list[str]]) -> lis
         srcs = sources.get(name, [])
         if name == QUESTION:
             out.append(question)
+        elif name == ROUND:
+            out.append(str(round))
         elif name in (INPUTS, FEEDBACK) and len(srcs) > 1:
             for src in srcs:
                 out.extend([f"\n[{src}] ", Slot(src)])

@@ -15,7 +15,6 @@ from typing import TypeVar
 import ray
 import torch
 
-from recursivemas.engine import Prompt
 from recursivemas.runtime.calls import GenerateCall, ThinkCall
 
 Call = TypeVar("Call", ThinkCall, GenerateCall)
@@ -40,14 +39,14 @@ def lift(call: Call) -> tuple[Call, list[ray.ObjectRef]]:
                 refs.append(segment)
             else:
                 segments.append(segment)
-        prompts.append(Prompt(segments, prompt.response_prefix))
+        prompts.append(prompt.with_segments(segments))
     return call.with_prompts(prompts), refs
 
 
 def lower(call: Call, latents: Sequence[torch.Tensor]) -> Call:
     """The call with each :class:`LatentArg` replaced by its fetched tensor."""
-    return call.with_prompts([Prompt([latents[s.index] if isinstance(s, LatentArg) else s for s in p.segments],
-                                     p.response_prefix) for p in call.prompts])
+    return call.with_prompts([p.with_segments([latents[s.index] if isinstance(s, LatentArg) else s for s in p.segments])
+                              for p in call.prompts])
 
 
 def fetched(latents: Sequence) -> list:

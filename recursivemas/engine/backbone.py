@@ -294,8 +294,7 @@ class BackboneEngine:
             return self._rollout_with_grad(prompt, steps, inner)
         if gradient != "truncated":
             raise ValueError(f"gradient: {gradient!r} is not one of 'truncated', 'full'")
-        detached = Prompt([s.detach() if isinstance(s, torch.Tensor) else s for s in prompt.segments],
-                          prompt.response_prefix)
+        detached = prompt.with_segments([s.detach() if isinstance(s, torch.Tensor) else s for s in prompt.segments])
         (done,) = self.rollout([detached], steps, inner)
         item = self.embed(prompt, steps)
         with torch.no_grad():

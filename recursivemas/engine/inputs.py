@@ -3,18 +3,31 @@
 Agents read prompts where latent hand-offs sit between pieces of text ("Plan: <32 latent vectors>\\nSolve ...").
 We render the chat template once around sentinel markers, split the result at the markers, tokenize the text pieces
 and splice the latent tensors in between, so a latent block lands exactly where a message would in text mode.
-Models without a chat template (base models) get a plain "prompt, then Response:" frame instead.
+Models without a chat template (base models) get a plain "prompt, then Response:" frame instead, unless the
+prompt's :class:`Framing` refuses them. The framing also carries a system turn and the chat template's own options
+(``enable_thinking=False`` for a Qwen3 planner), which change every hand-off, so they travel with the prompt.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 
 Segment = str | torch.Tensor
 _SENTINEL = "\x00LATENT{}\x00"
 _PLAIN_FRAME = "{content}\n\nResponse:"
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How a prompt becomes a conversation: an optional system turn before the user turn, keyword arguments for
+    the chat template, and, for a model without a template, the plain frame (``plain``) or an error (``refuse``)."""
+
+    system: str | None = None
+    template_kwargs: tuple[tuple[str, Any], ...] = ()
+    without_template: Literal["plain", "refuse"] = "plain"
 
 
 @dataclass
@@ -26,6 +39,11 @@ class Prompt:
 
     segments: list[Segment]
     response_prefix: str = ""
+    framing: Framing = Framing()
+
+    def with_segments(self, segments: list[Segment]) -> Prompt:
+        """The same prompt (prefix and framing) over other segments."""
+        return replace(self, segments=list(segments))
 
 
 @dataclass
@@ -61,12 +79,18 @@ def render_pieces(tokenizer, prompt: Prompt) -> list[Segment]:
         else:
             content.append(segment)
     message = "".join(content)
+    framing = prompt.framing
     if getattr(tokenizer, "chat_template", None):
-        framed = tokenizer.apply_chat_template(
-            [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
-        )
+        turns = [{"role": "system", "content": framing.system}] if framing.system else []
+        framed = tokenizer.apply_chat_template(turns + [{"role": "user", "content": message}], tokenize=False,
+                                               add_generation_prompt=True, **dict(framing.template_kwargs))
+    elif framing.without_template == "refuse":
+        raise ValueError(f"{getattr(tokenizer, 'name_or_path', 'this model')!r} has no chat template and the "
+                         "agent's framing refuses the plain frame (no_chat_template: refuse); use a chat model or "
+                         "set no_chat_template: plain")
     else:
-        framed = (tokenizer.bos_token or "") + _PLAIN_FRAME.format(content=message)
+        body = f"{framing.system}\n\n{message}" if framing.system else message
+        framed = (tokenizer.bos_token or "") + _PLAIN_FRAME.format(content=body)
     framed += prompt.response_prefix
     pieces: list[Segment] = []
     for index, latent in enumerate(latents):

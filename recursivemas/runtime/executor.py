@@ -24,7 +24,7 @@ import torch
 
 from recursivemas import prompts
 from recursivemas.config import Mode, Topology
-from recursivemas.engine import Generation, Prompt
+from recursivemas.engine import Framing, Generation, Prompt
 from recursivemas.links import LinkSet
 from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
 from recursivemas.runtime.backend import Backend, as_backend
@@ -157,7 +157,7 @@ class Executor:
             backbone = self.topology.agent(step.agent).backbone
             kind = "answer" if step.decodes else ("latent" if run.mode == "latent" else "text")
             for index, state in enumerate(run.questions):
-                prompt = self._prompt(step.agent, state, with_slots=run.mode != "single")
+                prompt = self._prompt(step.agent, state, run.mode != "single", step.round)
                 usage = AgentUsage(agent=step.agent, round=step.round, backbone=backbone, kind=kind)
                 by_backbone[backbone].append(_Turn(index, step, prompt, usage))
         futures = [self._pool.submit(self._call, name, turns, run) for name, turns in by_backbone.items()]
@@ -221,7 +221,7 @@ class Executor:
         with_stops = replace(sampling, stop=tuple(STOP_STRINGS))
 
         def generate(prefix: str) -> tuple[str, int]:
-            (gen,) = backend.generate(GenerateCall((Prompt(segments, prefix),), with_stops))
+            (gen,) = backend.generate(GenerateCall((Prompt(segments, prefix, turn.prompt.framing),), with_stops))
             generations.append(gen)
             return gen.text, len(gen.token_ids)
 
@@ -244,11 +244,12 @@ class Executor:
         turn.usage.finish_reason = finish
 
     # --- prompts and hand-offs -----------------------------------------------------------------------------------
-    def _prompt(self, agent: str, state: _QuestionState, with_slots: bool) -> Prompt:
+    def _prompt(self, agent: str, state: _QuestionState, with_slots: bool, round: int) -> Prompt:
+        t = self.topology
         if not with_slots:
-            return fill_prompt(self.topology.template(agent), state.question, {}, {})
-        return fill_prompt(self.topology.template(agent), state.question, state.inbox[agent],
-                           state.feedback.get(agent, {}))
+            return fill_prompt(t.template(agent), state.question, {}, {}, framing=framing_of(t, agent))
+        return fill_prompt(t.template(agent, round), state.question, state.inbox[agent], state.feedback.get(agent, {}),
+                           round=round, framing=framing_of(t, agent))
 
     def _hand_over(self, turn: _Turn, state: _QuestionState) -> None:
         if turn.step.decodes:
@@ -258,16 +259,25 @@ class Executor:
             box[dst][turn.step.agent] = turn.handoffs[dst] if turn.handoffs is not None else (turn.message or "")
 
 
-def fill_prompt(template: str, question: str, inbox: Mapping[str, Content], feedback: Mapping[str, Content]) -> Prompt:
-    """An agent's prompt: its template with the question, and each hand-off (latent or text) in its source's slot."""
+def framing_of(topology: Topology, agent: str) -> Framing:
+    """The engine's framing for an agent's prompts (system turn, chat-template options, no-template policy)."""
+    f = topology.framing_of(agent)
+    return Framing(f.system_prompt, tuple(sorted((f.chat_template_kwargs or {}).items())), f.no_chat_template)
+
+
+def fill_prompt(template: str, question: str, inbox: Mapping[str, Content], feedback: Mapping[str, Content], *,
+                round: int = 1, framing: Framing | None = None) -> Prompt:
+    """An agent's prompt: its template with the question and the round, and each hand-off (latent or text) in its
+    source's slot, framed as ``framing`` says."""
     contents: dict[str, Content] = {}
     sources: dict[str, list[str]] = defaultdict(list)
     for is_feedback, box in ((False, inbox), (True, feedback)):
         for src, content in box.items():
             sources[prompts.slot_for(template, src, is_feedback)].append(src)
             contents[src] = content
-    pieces = prompts.render(template, question, sources)
-    return Prompt(_join_text([contents[p.source] if isinstance(p, prompts.Slot) else p for p in pieces]))
+    pieces = prompts.render(template, question, sources, round)
+    return Prompt(_join_text([contents[p.source] if isinstance(p, prompts.Slot) else p for p in pieces]),
+                  framing=framing or Framing())
 
 
 def _join_text(segments: list[Content]) -> list[Content]:

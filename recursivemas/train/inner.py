@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from recursivemas.engine import Prompt
+from recursivemas.engine import Framing, Prompt
 from recursivemas.prompts import render
 
 
@@ -24,9 +24,9 @@ class InnerExample:
     target: str
 
 
-def agent_prompt(template: str, question: str) -> Prompt:
-    """The agent's first-round prompt for a question (no hand-offs yet)."""
-    return Prompt(list(render(template, question, {})))
+def agent_prompt(template: str, question: str, framing: Framing | None = None) -> Prompt:
+    """The agent's first-round prompt for a question (no hand-offs yet), framed as in inference."""
+    return Prompt(list(render(template, question, {})), framing=framing or Framing())
 
 
 def inner_loss(engine, link: nn.Module, batch: Sequence[InnerExample]) -> torch.Tensor:

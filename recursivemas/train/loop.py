@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
+from recursivemas.runtime.executor import framing_of
 from recursivemas.train.checkpoints import Checkpoints, TrainState
 from recursivemas.train.config import DeepSpeedOptions, OuterStageConfig, TrainConfig
 from recursivemas.train.data import Row
@@ -122,7 +123,9 @@ def train_inner_links(setup: Setup, config: TrainConfig, world: World, progress:
     agents = [(a.name, a.backbone) for a in topology.agents]
     last: dict[str, float] = {}
     for name in world.trains_inner(agents):
-        examples = [InnerExample(agent_prompt(topology.template(name), row.question), row.target(setup.targets[name]))
+        framing = framing_of(topology, name)
+        examples = [InnerExample(agent_prompt(topology.template(name), row.question, framing),
+                                 row.target(setup.targets[name]))
                     for row in setup.rows]
         bar = tqdm(total=cfg.steps, desc=f"inner {name}", disable=not progress)
         losses = train_inner(setup.engines[topology.agent(name).backbone], setup.links.inner_link(name), examples,

@@ -26,7 +26,7 @@ from torch import nn
 
 from recursivemas.config import Topology
 from recursivemas.links import LinkSet
-from recursivemas.runtime.executor import fill_prompt
+from recursivemas.runtime.executor import fill_prompt, framing_of
 from recursivemas.runtime.graph import Plan
 from recursivemas.train.parallel import Wire
 
@@ -70,7 +70,8 @@ def unroll_loss(topology: Topology, engines: Mapping[str, object], links: LinkSe
         agent, round_ = turn.agent, turn.round
         if wire.here(agent):
             engine = engines[topology.agent(agent).backbone]
-            prompt = fill_prompt(topology.template(agent), question, inputs[round_, agent], feedback[round_, agent])
+            prompt = fill_prompt(topology.template(agent, round_), question, inputs[round_, agent],
+                                 feedback[round_, agent], round=round_, framing=framing_of(topology, agent))
             if agent == plan.decoder and (turn.decodes or aux_weight):
                 loss = answer_loss(engine, prompt, answer)
                 if turn.decodes:

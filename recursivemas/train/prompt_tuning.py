@@ -21,7 +21,7 @@ from torch import nn
 
 from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
 from recursivemas.runtime.calls import GenerationOverrides
-from recursivemas.runtime.executor import fill_prompt
+from recursivemas.runtime.executor import fill_prompt, framing_of
 from recursivemas.train.outer import answer_loss
 from recursivemas.train.updaters import cosine
 
@@ -73,8 +73,8 @@ class SoftPrompt(nn.Module):
         return prompt.eval()
 
 
-def _prompt(template: str, question: str, vectors: torch.Tensor):
-    return fill_prompt(template, question, {SLOT_SOURCE: vectors}, {})
+def _prompt(template: str, question: str, vectors: torch.Tensor, framing=None):
+    return fill_prompt(template, question, {SLOT_SOURCE: vectors}, {}, framing=framing)
 
 
 def train_soft_prompt(engine, template: str, soft: SoftPrompt, rows: Sequence[tuple[str, str]], steps: int,
@@ -118,7 +118,8 @@ class SoftPromptRunner:
         began = time.perf_counter()
         vectors = self.soft()
         sampling, _ = GenerationOverrides.of(generation).over(self.topology.generation)
-        gens = self.engine.generate([_prompt(self.template, q, vectors) for q in questions],
+        framing = framing_of(self.topology, self.agent)
+        gens = self.engine.generate([_prompt(self.template, q, vectors, framing) for q in questions],
                                     **sampling.engine_kwargs())
         wall = time.perf_counter() - began
         results = [RunResult(question=q, text=gen.text, mode="single", rounds=1, latent_steps=0, wall_s=wall,
