@@ -118,6 +118,9 @@ class Topology(BaseModel):
     collective group (gloo on CPU, nccl on GPUs). Direct transport gives the topology its own backbone actors."""
     links: str | None = None
     link_norm: bool = True
+    links_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """The dtype links run in at inference: ``auto`` keeps the dtype the checkpoint stores (the authors' 16-bit
+    releases run so), float32 upcasts (the default; training always uses float32)."""
     framing: FramingConfig | None = None
     """Every agent's framing (each agent's own ``framing`` overrides it field by field)."""
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

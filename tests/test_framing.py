@@ -94,3 +94,25 @@ def test_template_checks_name_the_field_and_the_slot():
     with pytest.raises(ValidationError, match=r"agents.planner.later_prompt: the template has no \{question\}"):
         topology(planner={"later_prompt": "Round {round}. {feedback}"})
     topology(planner={"prompt": "Q: {question}", "later_prompt": "Q: {question} Last: {feedback}"})  # valid
+
+
+@pytest.mark.parametrize("setting, expected", [("float32", torch.float32), ("auto", torch.bfloat16),
+                                               ("float16", torch.float16)])
+def test_links_run_in_the_dtype_asked_for(tmp_path, setting, expected):
+    """``links_dtype: auto`` keeps a 16-bit checkpoint's dtype, as the authors run their releases; float32 (the
+    default) upcasts; hand-offs leave the host in the links' dtype and the engine casts them to its own."""
+    from recursivemas.links import save_links, stored_dtype
+    from recursivemas.runtime.calls import ThinkCall
+    from recursivemas.runtime.host import BackboneHost
+
+    engine = tiny_engine("llama")
+    plain = topology()
+    save_links(build_links(plain, {"a": engine}).to(torch.bfloat16), tmp_path / "links")
+    assert stored_dtype(tmp_path / "links") == torch.bfloat16
+    t = plain.replace(links=str(tmp_path / "links"), links_dtype=setting)
+    links = build_links(t, {"a": engine})
+    assert {p.dtype for p in links.parameters()} == {expected}
+    (thought,) = BackboneHost(engine).think(ThinkCall(("planner",), (Prompt(["What is 2+2?"]),), 2, (("solver",),),
+                                                      links=t.name), links)
+    assert thought.handoffs["solver"].dtype == expected and torch.isfinite(thought.handoffs["solver"]).all()
+    assert Executor(t, {"a": engine}, links).run("What is 2+2?").text is not None

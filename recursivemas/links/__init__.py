@@ -6,7 +6,7 @@
 paper authors' released ``.pt`` files. Only torch and safetensors are needed here.
 """
 
-from .io import LinkCheckpointError, load_links, read_manifest, save_links
+from .io import LinkCheckpointError, load_links, read_manifest, save_links, stored_dtype
 from .linkset import LinkSet, edge_key, parse_edge_key
 from .modules import InnerLink, OuterLink
 from .released import ReleasedLinkError, import_released
@@ -20,6 +20,7 @@ __all__ = [
     "save_links",
     "load_links",
     "read_manifest",
+    "stored_dtype",
     "LinkCheckpointError",
     "import_released",
     "ReleasedLinkError",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -158,3 +159,14 @@ def load_links(path: str | Path, into: LinkSet) -> LinkSet:
 
     into.load_state_dict(load_file(str(wpath), device="cpu"), strict=True)
     return into
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def stored_dtype(path: str | Path) -> torch.dtype:
+    """The dtype a link checkpoint's weights were stored in (float32 when they mix dtypes)."""
+    wpath = _checkpoint_dir(path) / WEIGHTS_FILE
+    with safe_open(str(wpath), framework="pt", device="cpu") as f:
+        found = {f.get_slice(k).get_dtype() for k in f.keys()}
+    return _SAFETENSORS_DTYPES.get(found.pop(), torch.float32) if len(found) == 1 else torch.float32

@@ -58,15 +58,15 @@ class BackboneHost:
     @torch.inference_mode()
     def think(self, call: ThinkCall, links: LinkSet | None) -> list[Thought]:
         """Roll each agent out with its inner link; hand its states to each target as ``outer(inner(H))`` (or
-        ``outer(H)``), float32 tensors on the links' device."""
+        ``outer(H)``), tensors in the links' dtype on their device."""
         if links is None:
             raise ValueError("latent mode needs a LinkSet; build one with recursivemas.runtime.build_links")
         inner = [links.inner_link(agent) for agent in call.agents]
-        device = next(links.parameters()).device
+        weight = next(links.parameters())
         thoughts = []
         for agent, out, targets in zip(call.agents, self._calls.rollout(list(call.prompts), call.steps, inner),
                                        call.targets):
-            states = out.states.to(device=device, dtype=torch.float32)
+            states = out.states.to(device=weight.device, dtype=weight.dtype)
             handoffs = {dst: links.handoff(states, agent, dst, call.handoff) for dst in targets}
             thoughts.append(Thought(out.prompt_tokens, out.latent_tokens, handoffs))
         return thoughts

@@ -13,7 +13,7 @@ import torch
 
 from recursivemas.engine import BackboneEngine
 from recursivemas.config import Topology, load_topology
-from recursivemas.links import LinkSet, load_links
+from recursivemas.links import LinkSet, load_links, stored_dtype
 from recursivemas.model_zoo import resolve_model
 from recursivemas.runtime.calls import BackboneDims
 from recursivemas.runtime.executor import Executor
@@ -31,7 +31,11 @@ def load_engine(name: str, cfg) -> BackboneEngine:
     return BackboneEngine.load(resolve_model(cfg.model), dtype=cfg.dtype, device=cfg.device, name=name)
 
 
-def build_links(topology: Topology, backbones: Mapping[str, object], seed: int = 0) -> LinkSet:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_links(topology: Topology, backbones: Mapping[str, object], seed: int = 0, dtype: str | None = None
+                ) -> LinkSet:
     """The topology's link set, sized from the backbones (engines, or their :class:`BackboneDims`); loaded from
     ``topology.links`` when it names a checkpoint.
 
@@ -47,12 +51,15 @@ def build_links(topology: Topology, backbones: Mapping[str, object], seed: int =
             norm=topology.link_norm,
             out_scales={name: b.embedding_scale for name, b in agent_backbone.items()},
         )
+    wanted = dtype or topology.links_dtype
     if topology.links:
         load_links(Path(topology.links), into=links)
+        if wanted == "auto":
+            return links.to(stored_dtype(Path(topology.links)))
     else:
         log.warning("topology %r names no `links:` checkpoint; using freshly initialised (untrained) links",
                     topology.name)
-    return links
+    return links.to(DTYPES.get(wanted, torch.float32))
 
 
 def load_system(topology: Topology | str | Path) -> Executor:

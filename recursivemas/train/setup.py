@@ -143,7 +143,7 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     shapes: dict[str, BackboneDims] = {}  # every rank sizes every link, also of backbones it does not hold
     for part in gather_objects(world, {name: BackboneDims.of(e) for name, e in engines.items()}):
         shapes.update(part)
-    return Setup(topology, rows, targets, engines, build_links(topology, shapes))
+    return Setup(topology, rows, targets, engines, build_links(topology, shapes, dtype="float32"))  # trained in fp32
 
 
 def check_lengths(topology: Topology, engines: dict, rows: list[Row], targets: dict[str, str],
