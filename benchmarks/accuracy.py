@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from recursivemas.cli import parse_mapping  # noqa: E402
-from recursivemas.config import load_topology  # noqa: E402
+from recursivemas.config import Topology, load_topology  # noqa: E402
 from recursivemas.eval.datasets import load_eval_dataset  # noqa: E402
 from recursivemas.eval.harness import ItemResult, evaluate, summarise  # noqa: E402
 from recursivemas.eval.report import machine  # noqa: E402
@@ -64,8 +64,12 @@ def check_settings(out: Path, settings: dict) -> None:
     path = out / "settings.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved != settings:
-            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        # a topology is compared as a topology: fields added since the run was written take their defaults
+        same_topology = "topology" in saved and Topology.model_validate(saved["topology"]) == \
+            Topology.model_validate(settings["topology"])
+        changed = sorted(k for k in set(saved) | set(settings)
+                         if saved.get(k) != settings.get(k) and not (k == "topology" and same_topology))
+        if changed:
             raise SystemExit(f"{out} holds a run with other settings ({', '.join(changed)}); pass another --out "
                              "or delete it to start over")
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ the fix, because a YAML typo should cost a user seconds, not a traceback hunt.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,15 +71,45 @@ class AgentConfig(Strict):
     """Give this agent the tool loop (Python, search) when it decodes text."""
 
 
+class AnswerNudge(Strict):
+    """When the final answer lacks ``pattern`` (a regular expression), decode once more after ``suffix`` appended to
+    it, up to ``max_new_tokens``: the authors' retry that asks a model to box its answer."""
+
+    pattern: str = r"\\boxed\{"
+    suffix: str = "\n\nThe final answer, in \\boxed{}, is: \\boxed{"
+    max_new_tokens: int = Field(32, ge=1)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression ({exc}); write it for Python's re module, "
+                             "e.g. \\\\boxed\\{ matches \\boxed{") from None
+        return value
+
+
 class GenerationConfig(Strict):
     """Sampling for decoded text. ``max_new_tokens`` caps the final answer; ``message_max_new_tokens`` caps each
-    text-mode message an agent writes for the next one (unset: the answer's cap)."""
+    text-mode message an agent writes for the next one (unset: the answer's cap).
+
+    ``from_model: true`` takes each backbone's own sampling (its ``generation_config``: temperature, top_p, and
+    greedy when it does not sample) for every field not written here; fields written here win."""
 
     max_new_tokens: int = Field(256, ge=1)
     message_max_new_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = None
+    from_model: bool = False
+    answer_nudge: AnswerNudge | None = None
+
+    def from_model_fields(self) -> tuple[str, ...]:
+        """The sampling fields each backbone's own settings fill (empty unless ``from_model``)."""
+        if not self.from_model:
+            return ()
+        return tuple(f for f in ("temperature", "top_p") if f not in self.model_fields_set)
 
 
 class ToolsConfig(Strict):

@@ -83,3 +83,57 @@ def test_text_messages_have_their_own_budget():
     assert all(u.decoded_tokens == 6 for u in default.usage if u.kind == "text")  # unset: the answer's budget
     overridden = executor.run(QUESTION, mode="text", generation={"message_max_new_tokens": 3})
     assert all(u.decoded_tokens == 3 for u in overridden.usage if u.kind == "text")
+
+
+# --- decoding settings from the model, and the answer nudge (issue 14) -------------------------------------------
+
+
+def test_sampling_from_the_model_fills_only_the_fields_left_unwritten():
+    from transformers import GenerationConfig as HFGeneration
+
+    from recursivemas.config import GenerationConfig
+    from recursivemas.runtime.calls import GenerationOverrides
+
+    sampling_model = HFGeneration(do_sample=True, temperature=0.6, top_p=0.95)
+    answer, _ = GenerationOverrides().over(GenerationConfig.model_validate({"from_model": True}))
+    assert set(answer.from_model) == {"temperature", "top_p"}
+    got = answer.for_model(sampling_model)
+    assert (got.temperature, got.top_p, got.from_model) == (0.6, 0.95, ())
+    assert answer.for_model(HFGeneration(do_sample=False)).temperature == 0.0  # a greedy model stays greedy
+    written, _ = GenerationOverrides().over(GenerationConfig.model_validate({"from_model": True, "top_p": 0.5}))
+    assert written.for_model(sampling_model).top_p == 0.5  # written in the topology: it wins
+    per_run, _ = GenerationOverrides(temperature=0.0).over(GenerationConfig.model_validate({"from_model": True}))
+    assert per_run.for_model(sampling_model).temperature == 0.0  # and so does a request's own value
+    off, _ = GenerationOverrides().over(GenerationConfig())
+    assert off.for_model(sampling_model) == off  # from_model unset: the topology's settings only
+
+
+def test_the_host_reads_its_own_backbones_generation_config():
+    engine = biased(tiny_engine("llama"), -1e4)
+    engine.model.generation_config.do_sample = True
+    engine.model.generation_config.temperature = 0.7
+    seen = []
+    real = engine.generate
+
+    def generate(prompts, **sampling):
+        seen.append(sampling)
+        return real(prompts, **sampling)
+
+    engine.generate = generate
+    system(engine, from_model=True).run(QUESTION, mode="single")
+    assert seen[-1]["temperature"] == 0.7 and seen[-1]["top_p"] == 1.0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_answer_without_the_pattern_is_continued_once(stream):
+    nudge = {"suffix": " So: \\boxed{", "max_new_tokens": 2}
+    executor = system(biased(tiny_engine("llama"), -1e4), new_tokens=3, answer_nudge=nudge)
+    pieces: list[str] = []
+    result = executor.run(QUESTION, mode="latent", on_delta=pieces.append if stream else None)
+    turn = answer(result)
+    assert turn.nudged and turn.decoded_tokens == 3 + 2 and " So: \\boxed{" in result.text
+    assert (result.finish_reason, turn.finish_reason) == ("length", "length")  # the continuation's reason
+    if stream:
+        assert "".join(pieces) == result.text
+    kept = system(biased(tiny_engine("llama"), -1e4), new_tokens=3, answer_nudge={"pattern": "."}).run(QUESTION)
+    assert not answer(kept).nudged and answer(kept).decoded_tokens == 3  # the pattern is there: no nudge

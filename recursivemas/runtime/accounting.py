@@ -40,6 +40,7 @@ class AgentUsage(BaseModel):
     wall_s: float = 0.0
     message: str | None = None  # the decoded text, for text-mode messages and answers
     finish_reason: EngineFinish | None = None  # decoding turns: why the (last) generation stopped
+    nudged: bool = False  # the answer lacked generation.answer_nudge's pattern and was continued once
 
 
 class Totals(BaseModel):

@@ -23,16 +23,30 @@ from recursivemas.engine import Prompt
 
 @dataclass(frozen=True)
 class Sampling:
-    """How one generate call decodes: the engine's ``generate`` arguments."""
+    """How one generate call decodes: the engine's ``generate`` arguments. ``from_model`` names the fields the host
+    takes from its backbone's own ``generation_config`` instead (``generation.from_model``)."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    from_model: tuple[str, ...] = ()
 
     def engine_kwargs(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("from_model")
+        return out
+
+    def for_model(self, generation_config: Any) -> Sampling:
+        """These settings with the ``from_model`` fields read from a model's ``generation_config``: its temperature
+        and top_p when it samples, greedy when it does not."""
+        if not self.from_model or generation_config is None:
+            return self
+        samples = bool(getattr(generation_config, "do_sample", False))
+        own = {"temperature": float(generation_config.temperature or 1.0) if samples else 0.0,
+               "top_p": float(generation_config.top_p or 1.0) if samples else 1.0}
+        return replace(self, **{name: own[name] for name in self.from_model if name in own}, from_model=())
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,8 @@ class GenerationOverrides:
 
         answer = Sampling(max_new_tokens=pick("max_new_tokens", config.max_new_tokens),
                           temperature=pick("temperature", config.temperature), top_p=pick("top_p", config.top_p),
-                          seed=pick("seed", config.seed), stop=pick("stop", ()))
+                          seed=pick("seed", config.seed), stop=pick("stop", ()),
+                          from_model=tuple(f for f in config.from_model_fields() if getattr(self, f) is None))
         budget = pick("message_max_new_tokens", config.message_max_new_tokens)
         return answer, answer if budget is None else replace(answer, max_new_tokens=budget)
 

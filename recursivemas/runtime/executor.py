@@ -13,6 +13,7 @@ Backbones are any objects with the engine's ``rollout`` / ``generate`` interface
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -193,12 +194,14 @@ class Executor:
         plain = [t for t in plain if t not in streamed]
         for turn in streamed:
             self._record(turn, self._stream(backend, turn.prompt, on_delta, run.sampling_for(turn)))
+            self._nudge(backend, [turn], run, on_delta)
         by_sampling: dict[Sampling, list[_Turn]] = defaultdict(list)  # a message budget of its own: a call of its own
         for turn in plain:
             by_sampling[run.sampling_for(turn)].append(turn)
         for sampling, group in by_sampling.items():
             for turn, gen in zip(group, backend.generate(GenerateCall(tuple(t.prompt for t in group), sampling))):
                 self._record(turn, gen)
+        self._nudge(backend, plain, run)
         for turn in with_tools:
             self._tool_turn(backend, turn, run.sampling_for(turn))
         wall = time.perf_counter() - start
@@ -214,6 +217,28 @@ class Executor:
             else:
                 return piece
         raise RuntimeError("backend stream ended without its final Generation")
+
+    def _nudge(self, backend: Backend, turns: list[_Turn], run: _Run,
+               on_delta: Callable[[str], None] | None = None) -> None:
+        """Answers without ``generation.answer_nudge``'s pattern are continued once after its suffix (batched)."""
+        nudge = self.topology.generation.answer_nudge
+        if nudge is None:
+            return
+        todo = [t for t in turns if t.usage.kind == "answer" and not re.search(nudge.pattern, t.message or "")]
+        if not todo:
+            return
+        sampling = replace(run.answer, max_new_tokens=nudge.max_new_tokens)
+        prompts = [replace(t.prompt, response_prefix=t.prompt.response_prefix + (t.message or "") + nudge.suffix)
+                   for t in todo]
+        if on_delta is not None:
+            on_delta(nudge.suffix)
+            gens = [self._stream(backend, prompts[0], on_delta, sampling)]
+        else:
+            gens = backend.generate(GenerateCall(tuple(prompts), sampling))
+        for turn, gen in zip(todo, gens):
+            turn.message = turn.usage.message = (turn.message or "") + nudge.suffix + gen.text
+            turn.usage.decoded_tokens += len(gen.token_ids)
+            turn.usage.finish_reason, turn.usage.nudged = gen.finish_reason, True
 
     def _tool_turn(self, backend: Backend, turn: _Turn, sampling: Sampling) -> None:
         segments = [*turn.prompt.segments, "\n\n" + self.toolbox.instructions()]

@@ -72,10 +72,14 @@ class BackboneHost:
         return thoughts
 
     def generate(self, call: GenerateCall) -> list[Generation]:
-        return self._calls.generate(list(call.prompts), **call.sampling.engine_kwargs())
+        return self._calls.generate(list(call.prompts), **self._sampling(call).engine_kwargs())
 
     def stream(self, call: GenerateCall) -> Iterator[str | Generation]:
         """Text deltas of the call's one prompt as they are decoded, then its ``Generation`` (not coalesced: a
         stream holds its batch of one for its whole length)."""
         (prompt,) = call.prompts
-        return self.engine.stream_generation(prompt, **call.sampling.engine_kwargs())
+        return self.engine.stream_generation(prompt, **self._sampling(call).engine_kwargs())
+
+    def _sampling(self, call: GenerateCall):
+        """The call's sampling, with the fields it leaves to the model read from this backbone's own settings."""
+        return call.sampling.for_model(getattr(getattr(self.engine, "model", None), "generation_config", None))
