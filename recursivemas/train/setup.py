@@ -135,7 +135,9 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
         if world.pipelined:
             raise DataError("data.solutions: sampled needs every backbone in one process; sample the solutions "
                             "once (one process) into a JSONL file and train from its `path`")
-        rows = add_sampled_solutions(topology, engines, rows, config.data.solution_tries, config.data.max_length)
+        # one token short of data.max_length: a target is trained with its end-of-turn token after it
+        rows = add_sampled_solutions(topology, engines, rows, config.data.solution_tries,
+                                     max(1, config.data.max_length - 1))
         check_rows_have(rows, targets)
     for engine in engines.values():
         engine.gradient_checkpointing = config.outer.gradient_checkpointing
