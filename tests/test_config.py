@@ -12,7 +12,8 @@ import yaml
 from pydantic import ValidationError
 
 from recursivemas import prompts
-from recursivemas.config import ConfigError, Topology, find_cycle, load_topology
+from recursivemas.config import ConfigError, Topology, load_topology
+from recursivemas.graph_checks import find_cycle
 
 BACKBONES = {"smol": {"model": "some/model"}, "gem": {"model": "/models/gemma"}}
 
