@@ -46,6 +46,12 @@ def cluster():
         yield c
 
 
+def test_the_cluster_system_is_a_runner_that_reports_turns_after_the_run(cluster, model_dirs):
+    system, heard = cluster.system(topology(model_dirs, "sequential")), []
+    (result,) = system.run_batch([QUESTION], mode="latent", on_turn=heard.append)
+    assert heard == result.usage and heard[-1].kind == "answer"  # every turn, in order, once
+
+
 @pytest.mark.parametrize("pattern", sorted(PATTERN_AGENTS))
 def test_cluster_equals_in_process(cluster, model_dirs, pattern):
     t = topology(model_dirs, pattern)

@@ -27,6 +27,7 @@ from recursivemas.actors.remote import BackboneFailure
 from recursivemas.config import BackboneConfig, Mode, Topology, load_topology
 from recursivemas.model_zoo import resolve_model
 from recursivemas.runtime import AgentUsage, RunResult
+from recursivemas.runtime.accounting import report_turns
 from recursivemas.runtime.calls import BackboneDims, GenerationOverrides, RunOptions
 from recursivemas.runtime.local import build_links
 
@@ -51,13 +52,8 @@ class RemoteSystem:
     def run_batch(self, questions: Sequence[str], *, mode: Mode = "latent", rounds: int | None = None,
                   latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
                   on_turn: Callable[[AgentUsage], None] | None = None) -> list[RunResult]:
-        results = _unwrap(self.submit(questions, mode=mode, rounds=rounds, latent_steps=latent_steps,
-                                      generation=generation))
-        if on_turn is not None:
-            for result in results:
-                for usage in result.usage:
-                    on_turn(usage)
-        return results
+        return report_turns(_unwrap(self.submit(questions, mode=mode, rounds=rounds, latent_steps=latent_steps,
+                                                generation=generation)), on_turn)
 
     def run(self, question: str, **options) -> RunResult:
         return self.run_batch([question], **options)[0]

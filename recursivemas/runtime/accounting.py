@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -41,6 +42,16 @@ class AgentUsage(BaseModel):
     message: str | None = None  # the decoded text, for text-mode messages and answers
     finish_reason: EngineFinish | None = None  # decoding turns: why the (last) generation stopped
     nudged: bool = False  # the answer lacked generation.answer_nudge's pattern and was continued once
+
+
+def report_turns(results: list[RunResult], on_turn: Callable[[AgentUsage], None] | None) -> list[RunResult]:
+    """Hand every turn of finished runs to ``on_turn``, in order: how runners whose rounds ran elsewhere (a
+    coordinator actor, a Serve replica) keep the ``on_turn`` contract."""
+    if on_turn is not None:
+        for result in results:
+            for usage in result.usage:
+                on_turn(usage)
+    return results
 
 
 class Totals(BaseModel):

@@ -13,6 +13,7 @@ from typing import Any
 
 from recursivemas.config import Mode, Topology
 from recursivemas.runtime import AgentUsage, GenerationOverrides, RunOptions, RunResult
+from recursivemas.runtime.accounting import report_turns
 from recursivemas.serve.deployments import ROUTER
 
 
@@ -29,11 +30,7 @@ class ServedSystem:
                   latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
                   on_turn: Callable[[AgentUsage], None] | None = None) -> list[RunResult]:
         options = RunOptions.of(mode, rounds, latent_steps, generation)
-        results = self.router.run_batch.remote(self.model, list(questions), options).result()
-        if on_turn is not None:
-            for usage in (u for result in results for u in result.usage):
-                on_turn(usage)
-        return results
+        return report_turns(self.router.run_batch.remote(self.model, list(questions), options).result(), on_turn)
 
     def run(self, question: str, **options) -> RunResult:
         return self.run_batch([question], **options)[0]

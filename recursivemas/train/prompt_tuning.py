@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
+from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish, report_turns
 from recursivemas.runtime.calls import GenerationOverrides
 from recursivemas.runtime.executor import fill_prompt, framing_of
 from recursivemas.train.outer import answer_loss
@@ -129,7 +129,4 @@ class SoftPromptRunner:
                                                decoded_tokens=len(gen.token_ids), wall_s=wall, message=gen.text,
                                                finish_reason=gen.finish_reason)])
                    for q, gen in zip(questions, gens)]
-        for usage in (u for r in results for u in r.usage):
-            if on_turn is not None:
-                on_turn(usage)
-        return results
+        return report_turns(results, on_turn)
