@@ -120,6 +120,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_links_import(args: argparse.Namespace) -> int:
     from recursivemas.links import import_released, parse_edge_key, save_links
 
+    if args.release:
+        return _import_release(args)
+    if args.topology or args.task:
+        raise ValueError("--topology/--task: go with --release DIR...; --inner/--outer take the files themselves")
+    if not args.inner and not args.outer:
+        raise ValueError("links import: pass --release DIR... --topology T (the authors' downloaded repos), or "
+                         "--inner AGENT=FILE / --outer SRC->DST=FILE")
+
     def pairs(items: list[str], flag: str) -> list[tuple[str, Path]]:
         out = []
         for item in items:
@@ -134,6 +142,32 @@ def cmd_links_import(args: argparse.Namespace) -> int:
     links = import_released(inner, outer)
     path = save_links(links, args.out)
     print(f"saved {len(inner)} inner and {len(outer)} outer links ({links.num_parameters():,} parameters) to {path}")
+    return 0
+
+
+def _import_release(args: argparse.Namespace) -> int:
+    from recursivemas.config import load_topology
+    from recursivemas.links import edge_key, import_released, resolve_release, save_links
+
+    if args.inner or args.outer:
+        raise ValueError("--release: the manifests name every file; drop --inner/--outer")
+    if not args.topology:
+        raise ValueError("--release: pass --topology (a built-in such as sequential-light, or a YAML) to map the "
+                         "release's roles onto agents")
+    topology = load_topology(args.topology)
+    files = resolve_release(args.release, topology, args.task)
+    links = import_released(files.inner, files.outer, dims=files.agent_dims, edge_dims=files.edge_dims)
+    for agent, file in files.inner.items():
+        print(f"  inner {agent:<14} <- {file}")
+    for edge, file in files.outer.items():
+        print(f"  outer {edge_key(*edge):<14} <- {file}")
+    path = save_links(links, args.out)
+    dtype = str(next(links.parameters()).dtype).removeprefix("torch.")
+    print(f"saved {len(files.inner)} inner and {len(files.outer)} outer links ({links.num_parameters():,} "
+          f"parameters, {dtype}) for {topology.name}{f' (task {args.task})' if args.task else ''} to {path}")
+    if links.norm != topology.link_norm:
+        print(f"note: these links {'have' if links.norm else 'have no'} LayerNorms; set `link_norm: "
+              f"{str(links.norm).lower()}` in the topology to load them", file=sys.stderr)
     return 0
 
 
@@ -318,9 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     links = sub.add_parser("links", help="link checkpoints")
     links_sub = links.add_subparsers(dest="action", required=True)
-    imp = links_sub.add_parser("import", help="import the paper authors' released .pt links")
-    imp.add_argument("--inner", action="append", default=[], metavar="AGENT=PATH")
-    imp.add_argument("--outer", action="append", default=[], metavar="SRC->DST=PATH")
+    imp = links_sub.add_parser("import", help="import the paper authors' released links (docs/released-systems.md)")
+    imp.add_argument("--release", nargs="+", default=[], metavar="DIR",
+                     help="the downloaded agent and outer-link repos of one system (AGENT=DIR to name the agent)")
+    imp.add_argument("--topology", help="with --release: the system they are for, e.g. sequential-light")
+    imp.add_argument("--task", help="with --release: which task's links (math, code, ...) when a repo has several")
+    imp.add_argument("--inner", action="append", default=[], metavar="AGENT=PATH", help="one inner-link .pt file")
+    imp.add_argument("--outer", action="append", default=[], metavar="SRC->DST=PATH", help="one outer-link .pt file")
     imp.add_argument("--out", required=True, help="checkpoint directory to write")
     imp.set_defaults(func=cmd_links_import)
     return parser

@@ -8,12 +8,13 @@ before anything is built: a mixed-up file list fails here, naming the file, rath
 but hands garbage between agents.
 
 Files are read with ``torch.load(..., weights_only=True)`` only, so a malicious pickle cannot run code.
-The CLI converts the result to our own checkpoint format with :func:`recursivemas.links.io.save_links`.
+:mod:`.release` finds the files through the release's manifests; the CLI converts the result to our own checkpoint format with :func:`recursivemas.links.io.save_links`.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -104,27 +105,33 @@ def _check_shapes(path: Path, sd: dict, want: dict[str, tuple]) -> None:
         raise ReleasedLinkError(f"{path}: tensors are not floating point: {nonfloat}")
 
 
-def import_released(inner: dict[str, Path], outer: dict[tuple[str, str], Path]) -> LinkSet:
-    """Build a float32 :class:`LinkSet` from released files.
+def import_released(inner: dict[str, Path], outer: dict[tuple[str, str], Path],
+                    dims: Mapping[str, tuple[int, str]] | None = None,
+                    edge_dims: Mapping[tuple[str, str], tuple[int, int, str]] | None = None) -> LinkSet:
+    """Build a :class:`LinkSet` from released files, in the dtype they store (float32 when they mix dtypes).
 
     ``inner`` maps agent name -> inner-link file; ``outer`` maps ``(src, dst)`` -> outer-link file. Dims come from
     the weights (inner ``d`` from ``proj1.weight``; outer ``out_dim, in_dim = residual_proj.weight.shape``), the
-    ``norm`` variant from the presence of LayerNorm keys; all files must agree. An agent that appears only in
-    edges gets an untrained (init) inner link, with a warning.
+    ``norm`` variant from the presence of LayerNorm keys; all files must agree, with each other and with what the
+    release states: ``dims`` (agent -> (hidden size, where it is stated)) and ``edge_dims`` (edge -> (in_dim,
+    out_dim, where)). An agent that appears only in edges gets an untrained (init) inner link, with a warning.
     """
     if not inner and not outer:
         raise ReleasedLinkError("import_released: no files given")
     loaded_inner: dict[str, tuple[Path, dict]] = {}
     loaded_outer: dict[tuple[str, str], tuple[Path, dict]] = {}
     norms: dict[Path, bool] = {}
-    dims: dict[str, tuple[int, str]] = {}  # agent -> (dim, where it came from)
+    agent_dims: dict[str, tuple[int, str]] = {}  # agent -> (dim, where it came from)
     problems: list[str] = []
 
     def claim(agent: str, dim: int, source: str) -> None:
-        if agent in dims and dims[agent][0] != dim:
-            other_dim, other_source = dims[agent]
+        if agent in agent_dims and agent_dims[agent][0] != dim:
+            other_dim, other_source = agent_dims[agent]
             problems.append(f"agent {agent!r}: {source} implies dim {dim}, but {other_source} implies {other_dim}")
-        dims.setdefault(agent, (dim, source))
+        agent_dims.setdefault(agent, (dim, source))
+
+    for agent, (dim, source) in (dims or {}).items():  # what the release states is checked first
+        claim(agent, dim, source)
 
     for agent, p in inner.items():
         path = Path(p)
@@ -146,6 +153,10 @@ def import_released(inner: dict[str, Path], outer: dict[tuple[str, str], Path]) 
             raise ReleasedLinkError(f"{path}: residual_proj.weight must be 2-D, found {tuple(w.shape)}")
         out_dim, in_dim = int(w.shape[0]), int(w.shape[1])
         _check_shapes(path, sd, _outer_shapes(in_dim, out_dim, norms[path]))
+        stated = (edge_dims or {}).get((src, dst))
+        if stated is not None and stated[:2] != (in_dim, out_dim):
+            problems.append(f"edge {edge_key(src, dst)}: {stated[2]} says in_dim {stated[0]}, out_dim {stated[1]}, "
+                            f"but {path} maps {in_dim} -> {out_dim}")
         loaded_outer[(src, dst)] = (path, sd)
 
     # Inner files are authoritative for an agent's dim; edges are checked against them (then against each other).
@@ -161,13 +172,15 @@ def import_released(inner: dict[str, Path], outer: dict[tuple[str, str], Path]) 
     if problems:
         raise ReleasedLinkError("released link files are inconsistent:\n  " + "\n  ".join(problems))
 
-    edge_only = [a for a in dims if a not in loaded_inner]
+    edge_only = [a for a in agent_dims if a not in loaded_inner]
     if edge_only:
         warnings.warn(f"no inner-link file for agent(s) {edge_only}; their inner links stay untrained", stacklevel=2)
-    linkset = LinkSet({a: d for a, (d, _) in dims.items()}, list(loaded_outer), norm=next(iter(norms.values())))
+    linkset = LinkSet({a: d for a, (d, _) in agent_dims.items()}, list(loaded_outer),
+                      norm=next(iter(norms.values())))
     with torch.no_grad():
         for agent, (_, sd) in loaded_inner.items():
             linkset.inner[agent].load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
         for (src, dst), (_, sd) in loaded_outer.items():
             linkset.outer[edge_key(src, dst)].load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-    return linkset
+    stored = {v.dtype for _, sd in [*loaded_inner.values(), *loaded_outer.values()] for v in sd.values()}
+    return linkset.to(stored.pop() if len(stored) == 1 else torch.float32)  # float32 round trips 16-bit exactly
