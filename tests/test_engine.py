@@ -465,16 +465,24 @@ def test_render_pieces_plain_frame(engines):
 
 def test_a_multimodal_wrapper_loads_through_its_text_path(tmp_path, caplog):
     """Gemma-3-4B (the released scaled planner) is a Gemma3ForConditionalGeneration: its config has no top-level
-    hidden_size. The engine reads the text config and runs the language model; the vision tower is reported."""
+    hidden_size. The engine loads only its language model from the wrapper's files (the vision tower stays on disk),
+    with the same numbers as the whole wrapper."""
     import logging
+
+    from transformers import AutoModelForCausalLM
 
     from tiny import save_tiny
 
     path = save_tiny(tmp_path / "gemma3-mm", "gemma3_mm")
     with caplog.at_level(logging.INFO, logger="recursivemas"):
         engine = BackboneEngine.load(path, name="planner")
-    assert type(engine.model).__name__ == "Gemma3ForConditionalGeneration"
-    assert not hasattr(engine.model.config, "hidden_size") and engine.hidden_size == 40
-    assert "vision tower" in caplog.text and "planner" in caplog.text
-    (out,) = engine.rollout([Prompt(["What is 2+2?"])], 3, None)
+    assert type(engine.model).__name__ == "Gemma3ForCausalLM"
+    assert "vision tower) is not loaded" in caplog.text and "planner" in caplog.text
+    whole = BackboneEngine(AutoModelForCausalLM.from_pretrained(path), engine.tokenizer)
+    assert type(whole.model).__name__ == "Gemma3ForConditionalGeneration" and whole.hidden_size == 40
+    assert sum(p.numel() for p in engine.model.parameters()) < sum(p.numel() for p in whole.model.parameters())
+    prompt = [Prompt(["What is 2+2?"])]
+    (out,), (ref,) = engine.rollout(prompt, 3, None), whole.rollout(prompt, 3, None)
     assert out.states.shape == (3, 40)
+    torch.testing.assert_close(out.states, ref.states, rtol=0, atol=0)
+    assert engine.generate(prompt, max_new_tokens=5)[0].text == whole.generate(prompt, max_new_tokens=5)[0].text

@@ -25,6 +25,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from recursivemas.engine.inputs import Embedded, Prompt, embed, extend, left_pad
+from recursivemas.engine.loading import load_causal_lm
 from recursivemas.engine.sampling import Sampler
 
 log = logging.getLogger("recursivemas")
@@ -78,17 +79,13 @@ class BackboneEngine:
 
     @classmethod
     def load(cls, path: str, dtype: str = "float32", device: str = "cpu", name: str | None = None) -> BackboneEngine:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device)
+            model = load_causal_lm(path, DTYPES[dtype], name or path).to(device)
         except (OSError, ValueError) as exc:
             raise OSError(f"backbone {name or path!r}: cannot load model from {path!r}: {exc}") from exc
-        unused = _beside_the_text_path(model)
-        if unused:
-            log.info("backbone %s: %s is loaded whole; its %s parameters outside the language model (the vision "
-                     "tower) are in memory but never run", name or path, type(model).__name__, f"{unused:,}")
         return cls(model, tokenizer, name=name or str(path))
 
     @property
@@ -325,13 +322,6 @@ class BackboneEngine:
         if self.gradient_checkpointing and torch.is_grad_enabled() and embeds.requires_grad:
             return torch.utils.checkpoint.checkpoint(run, embeds, use_reentrant=False)
         return run(embeds)
-
-
-def _beside_the_text_path(model: nn.Module) -> int:
-    """Parameters of a multimodal wrapper that the text path (decoder, input embeddings, LM head) does not use."""
-    used = {id(p) for part in (model.get_decoder(), model.get_input_embeddings(), model.get_output_embeddings())
-            if part is not None for p in part.parameters()}
-    return sum(p.numel() for p in model.parameters() if id(p) not in used)
 
 
 def _cached(module: nn.Module, kv, **inputs):
