@@ -118,57 +118,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_links_import(args: argparse.Namespace) -> int:
-    from recursivemas.links import import_released, parse_edge_key, save_links
+    from recursivemas.link_import import import_links
 
-    if args.release:
-        return _import_release(args)
-    if args.topology or args.task:
-        raise ValueError("--topology/--task: go with --release DIR...; --inner/--outer take the files themselves")
-    if not args.inner and not args.outer:
-        raise ValueError("links import: pass --release DIR... --topology T (the authors' downloaded repos), or "
-                         "--inner AGENT=FILE / --outer SRC->DST=FILE")
-
-    def pairs(items: list[str], flag: str) -> list[tuple[str, Path]]:
-        out = []
-        for item in items:
-            key, sep, path = item.partition("=")
-            if not sep or not key or not path:
-                raise ValueError(f"{flag} {item!r}: expected KEY=PATH (e.g. {flag} planner=adapter.pt)")
-            out.append((key, Path(path)))
-        return out
-
-    inner = dict(pairs(args.inner, "--inner"))
-    outer = {parse_edge_key(k): p for k, p in pairs(args.outer, "--outer")}
-    links = import_released(inner, outer)
-    path = save_links(links, args.out)
-    print(f"saved {len(inner)} inner and {len(outer)} outer links ({links.num_parameters():,} parameters) to {path}")
-    return 0
-
-
-def _import_release(args: argparse.Namespace) -> int:
-    from recursivemas.config import load_topology
-    from recursivemas.links import edge_key, import_released, resolve_release, save_links
-
-    if args.inner or args.outer:
-        raise ValueError("--release: the manifests name every file; drop --inner/--outer")
-    if not args.topology:
-        raise ValueError("--release: pass --topology (a built-in such as sequential-light, or a YAML) to map the "
-                         "release's roles onto agents")
-    topology = load_topology(args.topology)
-    files = resolve_release(args.release, topology, args.task)
-    links = import_released(files.inner, files.outer, dims=files.agent_dims, edge_dims=files.edge_dims)
-    for agent, file in files.inner.items():
-        print(f"  inner {agent:<14} <- {file}")
-    for edge, file in files.outer.items():
-        print(f"  outer {edge_key(*edge):<14} <- {file}")
-    path = save_links(links, args.out)
-    dtype = str(next(links.parameters()).dtype).removeprefix("torch.")
-    print(f"saved {len(files.inner)} inner and {len(files.outer)} outer links ({links.num_parameters():,} "
-          f"parameters, {dtype}) for {topology.name}{f' (task {args.task})' if args.task else ''} to {path}")
-    if links.norm != topology.link_norm:
-        print(f"note: these links {'have' if links.norm else 'have no'} LayerNorms; set `link_norm: "
-              f"{str(links.norm).lower()}` in the topology to load them", file=sys.stderr)
-    return 0
+    return import_links(args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -260,16 +212,19 @@ def _serve_config(args: argparse.Namespace):
     raw = ServeConfig.load(args.config).model_dump(exclude_unset=True) if args.config else {}
     if args.topologies:
         raw["topologies"] = args.topologies
-    if args.links is not None:
+    if args.links is not None or args.latent_steps is not None:
         from recursivemas.config import load_topology
 
         named = raw.get("topologies") or ["sequential-demo"]
+        flag = "--links" if args.links is not None else "--latent-steps"
         if len(named) != 1:
-            raise ValueError(f"--links: points one topology at links, but {len(named)} are served; give each "
-                             "topology its own `links:` in its YAML")
+            raise ValueError(f"{flag}: changes one topology, but {len(named)} are served; set it in each "
+                             "topology's YAML")
         (only,) = named
-        raw["topologies"] = [with_links(only if not isinstance(only, (str, Path)) else load_topology(only),
-                                        args.links)]
+        topology = with_links(only if not isinstance(only, (str, Path)) else load_topology(only), args.links)
+        if args.latent_steps is not None:
+            topology = topology.replace(latent_steps=args.latent_steps)
+        raw["topologies"] = [topology]
     for flag in ("host", "port", "grpc_port"):
         if getattr(args, flag) is not None:
             raw[flag] = getattr(args, flag)
@@ -322,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="print a Ray Serve config file for `serve deploy` / `serve run` and exit")
     serve_cmd.add_argument("--address", help="Ray address to join (default: start a local Ray)")
     serve_cmd.add_argument("--links", help="link checkpoint for the one topology served (trained or imported)")
+    serve_cmd.add_argument("--latent-steps", type=int, help="latent steps of the one topology served (e.g. a "
+                           "released system's setting for another task)")
     serve_cmd.set_defaults(func=cmd_serve)
 
     eval_cmd = sub.add_parser("eval", help="accuracy, wall time and decoded tokens per mode and round count")

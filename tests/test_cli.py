@@ -55,7 +55,10 @@ def test_run_json_overrides(topology_file, capsys):
     (["links", "import", "--inner", "planner", "--out", "x"], "expected KEY=PATH"),
     (["run", "--topology", "{topology}", "--address", "127.0.0.1:9"], "cannot reach a Ray cluster at '127.0.0.1:9'"),
     (["run", "--topology", "{topology}", "--links", "no/such/dir"], "--links no/such/dir: no such directory"),
-    (["serve", "a.yaml", "b.yaml", "--links", "."], "--links: points one topology at links, but 2 are served"),
+    (["serve", "a.yaml", "b.yaml", "--links", "."], "--links: changes one topology, but 2 are served"),
+    (["serve", "a.yaml", "b.yaml", "--latent-steps", "16"], "--latent-steps: changes one topology, but 2 are served"),
+    (["links", "import", "--release", ".", "--out", "x"], "--release: pass --topology"),
+    (["links", "import", "--out", "x"], "links import: pass --release DIR... --topology T"),
 ])
 def test_user_errors_exit_2_with_one_clear_line(topology_file, capsys, argv, expected):
     argv = [a.replace("{topology}", str(topology_file)) for a in argv]

@@ -226,10 +226,10 @@ def resolve_release(dirs: Sequence[str | Path], topology, task: str | None = Non
     _outer_files(outer_repos[0], task, topology, found)
     missing = [a for a in agents if a not in found.inner]
     missing_edges = [edge_key(*e) for e in [*topology.edges, *topology.feedback] if e not in found.outer]
-    if missing or missing_edges:
-        raise ReleasedLinkError(f"the release lacks links of topology {topology.name!r}: "
-                                + "; ".join(([f"no repo for agent(s) {missing}"] if missing else [])
-                                            + ([f"no outer link for edge(s) {missing_edges}"] if missing_edges else [])))
+    gaps = ([f"no repo for agent(s) {missing}"] if missing else []) + (
+        [f"no outer link for edge(s) {missing_edges}"] if missing_edges else [])
+    if gaps:
+        raise ReleasedLinkError(f"the release lacks links of topology {topology.name!r}: " + "; ".join(gaps))
     return found
 
 
