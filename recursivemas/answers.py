@@ -282,24 +282,27 @@ def _score_text(text: str, reference: str) -> Score:
 
 
 def _score_code(text: str, prompt: str, tests: str | None, entry_point: str | None,
-                timeout_s: float, memory_mb: int) -> Score:
+                timeout_s: float, memory_mb: int, sandbox: str) -> Score:
     extracted = extract_answer(text, "code")
     if not tests or not entry_point:
         return Score(False, extracted, "code scoring needs tests and entry_point")
     if extracted is None:
         return Score(False, None, NO_ANSWER)
-    result = check_completion(prompt or "", extracted, tests, entry_point, timeout_s=timeout_s, memory_mb=memory_mb)
+    result = check_completion(prompt or "", extracted, tests, entry_point, timeout_s=timeout_s, memory_mb=memory_mb,
+                              sandbox=sandbox)
     return Score(result.passed, extracted, result.status)
 
 
 def score(text: str, reference: str, kind: Kind, *, prompt: str = "", tests: str | None = None,
-          entry_point: str | None = None, timeout_s: float = 10.0, memory_mb: int = 512) -> Score:
-    """Whether ``text`` answers correctly, what answer was read from it, and why not when it does not."""
+          entry_point: str | None = None, timeout_s: float = 10.0, memory_mb: int = 512,
+          sandbox: str = "bwrap") -> Score:
+    """Whether ``text`` answers correctly, what answer was read from it, and why not when it does not; code runs in
+    the ``sandbox`` (``tools.python_sandbox``)."""
     text = text if isinstance(text, str) else ""
     reference = reference if isinstance(reference, str) else ("" if reference is None else str(reference))
     try:
         if kind == "code":
-            return _score_code(text, prompt, tests, entry_point, timeout_s, memory_mb)
+            return _score_code(text, prompt, tests, entry_point, timeout_s, memory_mb, sandbox)
         scorer = {"number": _score_number, "choice": _score_choice, "text": _score_text}.get(kind)
         return scorer(text, reference) if scorer else Score(False, None, f"unknown answer kind: {kind!r}")
     except Exception as exc:  # noqa: BLE001 - a scorer bug on one odd response must not end the whole run

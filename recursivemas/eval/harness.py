@@ -19,6 +19,7 @@ from typing import Any
 
 from recursivemas.answers import score
 from recursivemas.eval.datasets import EvalItem
+from recursivemas.runtime import sandbox
 
 MODES = ("single", "text", "latent")
 
@@ -90,6 +91,10 @@ def evaluate(runner, items: Sequence[EvalItem], modes: Sequence[str] = MODES,
         raise ValueError("evaluate: the dataset has no items")
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: must be >= 1")
+    tools = getattr(runner.topology, "tools", None)  # a runner's topology may be any object with a name
+    code_sandbox = getattr(tools, "python_sandbox", "bwrap")
+    if any(i.kind == "code" for i in items):
+        sandbox.require(code_sandbox, f"scoring the code answers of {dataset or 'this dataset'}")
     cells, results = [], []
     for mode, r in grid(modes, rounds):
         mine: list[ItemResult] = []
@@ -100,7 +105,7 @@ def evaluate(runner, items: Sequence[EvalItem], modes: Sequence[str] = MODES,
             share = (time.perf_counter() - began) / len(batch)
             for item, run in zip(batch, runs):
                 verdict = score(run.text, item.reference, item.kind, prompt=item.prompt, tests=item.tests,
-                                entry_point=item.entry_point, timeout_s=timeout_s)
+                                entry_point=item.entry_point, timeout_s=timeout_s, sandbox=code_sandbox)
                 mine.append(ItemResult(item.id, mode, r, verdict.correct, verdict.extracted, verdict.detail,
                                        run.totals.decoded_tokens, share, run.text))
                 if on_item is not None:

@@ -1,7 +1,8 @@
 """Run untrusted model-written code for HumanEval-style checks, and say how it ended.
 
-Code benchmarks execute whatever the model wrote, so it runs in the project's sandbox (a fresh isolated interpreter in
-a temp dir, its own session, address-space and CPU limits, killed on timeout) rather than in the evaluating process.
+Code benchmarks execute whatever the model wrote, so it runs in the project's OS sandbox (``runtime/sandbox.py``:
+bubblewrap namespaces, no network, no view of the host, hard limits, killed with all it started) rather than in the
+evaluating process.
 This module adds what scoring needs on top of that sandbox: a verdict that tells a wrong answer from a hang, a memory
 blow-up or code that does not even parse, and a sentinel printed after the checks so a completion that calls
 ``sys.exit(0)`` before the asserts run is not counted as passing.
@@ -14,6 +15,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Literal
 
+from recursivemas.runtime.sandbox import SandboxMode
 from recursivemas.runtime.tools import PythonTool, ToolResult
 
 Status = Literal["passed", "failed", "timeout", "memory", "error"]
@@ -52,7 +54,7 @@ def _classify(result: ToolResult, timeout_s: float, sentinel: str | None) -> Exe
             return ExecResult(True, "passed", _tail("\n".join(lines)))
         note = "the program exited before the checks finished"
         return ExecResult(False, "failed", _tail(f"{output}\n{note}" if output else note))
-    if output.startswith("could not run the code"):
+    if output.startswith(("could not run the code", "refused:")):
         return ExecResult(False, "error", _tail(output))
     if output.rstrip().endswith(f"timed out after {timeout_s:g} s"):
         return ExecResult(False, "timeout", _tail(output))
@@ -67,19 +69,20 @@ def _classify(result: ToolResult, timeout_s: float, sentinel: str | None) -> Exe
     return ExecResult(False, "failed", _tail(output))
 
 
-def _run(source: str, timeout_s: float, memory_mb: int, sentinel: str | None) -> ExecResult:
+def _run(source: str, timeout_s: float, memory_mb: int, sentinel: str | None, sandbox: SandboxMode) -> ExecResult:
     if not isinstance(source, str):
         return ExecResult(False, "error", f"source is not a string: {type(source).__name__}")
     try:
-        tool = PythonTool(timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=_CAPTURE_CHARS)
+        tool = PythonTool(timeout_s=timeout_s, memory_mb=memory_mb, max_output_chars=_CAPTURE_CHARS, sandbox=sandbox)
         return _classify(tool(source), tool.timeout_s, sentinel)
     except Exception as exc:  # noqa: BLE001 - a sandbox failure is a verdict on this sample, not a crash of the run
         return ExecResult(False, "error", f"could not run the code: {type(exc).__name__}: {exc}")
 
 
-def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 512) -> ExecResult:
+def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 512,
+                sandbox: SandboxMode = "bwrap") -> ExecResult:
     """Run a whole program in the sandbox; it passes when it exits with status 0 within the limits."""
-    return _run(source, timeout_s, memory_mb, sentinel=None)
+    return _run(source, timeout_s, memory_mb, sentinel=None, sandbox=sandbox)
 
 
 def _compiles(source: str) -> bool:
@@ -111,13 +114,13 @@ def build_program(prompt: str, completion: str, tests: str, entry_point: str) ->
 
 
 def check_completion(prompt: str, completion: str, tests: str, entry_point: str,
-                     timeout_s: float = 10.0, memory_mb: int = 512) -> ExecResult:
+                     timeout_s: float = 10.0, memory_mb: int = 512, sandbox: SandboxMode = "bwrap") -> ExecResult:
     """Run a HumanEval-style check of ``completion`` (already extracted code); never raises."""
     try:
         if not entry_point or not str(entry_point).isidentifier():
             return ExecResult(False, "error", f"invalid entry point: {entry_point!r}")
         sentinel = f"__rmas_checks_done_{secrets.token_hex(8)}__"
         program = build_program(prompt or "", completion or "", tests or "", entry_point)
-        return _run(f"{program}print({sentinel!r})\n", timeout_s, memory_mb, sentinel=sentinel)
+        return _run(f"{program}print({sentinel!r})\n", timeout_s, memory_mb, sentinel=sentinel, sandbox=sandbox)
     except Exception as exc:  # noqa: BLE001 - see _run
         return ExecResult(False, "error", f"could not build the program: {type(exc).__name__}: {exc}")

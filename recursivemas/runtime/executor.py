@@ -31,6 +31,7 @@ from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
 from recursivemas.runtime.backend import Backend, as_backend
 from recursivemas.runtime.calls import GenerateCall, GenerationOverrides, Sampling, ThinkCall
 from recursivemas.runtime.graph import Plan, Turn
+from recursivemas.runtime import sandbox
 from recursivemas.runtime.tools import STOP_STRINGS, PythonTool, Toolbox, final_answer, run_tool_loop
 
 Content = object  # what a slot receives: a latent handle in latent mode, a message (str) in text mode
@@ -98,8 +99,12 @@ class Executor:
         self.links = links  # the in-process link set (None when backends hold their own, as actors do)
         self.backends = {name: as_backend(obj, links) for name, obj in backbones.items()}
         tools = topology.tools
+        callers = [a.name for a in topology.agents if a.tools]
+        if callers and toolbox is None:
+            sandbox.require(tools.python_sandbox, f"topology {topology.name!r} (tool agent {callers[0]!r})")
         self.toolbox = toolbox or Toolbox(
-            python=PythonTool(timeout_s=tools.python_timeout_s, memory_mb=tools.python_memory_mb),
+            python=PythonTool(timeout_s=tools.python_timeout_s, memory_mb=tools.python_memory_mb,
+                              sandbox=tools.python_sandbox),
             max_rounds=tools.max_rounds,
         )
         # Calls to different backbones in a level run at once; concurrent runs (a coordinator serving many

@@ -8,20 +8,13 @@ Standard library only. The model calls a tool by writing ``<python>CODE</python>
 
 from __future__ import annotations
 
-import math
-import os
 import re
 import signal
 import subprocess
-import sys
-import tempfile
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-try:  # POSIX only; on Windows the rlimits are skipped and only the wall-clock timeout applies
-    import resource
-except ImportError:  # pragma: no cover - platform dependent
-    resource = None  # type: ignore[assignment]
+from recursivemas.runtime.sandbox import Limits, SandboxMode, SandboxUnavailable, run_python
 
 STOP_STRINGS: tuple[str, ...] = ("</python>", "</search>")
 SEARCH_UNAVAILABLE = "search is unavailable in this deployment; answer from your own knowledge or use python"
@@ -71,53 +64,34 @@ def _truncate(text: str, limit: int) -> str:
 
 
 class PythonTool:
-    """Run model-written code in a fresh, isolated, resource-limited Python subprocess."""
+    """Run model-written code in the OS sandbox (:mod:`recursivemas.runtime.sandbox`): a fresh system interpreter
+    in its own namespaces, with no network, no view of the server and hard limits; killed, with all it started,
+    when it returns or times out. ``sandbox="none"`` runs it unisolated, with rlimits only (an explicit opt-out)."""
 
-    def __init__(self, timeout_s: float = 10.0, memory_mb: int = 512, max_output_chars: int = 4000):
+    def __init__(self, timeout_s: float = 10.0, memory_mb: int = 512, max_output_chars: int = 4000,
+                 sandbox: SandboxMode = "bwrap"):
         self.timeout_s = float(timeout_s)
         self.memory_mb = int(memory_mb)
         self.max_output_chars = int(max_output_chars)
-
-    def _limits(self) -> None:  # runs in the child between fork and exec
-        for which, value in ((resource.RLIMIT_AS, self.memory_mb * 1024 * 1024),
-                             (resource.RLIMIT_CPU, math.ceil(self.timeout_s) + 1)):
-            try:
-                _, hard = resource.getrlimit(which)
-                if hard != resource.RLIM_INFINITY:
-                    value = min(value, hard)
-                resource.setrlimit(which, (value, hard))
-            except (ValueError, OSError):
-                pass
+        self.sandbox = sandbox
 
     def __call__(self, code: str) -> ToolResult:
-        env = {"PATH": os.environ.get("PATH", os.defpath), "PYTHONHASHSEED": "0"}
-        posix = resource is not None and hasattr(os, "killpg")
-        timed_out = False
+        limits = Limits(timeout_s=self.timeout_s, memory_mb=self.memory_mb,
+                        output_bytes=max(4 * self.max_output_chars, 1 << 16))
         try:
-            with tempfile.TemporaryDirectory(prefix="rmas_py_", ignore_cleanup_errors=True) as cwd:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-c", code], cwd=cwd, env=env,
-                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    text=True, encoding="utf-8", errors="replace",
-                    start_new_session=posix, preexec_fn=self._limits if posix else None,
-                )
-                try:
-                    out, err = proc.communicate(timeout=self.timeout_s)
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-                    self._kill(proc, posix)
-                    try:
-                        out, err = proc.communicate(timeout=2.0)
-                    except subprocess.TimeoutExpired:  # a grandchild escaped and holds the pipes
-                        out, err = "", ""
-                rc = proc.returncode
+            done = run_python(code, limits, self.sandbox)
+        except SandboxUnavailable as exc:
+            return ToolResult("python", False, f"refused: no sandbox for model-written code ({exc}); set "
+                                               "tools.python_sandbox: none to opt out")
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             return ToolResult("python", False, f"could not run the code: {type(exc).__name__}: {exc}")
-
-        parts = [(out or "").rstrip("\n")]
-        if err and err.strip():
+        rc, err = done.returncode, done.stderr
+        parts = [done.stdout.rstrip("\n")]
+        if err.strip():
             parts.append(err.rstrip("\n"))
-        if timed_out:
+        if done.truncated:
+            parts.append("[output over the limit was dropped]")
+        if done.timed_out:
             parts.append(f"timed out after {self.timeout_s:g} s")
         elif rc is not None and rc < 0:
             try:
@@ -125,20 +99,10 @@ class PythonTool:
             except ValueError:
                 sig = str(-rc)
             parts.append(f"killed by signal {sig} (memory or CPU limit exceeded?)")
-        elif rc and not (err and err.strip()):
+        elif rc and not err.strip():
             parts.append(f"exit code {rc}")
         output = _truncate("\n".join(p for p in parts if p), self.max_output_chars)
-        return ToolResult("python", (not timed_out) and rc == 0, output)
-
-    @staticmethod
-    def _kill(proc: subprocess.Popen, posix: bool) -> None:
-        try:
-            if posix:
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:  # pragma: no cover - Windows
-                proc.kill()
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
+        return ToolResult("python", (not done.timed_out) and rc == 0, output)
 
 
 SearchFn = Callable[[str], str]
