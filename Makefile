@@ -5,7 +5,17 @@ TORCH  ?= torch==2.13.0
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench clean proto
+.PHONY: setup system demo test test-fast lint bench clean proto
+
+# System packages the tests need: bubblewrap, the sandbox for model-written code. Installed where this can (root, or
+# password-less sudo, with apt); elsewhere it says what to install, and the sandbox tests fail until it is there.
+system:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+	    $$SUDO apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	      { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q bubblewrap >/dev/null; }; \
+	  else echo "note: install bubblewrap (e.g. apt-get install bubblewrap) to sandbox model-written code"; fi; }
 
 # torch first, pinned: any other torch request would pull several GB of CUDA packages on a CPU machine.
 $(STAMP): pyproject.toml
@@ -14,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) system
 
 # The demo: SmolLM2 (planner, solver) + Gemma-3 (critic) in latent space, then the same run in text mode.
 demo: setup

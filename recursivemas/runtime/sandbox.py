@@ -39,6 +39,7 @@ SandboxMode = Literal["bwrap", "none"]
 SYSTEM_PYTHON = "/usr/bin/python3"
 SANDBOX_UID = 65534  # "nobody": an unprivileged uid for the sandbox when the server runs as root
 CODE_PATH = "/sandbox/main.py"
+_BWRAP_ENV = {"PATH": "/usr/bin:/bin"}
 _LAUNCHER = (  # `launcher CODE NAME VALUE ...`: set the limits, then run CODE in a fresh isolated interpreter
     "import os, resource, sys\n"
     "for name, value in zip(sys.argv[2::2], sys.argv[3::2]):\n"
@@ -121,16 +122,16 @@ def _top_level_links() -> list[str]:
 
 
 def bwrap_argv(code_file: str, limits: Limits, python: str = SYSTEM_PYTHON) -> list[str]:
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--hostname", "sandbox", "--clearenv", "--setenv", "PATH", "/usr/bin", "--setenv", "HOME", "/tmp",
-            "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8"]
+    argv = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+            "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv", "--setenv", "PATH", "/usr/bin",
+            "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8"]
     if os.geteuid() == 0:
         argv += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
     for source, destination in read_only_binds(python):
         argv += ["--ro-bind", source, destination]
     argv += _top_level_links()
     argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
-             "--ro-bind", code_file, CODE_PATH, "--chdir", "/tmp", "--",
+             "--ro-bind", code_file, CODE_PATH, "--remount-ro", "/", "--chdir", "/tmp", "--",
              *_launch(os.path.realpath(python), CODE_PATH, limits)]
     return argv
 
@@ -175,9 +176,10 @@ def run_python(code: str, limits: Limits, mode: SandboxMode = "bwrap") -> Finish
         os.chmod(folder, 0o755)
         os.chmod(code_file, 0o644)
         if mode == "bwrap":
-            argv, kwargs = bwrap_argv(str(code_file), limits), {}
+            # bwrap's own init (PID 1 inside) keeps the environment bwrap started with, readable in /proc/1/environ
+            argv, kwargs = bwrap_argv(str(code_file), limits), {"env": _BWRAP_ENV}
             if os.geteuid() == 0:  # root ignores RLIMIT_NPROC: run bwrap itself as the unprivileged sandbox uid
-                kwargs = {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
+                kwargs |= {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
         else:  # no isolation: limits only (not RLIMIT_NPROC, which would count every process of this user)
             python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else shutil.which("python3") or "python3"
             argv = _launch(python, str(code_file), limits, skip=("RLIMIT_NPROC",))
@@ -221,7 +223,8 @@ def unavailable_reason() -> str | None:
             f.write("print('ok')\n")
         os.chmod(f.name, 0o644)
         kwargs = {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []} if os.geteuid() == 0 else {}
-        probe = subprocess.run(bwrap_argv(f.name, Limits()), capture_output=True, text=True, timeout=30, **kwargs)
+        probe = subprocess.run(bwrap_argv(f.name, Limits()), capture_output=True, text=True, timeout=30,
+                               env=_BWRAP_ENV, **kwargs)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"bubblewrap could not start: {exc}"
     finally:
