@@ -77,5 +77,8 @@ class BackboneActor:
         self._direct_handoffs += 1
         return self._stash.pop(key)
 
+    def cancel(self, tags: list[str]) -> None:
+        self.host.cancel(tags)
+
     def batch_sizes(self) -> list[int]:
         return self.host.batch_sizes

@@ -56,6 +56,9 @@ class RemoteBackend:
         lifted, latents = lift(call)
         return self._call("generate", lifted, *latents)
 
+    def cancel(self, tags: list[str]) -> None:
+        self._call("cancel", tags)
+
     def stream(self, call: GenerateCall) -> Iterator[str | Generation]:
         if self._stream is None:
             (gen,) = self.generate(call)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -29,6 +29,7 @@ from recursivemas.engine.loading import load_causal_lm
 from recursivemas.engine.sampling import Sampler
 
 log = logging.getLogger("recursivemas")
+Alive = Callable[[], bool]  # asked between decode steps: False ends a row (its run was cancelled or is past due)
 _STOP_WINDOW = 32  # tokens decoded to look for a stop string; longer stop strings are not supported
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -152,12 +153,15 @@ class BackboneEngine:
     @torch.inference_mode()
     def generate(
         self, prompts: Sequence[Prompt], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None, stop: Sequence[str] = (),
+        seed: int | None = None, stop: Sequence[str] = (), alive: Sequence[Alive] | None = None,
     ) -> list[Generation]:
+        """``alive`` (one check per prompt, or None) is asked between decode steps: a row whose check says no ends
+        with finish reason ``cancelled``, and the other rows decode on undisturbed."""
         items = [self.embed(p) for p in prompts]
         tokens: list[list[int]] = [[] for _ in items]
         reasons = ["length"] * len(items)
-        for step_tokens, finished in self._decode(items, max_new_tokens, Sampler(temperature, top_p, seed), stop):
+        sampler = Sampler(temperature, top_p, seed)
+        for step_tokens, finished in self._decode(items, max_new_tokens, sampler, stop, alive):
             for row, token in step_tokens.items():
                 tokens[row].append(token)
             for row, reason in finished.items():
@@ -180,13 +184,14 @@ class BackboneEngine:
     @torch.inference_mode()
     def stream_generation(
         self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None, stop: Sequence[str] = (),
+        seed: int | None = None, stop: Sequence[str] = (), alive: Alive | None = None,
     ) -> Iterator[str | Generation]:
         """``stream``'s deltas, then the finished :class:`Generation` (its token counts are the run's usage)."""
         item = self.embed(prompt)
         ids: list[int] = []
         sent, reason = "", "length"
-        for step_tokens, finished in self._decode([item], max_new_tokens, Sampler(temperature, top_p, seed), stop):
+        sampler = Sampler(temperature, top_p, seed)
+        for step_tokens, finished in self._decode([item], max_new_tokens, sampler, stop, [alive]):
             ids.extend(step_tokens.values())
             reason = finished.get(0, reason)
             if reason == "eos":
@@ -205,7 +210,8 @@ class BackboneEngine:
     def _text(self, ids: list[int], reason: str) -> str:
         return self.tokenizer.decode(ids[:-1] if reason == "eos" else ids, skip_special_tokens=True)
 
-    def _decode(self, items: list[Embedded], max_new_tokens: int, sampler: Sampler, stop: Sequence[str]):
+    def _decode(self, items: list[Embedded], max_new_tokens: int, sampler: Sampler, stop: Sequence[str],
+                alive: Sequence[Alive | None] | None = None):
         """Yield ({row: token}, {row: finish reason}) per step for the rows still running."""
         batch = left_pad([i.embeds for i in items])
         budgets = [min(max_new_tokens, self.max_context - n) for n in batch.lengths]  # each row's own room
@@ -219,6 +225,9 @@ class BackboneEngine:
             next_tokens = sampler(out.logits[:, -1])
             emitted, finished = {}, {}
             for row in running.nonzero().flatten().tolist():
+                if alive is not None and alive[row] is not None and not alive[row]():
+                    finished[row] = "cancelled"  # it rides along with the finished rows from here
+                    continue
                 token = int(next_tokens[row])
                 emitted[row] = token
                 if token in self.eos_ids:

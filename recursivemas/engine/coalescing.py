@@ -22,7 +22,7 @@ class _Request:
     kind: str  # "rollout" | "generate"
     key: tuple  # requests with equal keys may share a batch
     prompts: list
-    links: list  # rollout: one inner link per prompt
+    links: list  # per prompt: a rollout's inner link, a generation's liveness check
     kwargs: dict
     future: Future = field(default_factory=Future)
 
@@ -49,9 +49,10 @@ class CoalescingEngine:
         links = list(inner) if isinstance(inner, (list, tuple)) else [inner] * len(prompts)
         return self._submit(_Request("rollout", ("rollout", steps), list(prompts), links, {"steps": steps}))
 
-    def generate(self, prompts: Sequence, **sampling: Any) -> list:
+    def generate(self, prompts: Sequence, alive: Sequence | None = None, **sampling: Any) -> list:
         key = ("generate", tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in sampling.items())))
-        return self._submit(_Request("generate", key, list(prompts), [], sampling))
+        checks = list(alive) if alive is not None else [None] * len(prompts)  # per row, like a rollout's links
+        return self._submit(_Request("generate", key, list(prompts), checks, sampling))
 
     def _submit(self, request: _Request) -> list:
         with self._cond:
@@ -93,7 +94,7 @@ class CoalescingEngine:
             if first.kind == "rollout":
                 outputs = self.engine.rollout(prompts, first.kwargs["steps"], [link for r in group for link in r.links])
             else:
-                outputs = self.engine.generate(prompts, **first.kwargs)
+                outputs = self.engine.generate(prompts, alive=[c for r in group for c in r.links], **first.kwargs)
         except BaseException as exc:  # noqa: BLE001 - hand every waiting caller its own failure
             if len(group) > 1:  # one bad request must not fail its batch-mates: retry them alone
                 for request in group:

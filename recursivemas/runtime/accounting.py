@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from recursivemas.config import Mode
 
 Kind = Literal["latent", "text", "answer"]
-EngineFinish = Literal["eos", "stop", "length"]  # why the engine stopped decoding: end of turn, a stop string, budget
+EngineFinish = Literal["eos", "stop", "length", "cancelled"]  # end of turn, a stop string, the budget, its run ended
 Finish = Literal["stop", "length"]  # OpenAI's finish_reason: ``length`` when the answer was cut off
 
 
@@ -70,6 +70,7 @@ class RunResult(BaseModel):
     wall_s: float
     usage: list[AgentUsage] = Field(default_factory=list)
     finish_reason: Finish = "stop"  # the answer's, as OpenAI reports it (:func:`openai_finish`)
+    stopped: Literal["cancelled", "deadline"] | None = None  # the run ended early: its caller left, or past due
 
     @property
     def totals(self) -> Totals:

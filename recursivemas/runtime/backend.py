@@ -2,8 +2,9 @@
 
 The executor asks a backend three things, each with a typed call (:mod:`recursivemas.runtime.calls`): ``think``
 (roll agents out and return their hand-offs, one per target), ``generate`` (decode text) and ``stream`` (decode one
-answer as text deltas, then its ``Generation``). A hand-off is an opaque *latent handle*: the executor only moves it
-from one agent's turn into another agent's prompt. In-process it is a tensor; on a cluster it is an object
+answer as text deltas, then its ``Generation``); and, where it can, it tells it to ``cancel`` the rows of runs whose
+callers left. A hand-off is an opaque *latent handle*: the executor only moves it from one agent's turn into another
+agent's prompt. In-process it is a tensor; on a cluster it is an object
 reference that the receiving actor resolves, so latents travel actor to actor and never through the coordinator or
 the driver.
 
@@ -30,6 +31,9 @@ class Backend(Protocol):
 
     def stream(self, call: GenerateCall) -> Iterator[str | Generation]: ...
 
+    # Optional: ``cancel(tags)`` ends the rows of those runs at their next decode step. A backend without it still
+    # stops a cancelled run between turns.
+
 
 class LocalBackend:
     """A host in this process plus one topology's links; latent handles are tensors on the links' device."""
@@ -50,6 +54,9 @@ class LocalBackend:
 
     def stream(self, call: GenerateCall) -> Iterator[str | Generation]:
         return self.host.stream(call)
+
+    def cancel(self, tags: list[str]) -> None:
+        self.host.cancel(tags)
 
 
 def as_backend(obj, links: LinkSet | None) -> Backend:

@@ -133,18 +133,32 @@ class ThinkCall:
 
 @dataclass(frozen=True)
 class GenerateCall:
-    """Decode each prompt with ``sampling``; ``stream`` asks for text deltas of a single prompt as they come."""
+    """Decode each prompt with ``sampling``; ``stream`` asks for text deltas of a single prompt as they come.
+
+    ``stops`` (one per prompt, or empty) name each prompt's run and its wall-clock deadline, so the host ends a
+    row between decode steps when the run is cancelled (:meth:`BackboneHost.cancel`) or past due."""
 
     prompts: tuple[Prompt, ...]
     sampling: Sampling = field(default_factory=Sampling)
     stream: bool = False
+    stops: tuple[RowStop | None, ...] = ()
 
     def __post_init__(self) -> None:
         if self.stream and len(self.prompts) != 1:
             raise ValueError(f"GenerateCall: streaming is for one prompt, got {len(self.prompts)}")
+        if self.stops and len(self.stops) != len(self.prompts):
+            raise ValueError(f"GenerateCall: {len(self.stops)} stops for {len(self.prompts)} prompts")
 
     def with_prompts(self, prompts: Sequence[Prompt]) -> GenerateCall:
         return replace(self, prompts=tuple(prompts))
+
+
+@dataclass(frozen=True)
+class RowStop:
+    """What may end one prompt's decoding early: its run's cancel tag and deadline (``time.time()`` seconds)."""
+
+    tag: str
+    deadline: float | None = None
 
 
 @dataclass

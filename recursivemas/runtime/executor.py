@@ -13,6 +13,7 @@ Backbones are any objects with the engine's ``rollout`` / ``generate`` interface
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import defaultdict
@@ -32,7 +33,10 @@ from recursivemas.runtime.backend import Backend, as_backend
 from recursivemas.runtime.calls import GenerateCall, GenerationOverrides, Sampling, ThinkCall
 from recursivemas.runtime.graph import Plan, Turn
 from recursivemas.runtime import sandbox
+from recursivemas.runtime.stopping import RunStop, Stopped
 from recursivemas.runtime.tools import STOP_STRINGS, PythonTool, Toolbox, final_answer, run_tool_loop
+
+log = logging.getLogger("recursivemas")
 
 Content = object  # what a slot receives: a latent handle in latent mode, a message (str) in text mode
 
@@ -58,6 +62,14 @@ class _QuestionState:
     answer: str = ""
     finish: str | None = None  # why the answer's generation stopped
     usage: list[AgentUsage] = field(default_factory=list)
+    stop: RunStop | None = None
+    stopped: Stopped | None = None  # set once: the question takes no further turns
+
+    def check_stop(self) -> bool:
+        """Whether this question has stopped (its stop signal is read once per turn boundary)."""
+        if self.stopped is None and self.stop is not None:
+            self.stopped = self.stop.reason()
+        return self.stopped is not None
 
     def new_round(self) -> None:
         """This round's inboxes start empty; what was fed back last round is read now."""
@@ -79,6 +91,11 @@ class _Run:
 
     def sampling_for(self, turn: _Turn) -> Sampling:
         return self.message if turn.usage.kind == "text" else self.answer
+
+    def stops_for(self, turns: Sequence[_Turn]) -> tuple:
+        """The rows' stop signals for a generate call (empty when no question has one)."""
+        stops = [self.questions[t.question].stop for t in turns]
+        return tuple(s.row() if s is not None else None for s in stops) if any(stops) else ()
 
 
 class Executor:
@@ -114,22 +131,25 @@ class Executor:
     def run(self, question: str, *, mode: Mode = "latent", rounds: int | None = None,
             latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
             on_turn: Callable[[AgentUsage], None] | None = None,
-            on_delta: Callable[[str], None] | None = None) -> RunResult:
+            on_delta: Callable[[str], None] | None = None, stop: RunStop | None = None) -> RunResult:
         """One question. ``on_delta`` hears the answer's text as it is decoded; under greedy decoding the deltas
         join to the same text as without it."""
         return self.run_batch([question], mode=mode, rounds=rounds, latent_steps=latent_steps, generation=generation,
-                              on_turn=on_turn, on_delta=on_delta)[0]
+                              on_turn=on_turn, on_delta=on_delta, stops=[stop])[0]
 
     @torch.inference_mode()
     def run_batch(self, questions: Sequence[str], *, mode: Mode = "latent", rounds: int | None = None,
                   latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
                   on_turn: Callable[[AgentUsage], None] | None = None,
-                  on_delta: Callable[[str], None] | None = None) -> list[RunResult]:
+                  on_delta: Callable[[str], None] | None = None,
+                  stops: Sequence[RunStop | None] | None = None) -> list[RunResult]:
         """Answer every question: the runner interface that a cluster's and Serve's systems offer too.
 
         ``rounds`` and ``latent_steps`` default to the topology's; ``generation`` overrides its sampling for this
         run (``max_new_tokens``, ``message_max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``).
-        ``on_turn`` hears of each agent turn as it finishes (progress, logging).
+        ``on_turn`` hears of each agent turn as it finishes (progress, logging). ``stops`` (one per question, or
+        None) end a question early, between turns and between its decode steps (:meth:`cancel`); its result then
+        says ``stopped`` and holds what it had.
         """
         rounds = self.topology.rounds if rounds is None else rounds
         steps = self.topology.latent_steps if latent_steps is None else latent_steps
@@ -138,10 +158,16 @@ class Executor:
         if on_delta is not None and len(questions) != 1:
             raise ValueError("on_delta: streaming is for one question at a time; use run()")
         answer, message = GenerationOverrides.of(generation).over(self.topology.generation)
-        run = _Run(mode, rounds, steps, [_QuestionState(q) for q in questions], answer, message, on_turn, on_delta)
+        stops = list(stops) if stops is not None else [None] * len(questions)
+        if len(stops) != len(questions):
+            raise ValueError(f"stops: {len(stops)} for {len(questions)} questions; give one (or None) per question")
+        run = _Run(mode, rounds, steps, [_QuestionState(q, stop=s) for q, s in zip(questions, stops)], answer,
+                   message, on_turn, on_delta)
         schedule = [self.plan.single()] if mode == "single" else self.plan.schedule(rounds)
         round_ = 0
         for level in schedule:
+            if all([state.check_stop() for state in run.questions]):
+                break
             if level[0].round != round_:  # a new round: this round's inboxes, last round's feedback
                 round_ = level[0].round
                 for state in run.questions:
@@ -149,12 +175,26 @@ class Executor:
             for turn in self._run_level(run, level):
                 self._hand_over(turn, run.questions[turn.question])
         wall = time.perf_counter() - start
+        for state in run.questions:
+            if state.finish == "cancelled" and not state.check_stop():
+                state.stopped = "cancelled"
         return [
             RunResult(question=s.question, text=s.answer, mode=mode, rounds=1 if mode == "single" else rounds,
                       latent_steps=steps if mode == "latent" else 0, wall_s=wall, usage=s.usage,
-                      finish_reason=openai_finish(s.finish))
+                      finish_reason=openai_finish(s.finish), stopped=s.stopped)
             for s in run.questions
         ]
+
+    def cancel(self, stop: RunStop) -> None:
+        """Stop a question of a run in flight now: at its next turn, and at the next decode step of any call of
+        its that a backbone is running (the other rows of the batch decode on)."""
+        stop.cancel()
+        for name, backend in self.backends.items():
+            try:
+                if hasattr(backend, "cancel"):
+                    backend.cancel([stop.tag])
+            except Exception as exc:  # noqa: BLE001 - a backbone that is gone has nothing of this run to stop
+                log.debug("cancel on backbone %s failed: %s", name, exc)
 
     # --- one level of a round ------------------------------------------------------------------------------------
     def _run_level(self, run: _Run, level: tuple[Turn, ...]) -> list[_Turn]:
@@ -163,10 +203,12 @@ class Executor:
             backbone = self.topology.agent(step.agent).backbone
             kind = "answer" if step.decodes else ("latent" if run.mode == "latent" else "text")
             for index, state in enumerate(run.questions):
+                if state.stopped is not None:
+                    continue
                 prompt = self._prompt(step.agent, state, run.mode != "single", step.round)
                 usage = AgentUsage(agent=step.agent, round=step.round, backbone=backbone, kind=kind)
                 by_backbone[backbone].append(_Turn(index, step, prompt, usage))
-        futures = [self._pool.submit(self._call, name, turns, run) for name, turns in by_backbone.items()]
+        futures = [self._pool.submit(self._call, name, turns, run) for name, turns in by_backbone.items() if turns]
         done = [turn for future in futures for turn in future.result()]
         for turn in done:
             state = run.questions[turn.question]
@@ -198,25 +240,28 @@ class Executor:
         streamed = [t for t in plain if on_delta is not None and t.usage.kind == "answer"]
         plain = [t for t in plain if t not in streamed]
         for turn in streamed:
-            self._record(turn, self._stream(backend, turn.prompt, on_delta, run.sampling_for(turn)))
+            self._record(turn, self._stream(backend, turn.prompt, on_delta, run.sampling_for(turn),
+                                            run.stops_for([turn])))
             self._nudge(backend, [turn], run, on_delta)
         by_sampling: dict[Sampling, list[_Turn]] = defaultdict(list)  # a message budget of its own: a call of its own
         for turn in plain:
             by_sampling[run.sampling_for(turn)].append(turn)
         for sampling, group in by_sampling.items():
-            for turn, gen in zip(group, backend.generate(GenerateCall(tuple(t.prompt for t in group), sampling))):
+            call = GenerateCall(tuple(t.prompt for t in group), sampling, stops=run.stops_for(group))
+            for turn, gen in zip(group, backend.generate(call)):
                 self._record(turn, gen)
         self._nudge(backend, plain, run)
         for turn in with_tools:
-            self._tool_turn(backend, turn, run.sampling_for(turn))
+            self._tool_turn(backend, turn, run.sampling_for(turn), run.stops_for([turn]))
         wall = time.perf_counter() - start
         for turn in turns:
             turn.usage.wall_s = wall
         return turns
 
     @staticmethod
-    def _stream(backend: Backend, prompt: Prompt, on_delta: Callable[[str], None], sampling: Sampling) -> Generation:
-        for piece in backend.stream(GenerateCall((prompt,), sampling, stream=True)):
+    def _stream(backend: Backend, prompt: Prompt, on_delta: Callable[[str], None], sampling: Sampling,
+                stops: tuple = ()) -> Generation:
+        for piece in backend.stream(GenerateCall((prompt,), sampling, stream=True, stops=stops)):
             if isinstance(piece, str):
                 on_delta(piece)
             else:
@@ -229,7 +274,8 @@ class Executor:
         nudge = self.topology.generation.answer_nudge
         if nudge is None:
             return
-        todo = [t for t in turns if t.usage.kind == "answer" and not re.search(nudge.pattern, t.message or "")]
+        todo = [t for t in turns if t.usage.kind == "answer" and t.usage.finish_reason != "cancelled"
+                and not re.search(nudge.pattern, t.message or "")]
         if not todo:
             return
         sampling = replace(run.answer, max_new_tokens=nudge.max_new_tokens)
@@ -237,21 +283,22 @@ class Executor:
                    for t in todo]
         if on_delta is not None:
             on_delta(nudge.suffix)
-            gens = [self._stream(backend, prompts[0], on_delta, sampling)]
+            gens = [self._stream(backend, prompts[0], on_delta, sampling, run.stops_for(todo))]
         else:
-            gens = backend.generate(GenerateCall(tuple(prompts), sampling))
+            gens = backend.generate(GenerateCall(tuple(prompts), sampling, stops=run.stops_for(todo)))
         for turn, gen in zip(todo, gens):
             turn.message = turn.usage.message = (turn.message or "") + nudge.suffix + gen.text
             turn.usage.decoded_tokens += len(gen.token_ids)
             turn.usage.finish_reason, turn.usage.nudged = gen.finish_reason, True
 
-    def _tool_turn(self, backend: Backend, turn: _Turn, sampling: Sampling) -> None:
+    def _tool_turn(self, backend: Backend, turn: _Turn, sampling: Sampling, stops: tuple = ()) -> None:
         segments = [*turn.prompt.segments, "\n\n" + self.toolbox.instructions()]
         generations = []
         with_stops = replace(sampling, stop=tuple(STOP_STRINGS))
 
         def generate(prefix: str) -> tuple[str, int]:
-            (gen,) = backend.generate(GenerateCall((Prompt(segments, prefix, turn.prompt.framing),), with_stops))
+            (gen,) = backend.generate(GenerateCall((Prompt(segments, prefix, turn.prompt.framing),), with_stops,
+                                                   stops=stops))
             generations.append(gen)
             return gen.text, len(gen.token_ids)
 

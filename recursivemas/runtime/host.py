@@ -11,6 +11,7 @@ agent (its inner link and its outgoing outer links), as ``docs/architecture.md``
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -18,7 +19,9 @@ import torch
 from recursivemas.engine import BackboneEngine, Generation
 from recursivemas.engine.coalescing import CoalescingEngine
 from recursivemas.links import LinkSet
-from recursivemas.runtime.calls import BackboneDims, GenerateCall, ThinkCall, Thought
+from recursivemas.runtime.calls import BackboneDims, GenerateCall, RowStop, ThinkCall, Thought
+
+_FORGET_S = 3600.0  # a cancelled tag is kept this long: longer than any call of its run can still be arriving
 
 
 class BackboneHost:
@@ -32,6 +35,7 @@ class BackboneHost:
         self.engine = engine
         self._calls = CoalescingEngine(engine, max_batch, batch_wait_s) if max_batch else engine
         self._links: dict[str, LinkSet] = {}
+        self._cancelled: dict[str, float] = {}  # run tag -> when it was cancelled
         self._lock = threading.Lock()
 
     @classmethod
@@ -72,13 +76,31 @@ class BackboneHost:
         return thoughts
 
     def generate(self, call: GenerateCall) -> list[Generation]:
-        return self._calls.generate(list(call.prompts), **self._sampling(call).engine_kwargs())
+        return self._calls.generate(list(call.prompts), **self._alive(call), **self._sampling(call).engine_kwargs())
 
     def stream(self, call: GenerateCall) -> Iterator[str | Generation]:
         """Text deltas of the call's one prompt as they are decoded, then its ``Generation`` (not coalesced: a
         stream holds its batch of one for its whole length)."""
         (prompt,) = call.prompts
-        return self.engine.stream_generation(prompt, **self._sampling(call).engine_kwargs())
+        alive = self._alive(call)
+        return self.engine.stream_generation(prompt, **({"alive": alive["alive"][0]} if alive else {}),
+                                             **self._sampling(call).engine_kwargs())
+
+    def cancel(self, tags: list[str]) -> None:
+        """End the rows of these runs at their next decode step (their callers are gone)."""
+        now = time.time()
+        with self._lock:
+            self._cancelled = {t: at for t, at in self._cancelled.items() if now - at < _FORGET_S}
+            self._cancelled.update(dict.fromkeys(tags, now))
+
+    def _alive(self, call: GenerateCall) -> dict[str, list[Callable[[], bool] | None]]:
+        """The engine's ``alive`` argument for the call's stops: a check per row; nothing when it has no stops."""
+        def check(stop: RowStop | None):
+            if stop is None:
+                return None
+            return lambda: stop.tag not in self._cancelled and (stop.deadline is None or time.time() < stop.deadline)
+
+        return {"alive": [check(stop) for stop in call.stops]} if any(call.stops) else {}
 
     def _sampling(self, call: GenerateCall):
         """The call's sampling, with the fields it leaves to the model read from this backbone's own settings."""
