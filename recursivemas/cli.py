@@ -157,20 +157,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import yaml
 
     from recursivemas.serve.app import APP_NAME, build_app, serve_config_file, start
+    from recursivemas.serve.auth import ENV_VAR, require_key_when_exposed
 
     config = _serve_config(args)
     if args.print_config:
         print(yaml.safe_dump(serve_config_file(config), sort_keys=False), end="")
+        if config.api_keys:
+            print(f"note: API keys are not written to the config file; set {ENV_VAR} where the application is "
+                  "built (`serve run`'s shell, or the application's runtime_env env_vars for `serve deploy`)",
+                  file=sys.stderr)
         return 0
+    require_key_when_exposed(config, args.allow_unauthenticated)  # before Ray starts: exit 2, one line
     app = build_app(config)
     with _cluster(args):
         from ray import serve
 
         start(config.host, config.port, config.grpc_port)
         serve.run(app, name=APP_NAME, route_prefix="/")
-        grpc = f" and gRPC on {config.host}:{config.grpc_port}" if config.grpc_port else ""
-        print(f"serving on http://{config.host}:{config.port}/v1 (OpenAI chat completions){grpc}; Ctrl-C stops",
-              flush=True)
+        grpc = f" and gRPC on port {config.grpc_port} (every interface)" if config.grpc_port else ""
+        keys = f"API key required ({len(config.api_keys)} accepted)" if config.api_keys else "no API key"
+        print(f"serving on http://{config.host}:{config.port}/v1 (OpenAI chat completions){grpc}; {keys}; "
+              "Ctrl-C stops", flush=True)
         try:
             while True:
                 time.sleep(3600)
@@ -230,6 +237,11 @@ def _serve_config(args: argparse.Namespace):
             raw[flag] = getattr(args, flag)
     if args.max_tokens_limit is not None:
         raw["limits"] = {**raw.get("limits", {}), "max_tokens": args.max_tokens_limit}
+    from recursivemas.serve.auth import keys_from_env
+
+    keys = [*raw.get("api_keys", []), *args.api_key, *keys_from_env()]  # every key given is accepted
+    if keys:
+        raw["api_keys"] = keys
     return ServeConfig.model_validate(raw)
 
 
@@ -272,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", help="bind address (default 127.0.0.1: this machine only)")
     serve_cmd.add_argument("--port", type=int, help="HTTP port (default 8000)")
     serve_cmd.add_argument("--grpc-port", type=int, help="also serve recursivemas.proto (Run, RunStream) here")
+    serve_cmd.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                           help="require `Authorization: Bearer KEY` (gRPC: `authorization` metadata) on every route "
+                                "but /health; repeat for several keys; also read from RECURSIVEMAS_API_KEY "
+                                "(comma-separated)")
+    serve_cmd.add_argument("--allow-unauthenticated", action="store_true",
+                           help="serve without a key although --host is not loopback or --grpc-port is set")
     serve_cmd.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask (default 1024)")
     serve_cmd.add_argument("--print-config", action="store_true",
                            help="print a Ray Serve config file for `serve deploy` / `serve run` and exit")

@@ -21,6 +21,7 @@ from ray import serve
 
 from recursivemas.config import BackboneConfig, Topology, load_topology
 from recursivemas.model_zoo import resolve_model
+from recursivemas.serve.auth import digest, keys_from_env
 from recursivemas.serve.config import BackboneDeployment, ServeConfig
 from recursivemas.serve.deployments import ROUTER, BackboneServer, Router
 from recursivemas.serve.ingress import Ingress
@@ -45,8 +46,9 @@ def backbone_deployment_name(cfg: BackboneConfig) -> str:
 
 
 def build(args: dict[str, Any]):
-    """Ray Serve's application builder: ``args`` is a :class:`ServeConfig` as a mapping."""
-    return build_app(ServeConfig.model_validate(args))
+    """Ray Serve's application builder: ``args`` is a :class:`ServeConfig` as a mapping, plus the keys in
+    ``RECURSIVEMAS_API_KEY`` where the builder runs (``serve deploy``: the application's ``runtime_env``)."""
+    return build_app(ServeConfig.model_validate(args).with_keys(keys_from_env()))
 
 
 def build_app(config: ServeConfig):
@@ -78,7 +80,8 @@ def build_app(config: ServeConfig):
     ingress = serve.deployment(Ingress, name="ingress").options(
         **config.ingress.serve_options({"num_cpus": 0}, 256),
     )
-    return ingress.bind(router, config.limits.model_dump())
+    digests = [digest(key.get_secret_value()) for key in config.api_keys]  # Ray stores these; never the keys
+    return ingress.bind(router, config.limits.model_dump(), digests)
 
 
 def _backbone_deployment(key: str, name: str, cfg: BackboneConfig, config: ServeConfig):
@@ -95,8 +98,13 @@ def _backbone_deployment(key: str, name: str, cfg: BackboneConfig, config: Serve
 
 
 def serve_config_file(config: ServeConfig) -> dict[str, Any]:
-    """A Ray Serve config file (``serve deploy`` / ``serve run``) that builds this application on any cluster."""
-    rest = config.model_dump(mode="json", exclude={"host", "port", "grpc_port", "topologies"}, exclude_defaults=True)
+    """A Ray Serve config file (``serve deploy`` / ``serve run``) that builds this application on any cluster.
+
+    API keys are left out (a file gets copied, committed, shown by ``serve config``): the builder reads them from
+    ``RECURSIVEMAS_API_KEY`` where it runs.
+    """
+    rest = config.model_dump(mode="json", exclude={"host", "port", "grpc_port", "topologies", "api_keys"},
+                             exclude_defaults=True)
     args = {"topologies": [_portable(t) for t in config.topologies], **rest}
     out: dict[str, Any] = {
         "proxy_location": "HeadOnly",

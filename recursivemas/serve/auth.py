@@ -124,12 +124,14 @@ class BearerAuth:
         self.app, self.keys, self.open_paths = app, keys, tuple(open_paths)
 
     async def __call__(self, scope: dict, receive, send) -> None:
-        if scope["type"] != "http" or self._open(scope):
+        if scope["type"] not in ("http", "websocket") or self._open(scope):
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or ())
         err = self.keys().problem(bearer_token(headers.get(b"authorization")))
         if err is None:
             return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":  # closed before the handshake: the server answers 403
+            return await send({"type": "websocket.close", "code": 1008})
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1") or new_request_id()
         body = json.dumps(error_body(err, request_id)).encode()
         await send({"type": "http.response.start", "status": err.status, "headers": [

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator, model_validator
 
 from recursivemas.config import Topology
+from recursivemas.serve.auth import ENV_VAR, key_problem
 from recursivemas.serve.openai_api import Limits
 
 
@@ -88,6 +89,9 @@ class RequestBatching(_Strict):
 
 
 class ServeConfig(_Strict):
+    # A rejected value is never echoed back: it may be an API key.
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, hide_input_in_errors=True)
+
     topologies: list[TopologyRef] = Field(default_factory=lambda: ["sequential-demo"], min_length=1)
     """YAML paths, built-in names, or inline topologies; each is served under its name (the OpenAI ``model``)."""
     host: str = "127.0.0.1"
@@ -100,6 +104,12 @@ class ServeConfig(_Strict):
     that model takes these options."""
     router: DeploymentOptions = Field(default_factory=DeploymentOptions)
     ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Bearer keys a client must send (HTTP ``Authorization: Bearer KEY``, gRPC metadata ``authorization``) on every
+    route but ``/health``; empty: none is asked. Give them at deploy time, with ``--api-key`` or
+    ``RECURSIVEMAS_API_KEY`` (read by ``recursivemas serve`` and by the builder, ``recursivemas.serve.app:build``),
+    not in a file: they never show in ``repr``, logs or errors, ``--print-config`` leaves them out, and the ingress
+    receives only their digests."""
 
     @field_validator("topologies", mode="before")
     @classmethod
@@ -108,6 +118,24 @@ class ServeConfig(_Strict):
         if isinstance(value, str | Path):
             return [part.strip() for part in str(value).split(",") if part.strip()]
         return [str(v) if isinstance(v, Path) else v for v in value]
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_keys(cls, value: Any) -> Any:
+        """One string holds several keys separated by commas, as ``RECURSIVEMAS_API_KEY`` does."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",")]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _usable_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for i, key in enumerate(keys):
+            problem = key_problem(key.get_secret_value())
+            if problem:
+                raise ValueError(f"key {i + 1} of {len(keys)} (from --api-key, {ENV_VAR} or the config) {problem}; "
+                                 "use one token such as `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return list({k.get_secret_value(): k for k in keys}.values())  # a key given twice counts once
 
     @model_validator(mode="after")
     def _router_takes_its_batches(self) -> ServeConfig:
@@ -125,3 +153,9 @@ class ServeConfig(_Strict):
         if not path.is_file():
             raise FileNotFoundError(f"serve config {path} does not exist")
         return cls.model_validate(yaml.safe_load(path.read_text()) or {})
+
+    def with_keys(self, keys: list[str]) -> ServeConfig:
+        """This config accepting ``keys`` too (e.g. :func:`~recursivemas.serve.auth.keys_from_env`), validated."""
+        if not keys:
+            return self
+        return type(self).model_validate({**self.model_dump(exclude_unset=True), "api_keys": [*self.api_keys, *keys]})

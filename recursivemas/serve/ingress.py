@@ -1,6 +1,8 @@
 """The HTTP and gRPC front door: OpenAI's chat-completions API (``recursivemas.serve.openai_api``) with
 server-sent events for ``stream: true``, and the ``RecursiveMAS`` gRPC service, both over the router deployment.
 
+With API keys configured, every HTTP route but ``/health`` needs ``Authorization: Bearer KEY`` and every RPC the
+``authorization`` metadata (``recursivemas.serve.auth``); a missing or wrong key is a 401 / ``UNAUTHENTICATED``.
 Bad input is a 4xx with an OpenAI error object (gRPC: a status with the same message), an internal failure a 5xx
 with a request id. A request becomes a typed :class:`~recursivemas.runtime.calls.RunOptions` here, and nothing
 but typed fields carries it on to the engine. The FastAPI app and the ingress class are defined once, at module
@@ -14,12 +16,22 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves the route
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from recursivemas.serve.auth import BearerAuth, KeyCheck, token_from_metadata
 from recursivemas.serve.errors import APIError, error_body, new_request_id
 from recursivemas.serve.openai_api import Limits, parse_request
 from recursivemas.serve.openai_responses import SSE_HEADERS, ChunkStream, completion_body, models_body
 
 log = logging.getLogger("recursivemas")
 app = FastAPI(title="recursivemas")
+
+
+def _replica_keys() -> KeyCheck:
+    """The keys of the ingress replica serving this request: the app is frozen before any replica holds them."""
+    return serve.get_replica_context().servable_object.keys
+
+
+# Middleware, not a check per route: /docs, /openapi.json and routes added later are covered too.
+app.add_middleware(BearerAuth, keys=_replica_keys)
 
 
 def _run_args(req) -> tuple:
@@ -36,6 +48,15 @@ def _grpc_fail(context, exc: Exception, request_id: str) -> None:
         context.set_details(f"{err.message} (request id {request_id})")
 
 
+def _grpc_refused(keys: KeyCheck, context, request_id: str) -> bool:
+    """Answer ``UNAUTHENTICATED`` (True) unless the call's ``authorization`` metadata holds a key ``keys`` accepts."""
+    metadata = context.invocation_metadata() if context is not None else ()
+    err = keys.problem(token_from_metadata(metadata))
+    if err is not None:
+        _grpc_fail(context, err, request_id)
+    return err is not None
+
+
 def _as_api_error(exc: Exception, request_id: str) -> APIError:
     """A failure inside a run: the user's fault (a prompt over the context, ...) is a 400, anything else a 500."""
     cause = getattr(exc, "cause", None) or exc
@@ -50,9 +71,10 @@ def _as_api_error(exc: Exception, request_id: str) -> APIError:
 # Serve pickles the class when it is decorated: everything its methods use must be defined above it.
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, router, limits: dict) -> None:
+    def __init__(self, router, limits: dict, key_digests: list[str] | None = None) -> None:
         self.router = router
         self.limits = Limits.model_validate(limits)
+        self.keys = KeyCheck(key_digests or ())
         self.names: list[str] = []
 
     async def _models(self) -> list[str]:
@@ -93,6 +115,8 @@ class Ingress:
         from recursivemas.serve import grpc_api
 
         request_id = new_request_id()
+        if _grpc_refused(self.keys, grpc_context, request_id):
+            return grpc_api.pb.RunResponse(id=request_id)
         try:
             req = grpc_api.request_from_proto(request, self.limits, await self._models())
             result = await self.router.run.remote(*_run_args(req))
@@ -105,6 +129,9 @@ class Ingress:
         from recursivemas.serve import grpc_api
 
         request_id = new_request_id()
+        if _grpc_refused(self.keys, grpc_context, request_id):
+            yield grpc_api.pb.RunStreamChunk(id=request_id)  # carries the status (see below)
+            return
         try:
             req = grpc_api.request_from_proto(request, self.limits, await self._models())
             async for item in self.router.options(stream=True).stream.remote(*_run_args(req)):
@@ -114,6 +141,9 @@ class Ingress:
                     yield grpc_api.final_chunk_to_proto(request_id, req.model, item)
         except Exception as exc:  # noqa: BLE001
             _grpc_fail(grpc_context, exc, request_id)
+            # Ray's proxy copies a stream's status from the context only along with a message: without this one
+            # (the id alone), a stream failing before its first chunk would end with OK.
+            yield grpc_api.pb.RunStreamChunk(id=request_id)
 
     async def _events(self, request_id: str, req, args):
         chunks = ChunkStream(request_id, req.model, include_usage=req.include_usage)
