@@ -161,7 +161,14 @@ def load_train_config(path: str | Path) -> TrainConfig:
     if not path.is_file():
         raise ConfigError(f"train config {path} does not exist")
     try:
-        config = TrainConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with topology, data, targets, ...; got "
+                          f"{type(data).__name__}")
+    try:
+        config = TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid train config\n{format_validation_error(exc, TrainConfig)}") from None
     here = path.parent  # relative paths in the file are relative to the file
