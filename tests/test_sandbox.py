@@ -173,3 +173,17 @@ def test_code_scoring_runs_in_the_sandbox_and_is_refused_without_one(host, monke
     runner = SimpleNamespace(topology=SimpleNamespace(name="t", tools=SimpleNamespace(python_sandbox="bwrap")))
     with pytest.raises(sandbox.SandboxUnavailable, match="scoring the code answers"):
         evaluate(runner, [item], ["latent"], [1])
+
+
+@pytest.mark.parametrize("where", [{"host": "0.0.0.0"}, {"grpc_port": 9123}])
+def test_a_server_others_can_reach_refuses_tools_without_the_sandbox(where):
+    from recursivemas.config import Topology
+    from recursivemas.serve.app import build_app
+    from recursivemas.serve.config import ServeConfig
+
+    doc = {"name": "delib", "backbones": {"a": {"model": "tiny"}}, "pattern": "deliberation",
+           "tools": {"python_sandbox": "none"},
+           "agents": [{"name": "reflector", "backbone": "a"}, {"name": "caller", "backbone": "a"}]}
+    config = ServeConfig(topologies=[Topology.model_validate(doc)], api_keys=["a-long-enough-test-key-0123"], **where)
+    with pytest.raises(ValueError, match="python_sandbox: none runs model-written code unisolated"):
+        build_app(config)

@@ -94,3 +94,12 @@ def test_cli_prints_the_serve_config_with_flags_over_the_file(tmp_path, capsys):
     assert file["http_options"] == {"host": "0.0.0.0", "port": 9000}
     assert file["applications"][0]["args"] == {"topologies": ["sequential-demo"],
                                                "limits": {"max_tokens": 64, "max_rounds": 3}}
+
+
+def test_a_topology_object_is_served_as_its_data():
+    """`recursivemas serve --links` hands the config a Topology object; its preset must not read as edges too."""
+    from recursivemas.config import load_topology
+
+    topology = load_topology("sequential-demo")
+    (served,) = ServeConfig(topologies=[topology]).topologies
+    assert served.to_dict() == topology.to_dict()

@@ -21,7 +21,7 @@ from ray import serve
 
 from recursivemas.config import BackboneConfig, Topology, load_topology
 from recursivemas.model_zoo import resolve_model
-from recursivemas.serve.auth import digest, keys_from_env
+from recursivemas.serve.auth import digest, is_loopback, keys_from_env
 from recursivemas.serve.config import BackboneDeployment, ServeConfig
 from recursivemas.serve.deployments import ROUTER, BackboneServer, Router
 from recursivemas.serve.ingress import Ingress
@@ -58,6 +58,7 @@ def build_app(config: ServeConfig):
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise ValueError(f"serve: topology names must be unique (they are the OpenAI `model`); {clashes} repeat")
+    _refuse_unsandboxed_tools(loaded, config)
     models = {cfg.model for t in loaded for cfg in t.backbones.values()}
     unknown = sorted(set(config.backbones) - models)
     if unknown:
@@ -76,12 +77,24 @@ def build_app(config: ServeConfig):
     ongoing = max(256, batching.max_batch_size * batching.max_concurrent_batches)
     router = serve.deployment(Router, name=ROUTER).options(
         **config.router.serve_options({"num_cpus": 0}, ongoing),
-    ).bind([t.to_dict() for t in loaded], backbones, keys, batching.model_dump())
+    ).bind([t.to_dict() for t in loaded], backbones, keys, batching.model_dump(), config.limits.model_dump())
     ingress = serve.deployment(Ingress, name="ingress").options(
         **config.ingress.serve_options({"num_cpus": 0}, 256),
     )
     digests = [digest(key.get_secret_value()) for key in config.api_keys]  # Ray stores these; never the keys
     return ingress.bind(router, config.limits.model_dump(), digests)
+
+
+def _refuse_unsandboxed_tools(topologies: list[Topology], config: ServeConfig) -> None:
+    """Model-written code without the sandbox is for a machine of one's own, never a server others can reach."""
+    exposed = not is_loopback(config.host) or config.grpc_port is not None  # gRPC binds every interface
+    for topology in topologies:
+        callers = [a.name for a in topology.agents if a.tools]
+        if exposed and callers and topology.tools.python_sandbox == "none":
+            where = f"--host {config.host}" if not is_loopback(config.host) else f"--grpc-port {config.grpc_port}"
+            raise ValueError(f"topology {topology.name!r}: tools.python_sandbox: none runs model-written code "
+                             f"unisolated, and {where} lets others reach it; use python_sandbox: bwrap, or serve "
+                             "on 127.0.0.1 only")
 
 
 def _backbone_deployment(key: str, name: str, cfg: BackboneConfig, config: ServeConfig):

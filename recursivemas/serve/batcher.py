@@ -40,9 +40,14 @@ class AdaptiveBatcher:
                 entry[1] -= 1
                 break
         future = loop.create_future()
-        self._queue.append((job, future, time.monotonic()))
+        entry = (job, future, time.monotonic())
+        self._queue.append(entry)
         self._arrived.set()
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:  # the caller left while waiting: its place in the next batch is freed
+            self._queue = [queued for queued in self._queue if queued is not entry]
+            raise
 
     def _ready(self) -> float:
         """0 when a batch should start now, else how long to wait at most for more requests."""

@@ -117,7 +117,9 @@ class ServeConfig(_Strict):
         """``serve run recursivemas.serve.app:build topologies=a.yaml,b.yaml`` passes one string."""
         if isinstance(value, str | Path):
             return [part.strip() for part in str(value).split(",") if part.strip()]
-        return [str(v) if isinstance(v, Path) else v for v in value]
+        # A Topology object goes in as its data: validated again as a model it would see its preset's expansion
+        # (edges beside a pattern) and refuse it.
+        return [str(v) if isinstance(v, Path) else v.to_dict() if isinstance(v, Topology) else v for v in value]
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
@@ -21,12 +22,15 @@ import torch
 
 from recursivemas.actors.backbone import links_from
 from recursivemas.actors.latents import fetched, lower
-from recursivemas.actors.remote import RemoteBackend
+from recursivemas.actors.remote import BackboneFailure, RemoteBackend
 from recursivemas.config import Topology
 from recursivemas.runtime import Executor, RunResult, build_links
 from recursivemas.runtime.calls import BackboneDims, GenerateCall, RunOptions, ThinkCall
 from recursivemas.runtime.host import BackboneHost
+from recursivemas.runtime.stopping import RunStop
 from recursivemas.serve.batcher import AdaptiveBatcher
+from recursivemas.serve.errors import APIError, deadline_exceeded, overloaded
+from recursivemas.serve.openai_api import Limits
 
 log = logging.getLogger("recursivemas")
 POOL_THREADS = 64  # concurrent runs (and backbone calls) a replica keeps in flight
@@ -68,33 +72,48 @@ class BackboneServer:
     def stream(self, call: GenerateCall, *latents):
         yield from self.host.stream(lower(call, fetched(latents)))
 
+    async def cancel(self, tags: list[str]) -> None:
+        self.host.cancel(tags)
+
     def batch_sizes(self) -> list[int]:
         return self.host.batch_sizes
 
 
-def handle_backend(handle, links_ref: ray.ObjectRef) -> RemoteBackend:
-    """A :class:`RemoteBackend` over a backbone deployment handle (called from router worker threads)."""
-    return RemoteBackend(lambda method, *args: getattr(handle, method).remote(*args).result(), links_ref,
-                         stream=lambda *args: iter(handle.options(stream=True).stream.remote(*args)))
+def handle_backend(handle, links_ref: ray.ObjectRef, timeout_s: float | None = None) -> RemoteBackend:
+    """A :class:`RemoteBackend` over a backbone deployment handle (called from router worker threads). A call that
+    outlives ``timeout_s`` (a replica that died mid-call and is not coming back) fails rather than holding its
+    thread for ever."""
+    def call(method: str, *args):
+        try:
+            return getattr(handle, method).remote(*args).result(timeout_s=timeout_s)
+        except TimeoutError as exc:
+            name = getattr(handle, "deployment_name", "backbone")
+            raise BackboneFailure(name, f"no answer within {timeout_s:g} s") from exc
+
+    return RemoteBackend(call, links_ref, stream=lambda *args: iter(handle.options(stream=True).stream.remote(*args)))
 
 
 class Router:
     """Every served topology's executor; a request names its topology (the OpenAI ``model``)."""
 
     async def __init__(self, topologies: list[dict], backbones: dict[str, object],
-                       keys: dict[str, dict[str, str]], batching: dict | None = None) -> None:
+                       keys: dict[str, dict[str, str]], batching: dict | None = None, limits: dict | None = None
+                       ) -> None:
         # keys: topology name -> {its backbone name: the deployment name serving it}
         info = {key: await handle.info.remote() for key, handle in backbones.items()}
         self.executors: dict[str, Executor] = {}
         self.pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="run")
         self.batcher = AdaptiveBatcher(self._run_jobs, **(batching or {}))
+        self.limits = Limits.model_validate(limits or {})
+        self.pending = 0  # requests admitted and not yet answered: the bound that gives backpressure
+        call_timeout = self.limits.max_timeout_s + 60  # no backbone call outlives the longest deadline by much
         for raw in topologies:
             topology = Topology.model_validate(raw)
             mine = keys[topology.name]
             dims = {name: BackboneDims.of(info[key]) for name, key in mine.items()}
             links_ref = ray.put(build_links(topology, dims))
             self.executors[topology.name] = Executor(topology, {
-                name: handle_backend(backbones[key], links_ref) for name, key in mine.items()})
+                name: handle_backend(backbones[key], links_ref, call_timeout) for name, key in mine.items()})
 
         from ray.util.metrics import Counter, Histogram
 
@@ -110,6 +129,10 @@ class Router:
 
     def batch_sizes(self) -> list[int]:
         return list(self.batcher.sizes)
+
+    def in_flight(self) -> int:
+        """Requests admitted and not yet answered (what ``limits.max_queued`` bounds)."""
+        return self.pending
 
     def _count(self, model: str, result) -> dict:
         """Prometheus metrics of a finished run (Ray exports them with Serve's own request metrics)."""
@@ -138,11 +161,40 @@ class Router:
 
         return await asyncio.get_running_loop().run_in_executor(self.pool, work)
 
-    async def run(self, model: str, question: str, options: RunOptions) -> dict:
-        outcome = await self.batcher.submit(_Job(model, question, options))
+    async def run(self, model: str, question: str, options: RunOptions, deadline: float | None = None,
+                  request_id: str = "") -> dict:
+        """One request's run, batched with its concurrent peers. Past ``deadline`` (``time.time()``) it is a 504;
+        a caller that goes away (Serve cancels this call) stops its run, and its batch-mates go on."""
+        job = self._admit(model, question, options, deadline, request_id)
+        try:
+            outcome = await self.batcher.submit(job)
+        except asyncio.CancelledError:
+            self._cancel(job)
+            raise
+        finally:
+            self.pending -= 1
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+    def _admit(self, model: str, question: str, options: RunOptions, deadline: float | None,
+               request_id: str) -> "_Job":
+        if self.pending >= self.limits.max_queued:
+            raise overloaded(self.limits.max_queued, self.limits.retry_after_s)
+        self.pending += 1
+        return _Job(model, question, options, RunStop(deadline), request_id, time.time())
+
+    def _cancel(self, job: "_Job") -> None:
+        """Stop the job's run now, at its next turn and decode step (the backbone calls run in the pool)."""
+        job.stop.cancel()
+        self.pool.submit(self.executors[job.model].cancel, job.stop)
+
+    def _outcome(self, job: "_Job", result: RunResult):
+        if result.stopped == "deadline":
+            return deadline_exceeded(job.request_id, round(job.stop.deadline - job.admitted, 3))
+        if result.stopped == "cancelled":
+            return APIError(499, "The client closed the request.", code="cancelled")
+        return self._count(job.model, result)
 
     async def _run_jobs(self, jobs: list["_Job"]) -> list:
         """Concurrent requests with the same model and settings run as one batched run: every backbone call of the
@@ -163,33 +215,45 @@ class Router:
         """Results (or each job's own failure: one bad prompt must not fail its batch-mates)."""
         first = jobs[0]
         try:
-            results = self.executors[first.model].run_batch([j.question for j in jobs], **first.options.as_kwargs())
+            results = self.executors[first.model].run_batch([j.question for j in jobs], stops=[j.stop for j in jobs],
+                                                             **first.options.as_kwargs())
         except Exception as exc:  # noqa: BLE001
             if len(jobs) == 1:
                 return [exc]
             return [outcome for job in jobs for outcome in self._run_group([job])]
-        return [self._count(first.model, r) for r in results]
+        return [self._outcome(job, r) for job, r in zip(jobs, results)]
 
-    async def stream(self, model: str, question: str, options: RunOptions):
-        """Text deltas of the answer as the decoder produces them, then the run's result (a dict)."""
+    async def stream(self, model: str, question: str, options: RunOptions, deadline: float | None = None,
+                     request_id: str = ""):
+        """Text deltas of the answer as the decoder produces them, then the run's result (a dict). A caller that
+        stops reading (a closed connection) stops the run."""
+        job = self._admit(model, question, options, deadline, request_id)
         executor, loop, queue = self.executors[model], asyncio.get_running_loop(), asyncio.Queue()
 
         def work() -> None:
             try:
                 result = executor.run(question, on_delta=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d),
-                                      **options.as_kwargs())
-                loop.call_soon_threadsafe(queue.put_nowait, self._count(model, result))
+                                      stop=job.stop, **options.as_kwargs())
+                loop.call_soon_threadsafe(queue.put_nowait, self._outcome(job, result))
             except BaseException as exc:  # handed to the caller, which maps it to an error event
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
 
         threading.Thread(target=work, daemon=True, name=f"stream-{model}").start()
-        while True:
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if isinstance(item, dict):
-                return
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield item
+                if isinstance(item, dict):
+                    finished = True
+                    return
+        finally:
+            self.pending -= 1
+            if not finished:
+                self._cancel(job)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,3 +261,6 @@ class _Job:
     model: str
     question: str
     options: RunOptions
+    stop: RunStop = dataclasses.field(compare=False)
+    request_id: str = dataclasses.field(default="", compare=False)
+    admitted: float = dataclasses.field(default=0.0, compare=False)

@@ -9,6 +9,7 @@ but typed fields carries it on to the engine. The FastAPI app and the ingress cl
 level, as Ray Serve LLM does.
 """
 
+import asyncio
 import logging
 import time
 
@@ -17,11 +18,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from recursivemas.serve.auth import BearerAuth, KeyCheck, token_from_metadata
-from recursivemas.serve.errors import APIError, error_body, new_request_id
+from recursivemas.serve.errors import APIError, deadline_exceeded, error_body, new_request_id
 from recursivemas.serve.openai_api import Limits, parse_request
 from recursivemas.serve.openai_responses import SSE_HEADERS, ChunkStream, completion_body, models_body
 
 log = logging.getLogger("recursivemas")
+_GRACE_S = 5.0  # past a request's deadline, how long the ingress waits for the router's own 504 before giving one
 app = FastAPI(title="recursivemas")
 
 
@@ -34,9 +36,19 @@ def _replica_keys() -> KeyCheck:
 app.add_middleware(BearerAuth, keys=_replica_keys)
 
 
-def _run_args(req) -> tuple:
-    """(model, question, typed run options) for the router."""
-    return req.model, req.question(), req.run_options()
+def _run_args(req, limits: Limits, request_id: str) -> tuple[tuple, float]:
+    """(model, question, typed run options, deadline, request id) for the router, and the seconds allowed."""
+    seconds = limits.deadline_s(req.timeout_s)
+    return (req.model, req.question(), req.run_options(), time.time() + seconds, request_id), seconds
+
+
+async def _within(call, seconds: float, request_id: str):
+    """The router's answer, or a 504 once the request's deadline (plus a grace for the router's own 504) is gone:
+    a run whose replica died must not hold its client for ever. Leaving cancels the call, which stops the run."""
+    try:
+        return await asyncio.wait_for(call, seconds + _GRACE_S)
+    except asyncio.TimeoutError:
+        raise deadline_exceeded(request_id, seconds) from None
 
 
 def _grpc_fail(context, exc: Exception, request_id: str) -> None:
@@ -62,6 +74,8 @@ def _as_api_error(exc: Exception, request_id: str) -> APIError:
     cause = getattr(exc, "cause", None) or exc
     from recursivemas.engine import ContextLengthError
 
+    if isinstance(cause, APIError):  # the router's own answer: overloaded (503), past its deadline (504)
+        return cause
     if isinstance(cause, ContextLengthError | ValueError):
         return APIError(400, str(cause).splitlines()[0], param="messages", code="invalid_request")
     log.exception("request %s failed", request_id)
@@ -98,15 +112,16 @@ class Ingress:
             req = parse_request(await request.body(), self.limits, await self._models())
         except APIError as err:
             return JSONResponse(error_body(err, request_id), status_code=err.status, headers=headers)
-        args = _run_args(req)
+        args, seconds = _run_args(req, self.limits, request_id)
         if req.stream:
-            return StreamingResponse(self._events(request_id, req, args), media_type="text/event-stream",
+            return StreamingResponse(self._events(request_id, req, args, seconds), media_type="text/event-stream",
                                      headers={**SSE_HEADERS, **headers})
         try:
-            result = await self.router.run.remote(*args)
+            result = await _within(self.router.run.remote(*args), seconds, request_id)
         except Exception as exc:  # noqa: BLE001 - any failure is this request's, not the server's
             err = _as_api_error(exc, request_id)
-            return JSONResponse(error_body(err, request_id), status_code=err.status, headers=headers)
+            return JSONResponse(error_body(err, request_id), status_code=err.status,
+                                headers={**headers, **err.headers()})
         body = completion_body(request_id, req.model, int(time.time()), result["text"], result)
         return JSONResponse(body, headers=headers)
 
@@ -119,7 +134,8 @@ class Ingress:
             return grpc_api.pb.RunResponse(id=request_id)
         try:
             req = grpc_api.request_from_proto(request, self.limits, await self._models())
-            result = await self.router.run.remote(*_run_args(req))
+            args, seconds = _run_args(req, self.limits, request_id)
+            result = await _within(self.router.run.remote(*args), seconds, request_id)
         except Exception as exc:  # noqa: BLE001
             _grpc_fail(grpc_context, exc, request_id)
             return grpc_api.pb.RunResponse(id=request_id)
@@ -134,25 +150,33 @@ class Ingress:
             return
         try:
             req = grpc_api.request_from_proto(request, self.limits, await self._models())
-            async for item in self.router.options(stream=True).stream.remote(*_run_args(req)):
-                if isinstance(item, str):
-                    yield grpc_api.chunk_to_proto(request_id, req.model, item)
-                else:
-                    yield grpc_api.final_chunk_to_proto(request_id, req.model, item)
+            args, seconds = _run_args(req, self.limits, request_id)
+            async with asyncio.timeout(seconds + _GRACE_S):
+                async for item in self.router.options(stream=True).stream.remote(*args):
+                    if isinstance(item, str):
+                        yield grpc_api.chunk_to_proto(request_id, req.model, item)
+                    else:
+                        yield grpc_api.final_chunk_to_proto(request_id, req.model, item)
+        except TimeoutError:
+            _grpc_fail(grpc_context, deadline_exceeded(request_id, seconds), request_id)
+            yield grpc_api.pb.RunStreamChunk(id=request_id)
         except Exception as exc:  # noqa: BLE001
             _grpc_fail(grpc_context, exc, request_id)
             # Ray's proxy copies a stream's status from the context only along with a message: without this one
             # (the id alone), a stream failing before its first chunk would end with OK.
             yield grpc_api.pb.RunStreamChunk(id=request_id)
 
-    async def _events(self, request_id: str, req, args):
+    async def _events(self, request_id: str, req, args, seconds: float):
         chunks = ChunkStream(request_id, req.model, include_usage=req.include_usage)
         yield chunks.start()
         try:
-            async for item in self.router.options(stream=True).stream.remote(*args):
-                if isinstance(item, str):
-                    yield chunks.delta(item)
-                else:
-                    yield chunks.end(item)
+            async with asyncio.timeout(seconds + _GRACE_S):
+                async for item in self.router.options(stream=True).stream.remote(*args):
+                    if isinstance(item, str):
+                        yield chunks.delta(item)
+                    else:
+                        yield chunks.end(item)
+        except TimeoutError:
+            yield chunks.error(deadline_exceeded(request_id, seconds))
         except Exception as exc:  # noqa: BLE001
             yield chunks.error(_as_api_error(exc, request_id))

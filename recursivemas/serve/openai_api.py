@@ -7,7 +7,8 @@ Request fields (``POST /v1/chat/completions``), decided one by one:
 - used: ``model`` (the topology name), ``messages``, ``max_tokens`` (``max_completion_tokens`` is accepted as its
   newer name; both at once must agree), ``temperature`` [0, 2], ``top_p`` (0, 1], ``stream``,
   ``stream_options.include_usage``, ``stop`` (a string or up to 4), ``seed``, ``user`` (for logs), and the
-  extensions ``rounds``, ``latent_steps``, ``mode`` (``latent`` | ``text`` | ``single``) within :class:`Limits`.
+  extensions ``rounds``, ``latent_steps``, ``mode`` (``latent`` | ``text`` | ``single``) within :class:`Limits`, and
+  ``timeout_s`` (the request's deadline in seconds, capped at ``Limits.max_timeout_s``).
 - accepted only at their no-op value, a 400 naming the field otherwise (the answer would silently differ from what
   was asked): ``n`` = 1, ``presence_penalty`` = ``frequency_penalty`` = 0, ``logprobs`` false, ``top_logprobs`` 0,
   ``logit_bias`` {}, ``response_format`` ``{"type": "text"}``, ``tools`` [], ``tool_choice`` ``none``/``auto``;
@@ -49,6 +50,16 @@ class Limits(BaseModel):
     max_body_bytes: int = Field(1 << 20, ge=1)
     max_messages: int = Field(64, ge=1)
     max_stop: int = Field(4, ge=0)
+    max_queued: int = Field(64, ge=1)
+    """Requests a router replica holds at once (running or waiting); past it, 503 with ``Retry-After``."""
+    retry_after_s: int = Field(1, ge=0)
+    timeout_s: float = Field(300.0, gt=0)
+    """A request's deadline when it sets none: past it, 504 (its run is stopped, its batch-mates go on)."""
+    max_timeout_s: float = Field(600.0, gt=0)
+    """The longest deadline a request may ask for with the ``timeout_s`` extension (longer ones are capped)."""
+
+    def deadline_s(self, asked: float | None) -> float:
+        return min(self.timeout_s if asked is None else asked, self.max_timeout_s)
 
 
 # ---------------------------------------------------------------------------------------------------- the request
@@ -106,6 +117,7 @@ class ChatCompletionRequest(_Strict):
     rounds: int | None = None
     latent_steps: int | None = None
     mode: Mode | None = None
+    timeout_s: float | int | None = Field(None, gt=0)
     # accepted at their no-op value only
     n: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
@@ -166,6 +178,7 @@ _EXPECTED = {
     "rounds": "an integer (at least 1)",
     "latent_steps": "an integer (at least 0)",
     "mode": "one of latent, text, single",
+    "timeout_s": "a number of seconds greater than 0 (the server caps it)",
     "n": "1 (one choice per request)",
     "presence_penalty": "0 (penalties are not supported)",
     "frequency_penalty": "0 (penalties are not supported)",
@@ -309,6 +322,8 @@ def _check_numbers(req: ChatCompletionRequest, limits: Limits) -> None:
         if value is not None and not low <= value <= high:
             where = "over the server's limit" if value > high else "too small"
             raise _bad(name, f"{where}", value, f"Send an integer from {low} to {high}.")
+    if req.seed is not None and not -(2**63) <= req.seed < 2**63:  # the engine's generator takes a 64-bit seed
+        raise _bad("seed", "out of range", req.seed, "Send an integer from -2**63 to 2**63-1.")
     if req.stop is not None:
         stops = req.stop_sequences
         if len(stops) > limits.max_stop:
