@@ -13,6 +13,7 @@
 import asyncio
 import dataclasses
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +75,10 @@ class BackboneServer:
 
     async def cancel(self, tags: list[str]) -> None:
         self.host.cancel(tags)
+
+    def pid(self) -> int:
+        """This replica's process (the fault benchmark kills it)."""
+        return os.getpid()
 
     def batch_sizes(self) -> list[int]:
         return self.host.batch_sizes
