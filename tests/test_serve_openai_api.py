@@ -114,6 +114,8 @@ BAD = [
     ("latent-steps-over", body(latent_steps=65), 400, "invalid_request_error", "latent_steps", "invalid_value"),
     ("latent-steps-negative", body(latent_steps=-1), 400, "invalid_request_error", "latent_steps", "invalid_value"),
     ("bad-mode", body(mode="fast"), 400, "invalid_request_error", "mode", "invalid_value"),
+    ("timeout-zero", body(timeout_s=0), 400, "invalid_request_error", "timeout_s", "invalid_value"),
+    ("timeout-string", body(timeout_s="5"), 400, "invalid_request_error", "timeout_s", "invalid_type"),
     ("misspelt-extension", body(latent_step=8), 400, "invalid_request_error", "latent_step", "unknown_parameter"),
     ("n-2", body(n=2), 400, "invalid_request_error", "n", "unsupported_parameter"),
     ("presence-penalty", body(presence_penalty=0.5), 400, "invalid_request_error", "presence_penalty",
@@ -467,3 +469,9 @@ def test_openai_client_end_to_end(openai_server):
                                             user="fail-mid-stream"))
     # the server is still up
     assert client.chat.completions.create(model="sequential-demo", messages=USER).choices[0].finish_reason == "stop"
+
+
+def test_a_requests_deadline_is_its_own_capped_by_the_server():
+    limits = Limits(timeout_s=30, max_timeout_s=60)
+    assert (limits.deadline_s(None), limits.deadline_s(5), limits.deadline_s(1000)) == (30, 5, 60)
+    assert parse_request(body(timeout_s=2.5), limits, {"sequential-demo"}).timeout_s == 2.5
