@@ -17,6 +17,7 @@ from pydantic import ValidationError
 # The demo links' task: the first item of its test split (reasoning-gym basic_arithmetic held-out, seed 0, at
 # examples/train-demo.yaml's difficulty), taken by position, not chosen by how the system answers it (a test checks).
 DEMO_PROMPT = "Calculate 1 - 6.\n\nPut your final answer in \\boxed{}."
+DEMO_REFERENCE = "-5"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -30,6 +31,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if changes:
         topology = topology.replace(**changes)
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    reference = args.reference if args.reference is not None else (DEMO_REFERENCE if args.prompt == DEMO_PROMPT
+                                                                     else None)
     cluster = _cluster(args) if args.cluster or args.address else None
     system = cluster.system(topology) if cluster else load_system(topology)  # one runner interface either way
     results = []
@@ -44,12 +47,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         results.append(result)
         if not args.json:
             print(f"\nanswer ({mode}):\n{result.text.strip()}\n")
+            if reference is not None:
+                print(_check(result.text, reference) + "\n")
             print(result.usage_table())
     if args.json:
         print(json.dumps([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(), indent=2))
     elif len(results) > 1:
-        print("\n" + _comparison(results))
+        print("\n" + _comparison(results, topology))
     return 0
+
+
+def _check(text: str, reference: str) -> str:
+    from recursivemas.answers import score
+
+    verdict = score(text, reference, "number" if _is_number(reference) else "text")
+    return f"{'right' if verdict.correct else 'wrong'}: read {verdict.extracted!r}, the reference is {reference!r}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _cluster(args: argparse.Namespace):
@@ -70,9 +90,12 @@ def _progress(rounds: int):
     return report
 
 
-def _comparison(results) -> str:
-    base = results[-1]
-    lines = ["comparison (same agents, prompts, rounds and budgets):"]
+def _comparison(results, topology) -> str:
+    base, gen = results[-1], topology.generation
+    message = gen.message_max_new_tokens or gen.max_new_tokens
+    lines = [f"comparison: the same agents, prompts and {topology.rounds} rounds; latent mode hands over "
+             f"{topology.latent_steps} latent steps per agent, text mode messages of up to {message} tokens; "
+             f"answers of up to {gen.max_new_tokens} tokens"]
     for r in results:
         t = r.totals
         speed = f", {base.wall_s / r.wall_s:.2f}x the speed of {base.mode}" if r is not base and r.wall_s > 0 else ""
@@ -254,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--topology", default="sequential-demo",
                      help="YAML file or built-in name (default: the sequential demo on SmolLM2 + Gemma-3)")
     run.add_argument("--prompt", default=DEMO_PROMPT)
+    run.add_argument("--reference", help="the right answer, to say whether each mode's answer is right (the "
+                                         "default prompt knows its own)")
     run.add_argument("--mode", default="latent",
                      help="latent | text | single, or several separated by commas to compare (e.g. latent,text)")
     run.add_argument("--rounds", type=int)

@@ -29,8 +29,10 @@ def topology_file(tmp_path_factory):
 
 
 def test_run_prints_answers_tables_and_comparison(topology_file, capsys):
-    assert main(["run", "--topology", str(topology_file), "--prompt", "2+2?", "--mode", "latent,text"]) == 0
+    assert main(["run", "--topology", str(topology_file), "--prompt", "2+2?", "--mode", "latent,text",
+                 "--reference", "4"]) == 0
     out = capsys.readouterr().out
+    assert out.count("the reference is '4'") == 2  # each mode's answer checked
     assert "=== latent mode: cli-seq, rounds 2, latent steps 3 ===" in out
     assert "answer (text):" in out
     assert out.count("round  agent") == 2  # one usage table per mode
