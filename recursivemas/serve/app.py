@@ -26,7 +26,7 @@ from recursivemas.serve.config import BackboneDeployment, ServeConfig
 from recursivemas.serve.deployments import ROUTER, BackboneServer, Router
 from recursivemas.serve.ingress import Ingress
 
-GRPC_SERVICER = "recursivemas.serve.proto.recursivemas_pb2_grpc.add_RecursiveMASServicer_to_server"
+GRPC_SERVICER = "recursivemas.serve.grpc_api.add_servicer_to_server"  # requests as bytes: see its docstring
 APP_NAME = "recursivemas"
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from recursivemas.runtime.accounting import RunResult
 from recursivemas.serve.errors import APIError
 from recursivemas.serve.openai_api import ChatCompletionRequest, Limits, parse_payload
@@ -19,11 +21,37 @@ from recursivemas.serve.proto import recursivemas_pb2 as pb
 GRPC_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                413: "RESOURCE_EXHAUSTED", 422: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
                503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+SERVICE = "recursivemas.v1.RecursiveMAS"
 _OPTIONAL = ("max_tokens", "temperature", "top_p", "rounds", "latent_steps", "seed")
 
 
-def request_from_proto(msg: pb.RunRequest, limits: Limits, models: Collection[str]) -> ChatCompletionRequest:
-    """Validate a ``RunRequest`` as the equivalent chat-completion body; :class:`APIError` on any problem."""
+def add_servicer_to_server(servicer, server) -> None:
+    """Register ``servicer`` as the generated ``add_RecursiveMASServicer_to_server`` does, but hand it each request as
+    its bytes, which :func:`request_from_proto` parses: bytes that are no ``RunRequest`` (a string that is not UTF-8,
+    a cut message) are then INVALID_ARGUMENT, where Ray's gRPC proxy, parsing them itself, answered UNKNOWN."""
+    import grpc
+
+    handlers = {
+        "Run": grpc.unary_unary_rpc_method_handler(servicer.Run, response_serializer=pb.RunResponse.SerializeToString),
+        "RunStream": grpc.unary_stream_rpc_method_handler(
+            servicer.RunStream, response_serializer=pb.RunStreamChunk.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def request_from_proto(msg: pb.RunRequest | bytes, limits: Limits, models: Collection[str]) -> ChatCompletionRequest:
+    """Validate a ``RunRequest`` (or its bytes) as the equivalent chat-completion body; :class:`APIError` on any
+    problem."""
+    if isinstance(msg, bytes):  # from add_servicer_to_server
+        if len(msg) > limits.max_body_bytes:
+            raise APIError(413, f"The request is {len(msg)} bytes, over the limit of {limits.max_body_bytes}. "
+                                "Send a shorter prompt or fewer messages.", code="request_too_large")
+        try:
+            msg = pb.RunRequest.FromString(msg)
+        except DecodeError as e:
+            raise APIError(400, f"The request is not a RunRequest message ({e}). Send one built from "
+                                "recursivemas.proto.", code="invalid_request") from None
     size = msg.ByteSize()
     if size > limits.max_body_bytes:
         raise APIError(413, f"The request is {size} bytes, over the limit of {limits.max_body_bytes}. "

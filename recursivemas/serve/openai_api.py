@@ -237,6 +237,23 @@ def _reject_nan(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+MAX_NESTING = 32
+"""Arrays and objects inside each other in a request body, at most (a valid body nests 5 deep). Deeper bodies are
+refused before any recursive code (pydantic, the error text's ``json.dumps``) sees them: near Python's recursion
+limit, those hit it first, and the RecursionError was a 500."""
+
+
+def _nesting(value: Any) -> int:
+    """How deep arrays and objects nest in ``value`` (0 for a scalar), without recursion; stops past MAX_NESTING."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_NESTING:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def parse_request(body: bytes, limits: Limits, models: Collection[str]) -> ChatCompletionRequest:
     """Parse and validate a raw request body; any problem is an :class:`APIError` (4xx) naming the field."""
     if len(body) > limits.max_body_bytes:
@@ -253,6 +270,9 @@ def parse_request(body: bytes, limits: Limits, models: Collection[str]) -> ChatC
     except (ValueError, RecursionError) as e:  # JSONDecodeError, NaN/Infinity, too many digits, too deep
         raise APIError(400, f"The request body is not valid JSON: {e}. Send a JSON object with model and "
                             "messages.", code="invalid_json") from None
+    if _nesting(data) > MAX_NESTING:
+        raise APIError(400, f"The request body is nested too deeply (over {MAX_NESTING} levels of arrays and "
+                            "objects). Send a JSON object with model and messages.", code="invalid_json")
     try:  # a \ud800 escape decodes to a lone surrogate, which no response could encode back to UTF-8
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except RecursionError:
