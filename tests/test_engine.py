@@ -486,3 +486,14 @@ def test_a_multimodal_wrapper_loads_through_its_text_path(tmp_path, caplog):
     assert out.states.shape == (3, 40)
     torch.testing.assert_close(out.states, ref.states, rtol=0, atol=0)
     assert engine.generate(prompt, max_new_tokens=5)[0].text == whole.generate(prompt, max_new_tokens=5)[0].text
+
+
+def test_a_tiny_or_huge_temperature_samples_a_valid_token():
+    """Found by fuzzing the server: logits / 1e-300 overflowed in float32 and torch.multinomial raised."""
+    from recursivemas.engine.sampling import Sampler
+
+    logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, -2.0, 4.9]])
+    assert Sampler(1e-300, seed=0)(logits).tolist() == [1, 0]  # greedy in effect
+    for temperature in (1e-6, 1e-3, 2.0, 1e30):
+        picks = Sampler(temperature, seed=0)(logits)
+        assert picks.shape == (2,) and ((0 <= picks) & (picks < 3)).all()

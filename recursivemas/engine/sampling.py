@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+_GREEDY_BELOW = 1e-5
+
 
 class Sampler:
     def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
@@ -15,9 +17,11 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """[batch, vocab] logits -> [batch] token ids."""
-        if self.temperature == 0:
+        if self.temperature < _GREEDY_BELOW:  # 0, or so close that sampling would pick the argmax anyway
             return logits.argmax(dim=-1)
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        # float64 after subtracting the max: a small temperature must not overflow the scaled logits to inf
+        shifted = logits.double() - logits.double().amax(dim=-1, keepdim=True)
+        probs = torch.softmax(shifted / self.temperature, dim=-1)
         if self.top_p < 1.0:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             outside = sorted_probs.cumsum(-1) - sorted_probs > self.top_p  # keep the smallest set reaching top_p
