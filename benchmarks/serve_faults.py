@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import QUESTIONS  # noqa: E402
-from benchmarks.serve_load import free_port  # noqa: E402
+from benchmarks.serve_load import add_request_args, free_port  # noqa: E402
 
 MARGIN_S = 30.0  # past its deadline, how long a client waits before it calls its request hung
 
@@ -106,14 +106,10 @@ def kill_replica(handle) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--topology", default="sequential-demo")
-    parser.add_argument("--requests", type=int, default=64)
+    add_request_args(parser, requests=64)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--kill-after", type=int, default=8, help="answers before the replica is killed")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="each request's deadline (timeout_s)")
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--latent-steps", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=16)
     args = parser.parse_args()
 
     from ray import serve

@@ -57,19 +57,37 @@ def load(url: str, bodies: list[dict], concurrency: int) -> dict:
             "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def add_request_args(parser: argparse.ArgumentParser, requests: int) -> None:
+    """The request shape every serve benchmark sends (and the topology it sends it to)."""
     parser.add_argument("--topology", default="sequential-demo")
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=requests)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--latent-steps", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
+
+
+def add_serving_args(parser: argparse.ArgumentParser) -> None:
+    """How the served app batches requests and how many threads each backbone replica computes on."""
     parser.add_argument("--max-batch-size", type=int, default=8, help="requests the router batches into one run")
     parser.add_argument("--batch-wait-timeout-s", type=float, default=0.05, help="the router's batching window")
     parser.add_argument("--max-concurrent-batches", type=int, default=1, help="batched runs in flight at once")
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="intra-op threads per backbone replica (default: every core; the serve default is "
                              "the CPUs Ray reserves, 1 for the demo's 0.25)")
+
+
+def serve_config(args: argparse.Namespace, topology) -> dict:
+    """The served app's config from :func:`add_serving_args`' flags."""
+    return {"topologies": [args.topology],
+            "batching": {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
+                         "max_concurrent_batches": args.max_concurrent_batches},
+            "backbones": {cfg.model: {"torch_threads": args.torch_threads} for cfg in topology.backbones.values()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    add_request_args(parser, requests=200)
+    add_serving_args(parser)
     args = parser.parse_args()
 
     from ray import serve
@@ -87,13 +105,7 @@ def main() -> None:
               for i in range(args.requests)]
     with Cluster():
         start("127.0.0.1", port)
-        config = {"topologies": [args.topology],
-                  "batching": {"max_batch_size": args.max_batch_size,
-                               "batch_wait_timeout_s": args.batch_wait_timeout_s,
-                               "max_concurrent_batches": args.max_concurrent_batches},
-                  "backbones": {cfg.model: {"torch_threads": args.torch_threads}
-                                for cfg in topology.backbones.values()}}
-        serve.run(build(config), name=APP_NAME, route_prefix="/")
+        serve.run(build(serve_config(args, topology)), name=APP_NAME, route_prefix="/")
         load(url, bodies[:2], 1)  # warm-up: first calls pay for lazy initialisation
         results = {c: load(url, bodies, c) for c in (1, 8)}
         # the batches concurrency 8 produced: the router's batched runs, then each backbone's engine calls

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import random
 import socket
 import statistics
@@ -43,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import QUESTIONS  # noqa: E402
-from benchmarks.serve_load import free_port  # noqa: E402
+from benchmarks.serve_load import add_request_args, add_serving_args, free_port, serve_config  # noqa: E402
 
 PATH = "/v1/chat/completions"
 BAD_VARIANTS = ("malformed_json", "unknown_field", "wrong_type", "unknown_model", "oversized_max_tokens")
@@ -281,24 +280,16 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--topology", default="sequential-demo")
-    parser.add_argument("--requests", type=int, default=600)
+    add_request_args(parser, requests=600)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--good", type=float, default=0.8, help="fraction of good clients (the rest of the mix)")
     parser.add_argument("--bad", type=float, default=0.1, help="fraction of malformed or invalid requests")
     parser.add_argument("--disconnect", type=float, default=0.1, help="fraction of clients that hang up early")
-    parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--latent-steps", type=int, default=8)
-    parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--timeout-s", type=float, default=120.0, help="per request: later is lost")
     parser.add_argument("--warmup", type=int, default=32, help="good requests before the first RSS sample")
     parser.add_argument("--rss-limit", type=float, default=0.10, help="largest allowed relative RSS growth")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-batch-size", type=int, default=8, help="requests the router batches into one run")
-    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.05, help="the router's batching window")
-    parser.add_argument("--max-concurrent-batches", type=int, default=1, help="batched runs in flight at once")
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
-                        help="intra-op threads per backbone replica (default: every core)")
+    add_serving_args(parser)
     args = parser.parse_args()
     if abs(args.good + args.bad + args.disconnect - 1) > 1e-6 or min(args.good, args.bad, args.disconnect) < 0:
         parser.error("--good, --bad and --disconnect must be fractions adding up to 1")
@@ -316,13 +307,7 @@ def main() -> None:
     warm_args = argparse.Namespace(**{**vars(args), "requests": args.warmup, "bad": 0.0, "disconnect": 0.0})
     with Cluster():
         start("127.0.0.1", port)
-        config = {"topologies": [args.topology],
-                  "batching": {"max_batch_size": args.max_batch_size,
-                               "batch_wait_timeout_s": args.batch_wait_timeout_s,
-                               "max_concurrent_batches": args.max_concurrent_batches},
-                  "backbones": {cfg.model: {"torch_threads": args.torch_threads}
-                                for cfg in topology.backbones.values()}}
-        serve.run(build(config), name=APP_NAME, route_prefix="/")
+        serve.run(build(serve_config(args, topology)), name=APP_NAME, route_prefix="/")
         warm, warm_wall = soak(port, plan(warm_args), args.concurrency, args.timeout_s)
         pids = replica_pids(APP_NAME)
         rss_warm = rss(pids)
