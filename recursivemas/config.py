@@ -332,8 +332,12 @@ def load_topology(path: str | Path) -> Topology:
         topology = Topology.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: invalid topology\n{format_validation_error(exc)}") from None
-    if topology.links and not Path(topology.links).is_absolute():  # relative to where the file really is (symlinks)
-        topology.links = str((path.resolve().parent / topology.links).resolve())
+    here = path.resolve().parent  # relative paths in the file are relative to where it really is (symlinks)
+    if topology.links and not Path(topology.links).is_absolute():
+        topology.links = str((here / topology.links).resolve())
+    for backbone in topology.backbones.values():  # a local model directory next to the file, not a hub id or zoo name
+        if not Path(backbone.model).is_absolute() and (here / backbone.model).is_dir():
+            backbone.model = str((here / backbone.model).resolve())
     return topology
 
 

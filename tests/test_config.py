@@ -523,3 +523,17 @@ def test_load_invalid_topology_formats_message(tmp_path, change, field, needle):
     assert len(lines) == 1 and lines[0].startswith(f"  - {field}: "), msg
     assert needle in lines[0], msg
     assert "errors.pydantic.dev" not in msg and "Value error," not in msg
+
+
+def test_a_relative_model_directory_is_resolved_next_to_the_file(tmp_path, monkeypatch):
+    """Ray Train workers run in a trial directory of their own: a relative model path must not depend on the cwd."""
+    from recursivemas.config import load_topology
+
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    (tmp_path / "t.yaml").write_text(
+        "backbones: {a: {model: models/tiny}, b: {model: smollm2-135m-instruct}}\n"
+        "agents: [{name: planner, backbone: a}, {name: solver, backbone: b}]\npattern: sequential\n")
+    monkeypatch.chdir("/")
+    topology = load_topology(tmp_path / "t.yaml")
+    assert topology.backbones["a"].model == str(tmp_path / "models" / "tiny")
+    assert topology.backbones["b"].model == "smollm2-135m-instruct"  # a zoo name stays a name
