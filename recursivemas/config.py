@@ -164,7 +164,11 @@ class Topology(BaseModel):
     @field_validator("edges", "feedback", mode="before")
     @classmethod
     def _parse_edges(cls, value: object) -> object:
-        return None if value is None else [_edge(v) for v in value]
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a list of 'source->target' edges, got {value!r}")
+        return [_edge(v) for v in value]
 
     @model_validator(mode="after")
     def _expand_and_check(self) -> Topology:

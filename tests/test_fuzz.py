@@ -8,14 +8,16 @@ import json
 import math
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from recursivemas.serve.errors import APIError
 from recursivemas.serve.openai_api import Limits, parse_payload, parse_request
 
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                               HealthCheck.too_slow])
+# Derandomized: CI runs the same 100 examples each time (a new find must not decide whether a change lands); run
+# with `--hypothesis-seed=random` to search further. Finds so far are kept as @example cases.
+SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 scalars = (st.none() | st.booleans() | st.integers(min_value=-(10 ** 30), max_value=10 ** 30)
            | st.floats(allow_nan=False) | st.text(max_size=40) | st.sampled_from(["", "user", "latent", "\u0000",
                                                                                   "\U0001F600", "a" * 300]))
@@ -95,6 +97,7 @@ def refused_cleanly(call, *errors) -> None:
 @SETTINGS
 @given(st.sampled_from(list(TOPOLOGY) + ["rounds", "latent_steps", "generation", "framing", "links_dtype", "tools",
                                          "edges", "decoder", "later"]), json_values)
+@example(field="edges", value=False)  # found: `edges: false` escaped as a TypeError
 def test_a_topology_file_with_any_field_is_loaded_or_refused_with_a_config_error(tmp_path_factory, field, value):
     from recursivemas.config import ConfigError, load_topology
 

@@ -191,7 +191,7 @@ HEADERS = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=HEALTH)
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=HEALTH)
 @given(body=BODIES, headers=HEADERS)
 @example(body=json.dumps({"model": "seq", "messages": [{"role": "user", "content": "x"}], "seed": 2**64}).encode(),
          headers={})
@@ -300,7 +300,7 @@ def call(address: str, request: pb.RunRequest | bytes, stream: bool, metadata) -
             assert err.details(), err.code()
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=HEALTH)
+@settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=HEALTH)
 @given(request=st.sampled_from([*[RUN_VALID.map(proto)] * 3, RAW,  # weighted: half valid, the models run
                                  *[RUN.map(proto)] * 2]).flatmap(lambda s: s),
        stream=st.booleans(), extra=METADATA_EXTRA)
