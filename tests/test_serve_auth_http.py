@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 import openai
 import pytest
-import yaml
 
 from recursivemas.cluster import Cluster  # sets the 127.0.0.1 binding before Ray starts
 from recursivemas.serve.app import APP_NAME, build, start
@@ -20,7 +19,7 @@ from recursivemas.serve.auth import ENV_VAR
 from recursivemas.serve.proto import recursivemas_pb2 as pb
 from recursivemas.serve.proto import recursivemas_pb2_grpc
 from test_serve_http import free_port
-from tiny import save_tiny_pair
+from tiny import write_pair_topology
 
 pytestmark = pytest.mark.ray  # starts Ray: `make test-fast` leaves these out
 
@@ -34,11 +33,7 @@ def server(tmp_path_factory):
     from ray import serve
 
     root = tmp_path_factory.mktemp("serve-auth")
-    backbones = {name: {"model": path, "num_cpus": 0.25} for name, path in save_tiny_pair(root).items()}
-    topology = {"name": "seq", "backbones": backbones, "pattern": "sequential", "rounds": 1, "latent_steps": 2,
-                "generation": {"max_new_tokens": 4},
-                "agents": [{"name": "planner", "backbone": "a"}, {"name": "solver", "backbone": "b"}]}
-    (root / "seq.yaml").write_text(yaml.safe_dump(topology))
+    write_pair_topology(root, latent_steps=2, max_new_tokens=4)
     port, grpc_port = free_port(), free_port()
     with pytest.MonkeyPatch.context() as env, Cluster(num_cpus=2) as cluster:
         env.setenv(ENV_VAR, ",".join(ENV_KEYS))  # read by the builder, as `serve run`/`serve deploy` would

@@ -5,14 +5,13 @@ clean 5xx with its request id within its deadline, none hangs, and the service r
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from benchmarks.serve_faults import kill_replica, one, under_fault
 from recursivemas.cluster import Cluster
 from recursivemas.config import load_topology
 from recursivemas.serve.app import APP_NAME, backbone_deployment_name, build, start
 from test_serve_http import free_port
-from tiny import save_tiny_pair
+from tiny import write_pair_topology
 
 pytestmark = pytest.mark.ray
 
@@ -20,12 +19,7 @@ pytestmark = pytest.mark.ray
 def test_killing_a_backbone_replica_under_load_loses_no_request_and_the_service_recovers(tmp_path):
     from ray import serve
 
-    backbones = {name: {"model": path, "num_cpus": 0.25} for name, path in save_tiny_pair(tmp_path).items()}
-    doc = {"name": "seq", "backbones": backbones, "pattern": "sequential", "rounds": 2, "latent_steps": 2,
-           "generation": {"max_new_tokens": 16},
-           "agents": [{"name": "planner", "backbone": "a"}, {"name": "solver", "backbone": "b"}]}
-    (tmp_path / "seq.yaml").write_text(yaml.safe_dump(doc))
-    topology = load_topology(tmp_path / "seq.yaml")
+    topology = load_topology(write_pair_topology(tmp_path, rounds=2, latent_steps=2, max_new_tokens=16))
     port = free_port()
     bodies = [{"model": "seq", "max_tokens": 16, "temperature": 0,
                "messages": [{"role": "user", "content": f"What is {i} + {i}?"}]} for i in range(48)]
@@ -35,7 +29,6 @@ def test_killing_a_backbone_replica_under_load_loses_no_request_and_the_service_
         assert one(port, bodies[0], 30)["outcome"] == "answered"
         handle = serve.get_deployment_handle(backbone_deployment_name(topology.backbones["b"]), app_name=APP_NAME)
         report = under_fault(port, bodies, 8, 8, lambda: kill_replica(handle), timeout_s=30)
-        print(report)
         after = [one(port, body, 30)["outcome"] for body in bodies[:4]]
         serve.shutdown()
     assert report["hung"] == 0 and report["lost"] == 0, report

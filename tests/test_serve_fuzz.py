@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-import yaml
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -30,7 +29,7 @@ from recursivemas.serve.proto import recursivemas_pb2 as pb
 from recursivemas.serve.proto import recursivemas_pb2_grpc
 from test_fuzz import json_values
 from test_serve_http import free_port
-from tiny import save_tiny_pair
+from tiny import write_pair_topology
 
 pytestmark = pytest.mark.ray  # starts Ray: `make test-fast` leaves these out
 
@@ -62,11 +61,7 @@ def server(tmp_path_factory):
     from ray import serve
 
     root = tmp_path_factory.mktemp("serve-fuzz")
-    backbones = {name: {"model": path, "num_cpus": 0.25} for name, path in save_tiny_pair(root).items()}
-    topology = {"name": "seq", "backbones": backbones, "pattern": "sequential", "rounds": 1, "latent_steps": 1,
-                "generation": {"max_new_tokens": 4},
-                "agents": [{"name": "planner", "backbone": "a"}, {"name": "solver", "backbone": "b"}]}
-    (root / "seq.yaml").write_text(yaml.safe_dump(topology))
+    write_pair_topology(root, latent_steps=1, max_new_tokens=4)
     port, grpc_port = free_port(), free_port()
     args = {"topologies": str(root / "seq.yaml"), "limits": LIMITS,
             "batching": {"batch_wait_timeout_s": 0, "rejoin_s": 0}}  # requests come one by one: no waiting

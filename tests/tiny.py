@@ -98,3 +98,16 @@ def save_tiny(path, family: str = "llama", chat: bool = True, seed: int = 0) -> 
 def save_tiny_pair(root) -> dict[str, str]:
     """Two model dirs of different families and widths, the usual backbones "a" (Llama 64) and "b" (Qwen2 48)."""
     return {"a": save_tiny(root / "llama", "llama"), "b": save_tiny(root / "qwen2", "qwen2", chat=False)}
+
+
+def write_pair_topology(root, rounds: int = 1, latent_steps: int = 2, max_new_tokens: int = 4, name: str = "seq"):
+    """A planner (Llama) -> solver (Qwen2) topology over a fresh tiny pair, as YAML: what the Serve tests serve."""
+    import yaml
+
+    backbones = {b: {"model": path, "num_cpus": 0.25} for b, path in save_tiny_pair(root).items()}
+    doc = {"name": name, "backbones": backbones, "pattern": "sequential", "rounds": rounds,
+           "latent_steps": latent_steps, "generation": {"max_new_tokens": max_new_tokens},
+           "agents": [{"name": "planner", "backbone": "a"}, {"name": "solver", "backbone": "b"}]}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
