@@ -253,6 +253,23 @@ def test_usage_body():
     assert usage_body(result().to_dict()) == usage  # a RunResult or its dict, as it comes from an actor
 
 
+def test_usage_body_lists_every_turn_in_run_order():
+    """``turns`` keeps what the per-agent sums lose (which round, which kind, each turn's wall time), and no message
+    text: the usage holds numbers only."""
+    turns = usage_body(result())["recursivemas"]["turns"]
+    assert [(t["agent"], t["round"], t["kind"]) for t in turns] == [
+        ("planner", 1, "latent"), ("planner", 2, "latent"), ("critic", 1, "text"), ("solver", 2, "answer")]
+    assert turns[0] == {"agent": "planner", "round": 1, "kind": "latent", "latent_steps": 8, "decoded_tokens": 0,
+                        "prompt_tokens": 20, "wall_s": 0.1, "tool_calls": 0}
+    assert turns[3]["decoded_tokens"] == 12 and turns[3]["prompt_tokens"] == 40
+    ext = usage_body(result())["recursivemas"]
+    for name, agent in ext["agents"].items():  # the sums are the turns' sums
+        mine = [t for t in turns if t["agent"] == name]
+        assert agent["turns"] == len(mine)
+        for field in ("prompt_tokens", "latent_steps", "decoded_tokens", "tool_calls"):
+            assert agent[field] == sum(t[field] for t in mine)
+
+
 def test_completion_body():
     out = completion_body("abc", "sequential-demo", 1700000000, "36", result())
     assert out["id"] == "chatcmpl-abc" and out["object"] == "chat.completion" and out["created"] == 1700000000

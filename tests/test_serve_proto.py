@@ -150,6 +150,8 @@ def test_usage_matches_http():
         http["prompt_tokens"], http["completion_tokens"], http["total_tokens"])
     assert [a.agent for a in usage.agents] == ["planner", "solver"]
     assert usage.latent_steps_total == 8 and usage.wall_s == 0.5
+    fields = ("agent", "round", "kind", "latent_steps", "decoded_tokens", "prompt_tokens", "wall_s", "tool_calls")
+    assert [{f: getattr(t, f) for f in fields} for t in usage.turns] == http["recursivemas"]["turns"]
 
 
 def test_request_from_proto():

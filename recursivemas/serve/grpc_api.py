@@ -87,6 +87,7 @@ def usage_to_proto(result: RunResult | Mapping[str, Any]) -> pb.Usage:
         mode=ext["mode"], rounds=ext["rounds"], latent_steps=ext["latent_steps"],
         latent_steps_total=ext["latent_steps_total"], wall_s=ext["wall_s"],
         agents=[pb.AgentUsage(agent=name, **a) for name, a in ext["agents"].items()],
+        turns=[pb.Turn(**turn) for turn in ext["turns"]],
     )
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from recursivemas.runtime.accounting import RunResult
+from recursivemas.runtime.accounting import AgentUsage, RunResult
 from recursivemas.serve.errors import APIError, error_body
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -32,7 +32,10 @@ def usage_body(result: RunResult | Mapping[str, Any]) -> dict:
     included; ``completion_tokens_details.reasoning_tokens`` is the part the other agents decoded (text mode), as
     OpenAI counts a reasoning model's hidden tokens. Latent steps are not tokens: they are in the extension, with
     the run's mode, rounds, latent steps per turn and in all, wall time and, per agent in topology order, turns,
-    prompt tokens, latent steps, decoded tokens and tool calls.
+    prompt tokens, latent steps, decoded tokens and tool calls. ``turns`` lists every agent turn in run order (agent,
+    round, kind, latent steps, decoded and prompt tokens, wall time, tool calls): the per-agent sums hide which round
+    cost what, and a client drawing a timeline (the playground) needs the turns themselves. A turn's ``wall_s`` is
+    its batched backbone call's, shared by the turns that ran together (see ``AgentUsage``).
     """
     r = as_run_result(result)
     t = r.totals
@@ -55,8 +58,17 @@ def usage_body(result: RunResult | Mapping[str, Any]) -> dict:
             "mode": r.mode, "rounds": r.rounds, "latent_steps": r.latent_steps,
             "latent_steps_total": t.latent_steps, "decoded_tokens": t.decoded_tokens, "answer_tokens": answer,
             "tool_calls": t.tool_calls, "wall_s": round(r.wall_s, 6), "agents": agents,
+            "turns": [turn_body(u) for u in r.usage],
         },
     }
+
+
+def turn_body(u: AgentUsage) -> dict:
+    """One entry of ``usage.recursivemas.turns``: what one agent did in one round (no message text: the usage
+    carries numbers only, the answer is in the choices)."""
+    return {"agent": u.agent, "round": u.round, "kind": u.kind, "latent_steps": u.latent_steps,
+            "decoded_tokens": u.decoded_tokens, "prompt_tokens": u.prompt_tokens, "wall_s": round(u.wall_s, 6),
+            "tool_calls": u.tool_calls}
 
 
 def completion_body(request_id: str, model: str, created: int | None, text: str,

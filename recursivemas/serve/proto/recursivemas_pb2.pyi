@@ -70,8 +70,28 @@ class AgentUsage(_message.Message):
     tool_calls: int
     def __init__(self, agent: _Optional[str] = ..., turns: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., latent_steps: _Optional[int] = ..., decoded_tokens: _Optional[int] = ..., tool_calls: _Optional[int] = ...) -> None: ...
 
+class Turn(_message.Message):
+    __slots__ = ("agent", "round", "kind", "latent_steps", "decoded_tokens", "prompt_tokens", "wall_s", "tool_calls")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LATENT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    DECODED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WALL_S_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    round: int
+    kind: str
+    latent_steps: int
+    decoded_tokens: int
+    prompt_tokens: int
+    wall_s: float
+    tool_calls: int
+    def __init__(self, agent: _Optional[str] = ..., round: _Optional[int] = ..., kind: _Optional[str] = ..., latent_steps: _Optional[int] = ..., decoded_tokens: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., wall_s: _Optional[float] = ..., tool_calls: _Optional[int] = ...) -> None: ...
+
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "mode", "rounds", "latent_steps", "latent_steps_total", "wall_s", "agents")
+    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "mode", "rounds", "latent_steps", "latent_steps_total", "wall_s", "agents", "turns")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +101,7 @@ class Usage(_message.Message):
     LATENT_STEPS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     WALL_S_FIELD_NUMBER: _ClassVar[int]
     AGENTS_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
@@ -90,7 +111,8 @@ class Usage(_message.Message):
     latent_steps_total: int
     wall_s: float
     agents: _containers.RepeatedCompositeFieldContainer[AgentUsage]
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., mode: _Optional[str] = ..., rounds: _Optional[int] = ..., latent_steps: _Optional[int] = ..., latent_steps_total: _Optional[int] = ..., wall_s: _Optional[float] = ..., agents: _Optional[_Iterable[_Union[AgentUsage, _Mapping]]] = ...) -> None: ...
+    turns: _containers.RepeatedCompositeFieldContainer[Turn]
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., mode: _Optional[str] = ..., rounds: _Optional[int] = ..., latent_steps: _Optional[int] = ..., latent_steps_total: _Optional[int] = ..., wall_s: _Optional[float] = ..., agents: _Optional[_Iterable[_Union[AgentUsage, _Mapping]]] = ..., turns: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ...) -> None: ...
 
 class RunResponse(_message.Message):
     __slots__ = ("id", "model", "text", "finish_reason", "usage")
