@@ -7,15 +7,19 @@ STAMP   = $(VENV)/.installed
 
 .PHONY: setup system demo test test-fast lint bench clean proto
 
-# System packages the tests need: bubblewrap, the sandbox for model-written code. Installed where this can (root, or
-# password-less sudo, with apt); elsewhere it says what to install, and the sandbox tests fail until it is there.
+# System packages the tests need: bubblewrap, the sandbox for model-written code, and chromium with its chromedriver,
+# the headless browser of the playground test (tests/test_playground.py; selenium is pointed at this chromedriver and
+# never downloads one). Installed where this can (root, or password-less sudo, with apt); elsewhere it says what to
+# install, and the tests that need them fail until they are there.
+SYSTEM_PACKAGES = bubblewrap chromium chromium-driver
 system:
-	@command -v bwrap >/dev/null 2>&1 || { \
+	@{ command -v bwrap && command -v chromedriver; } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else SUDO=none; fi; \
 	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
-	    $$SUDO apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
-	      { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q bubblewrap >/dev/null; }; \
-	  else echo "note: install bubblewrap (e.g. apt-get install bubblewrap) to sandbox model-written code"; fi; }
+	    $$SUDO apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	      { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $(SYSTEM_PACKAGES) >/dev/null; }; \
+	  else echo "note: install $(SYSTEM_PACKAGES) (e.g. apt-get install $(SYSTEM_PACKAGES)) to sandbox" \
+	    "model-written code and run the playground's browser test"; fi; }
 
 # torch first, pinned: any other torch request would pull several GB of CUDA packages on a CPU machine.
 $(STAMP): pyproject.toml

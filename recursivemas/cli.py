@@ -199,7 +199,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve.run(app, name=APP_NAME, route_prefix="/")
         grpc = f" and gRPC on port {config.grpc_port} (every interface)" if config.grpc_port else ""
         keys = f"API key required ({len(config.api_keys)} accepted)" if config.api_keys else "no API key"
-        print(f"serving on http://{config.host}:{config.port}/v1 (OpenAI chat completions){grpc}; {keys}; "
+        page = f", playground at http://{config.host}:{config.port}/" if config.playground else ""
+        print(f"serving on http://{config.host}:{config.port}/v1 (OpenAI chat completions){grpc}{page}; {keys}; "
               "Ctrl-C stops", flush=True)
         try:
             while True:
@@ -255,7 +256,7 @@ def _serve_config(args: argparse.Namespace):
         if args.latent_steps is not None:
             topology = topology.replace(latent_steps=args.latent_steps)
         raw["topologies"] = [topology]
-    for flag in ("host", "port", "grpc_port"):
+    for flag in ("host", "port", "grpc_port", "playground"):
         if getattr(args, flag) is not None:
             raw[flag] = getattr(args, flag)
     if args.max_tokens_limit is not None:
@@ -315,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(comma-separated)")
     serve_cmd.add_argument("--allow-unauthenticated", action="store_true",
                            help="serve without a key although --host is not loopback or --grpc-port is set")
+    serve_cmd.add_argument("--no-playground", dest="playground", action="store_false", default=None,
+                           help="serve the API only: no web playground at / (it is on by default)")
     serve_cmd.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask (default 1024)")
     serve_cmd.add_argument("--print-config", action="store_true",
                            help="print a Ray Serve config file for `serve deploy` / `serve run` and exit")

@@ -82,7 +82,7 @@ def build_app(config: ServeConfig):
         **config.ingress.serve_options({"num_cpus": 0}, 256),
     )
     digests = [digest(key.get_secret_value()) for key in config.api_keys]  # Ray stores these; never the keys
-    return ingress.bind(router, config.limits.model_dump(), digests)
+    return ingress.bind(router, config.limits.model_dump(), digests, config.playground)
 
 
 def _refuse_unsandboxed_tools(topologies: list[Topology], config: ServeConfig) -> None:

@@ -18,15 +18,18 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from recursivemas.serve import playground
 from recursivemas.serve.errors import APIError, error_body, new_request_id
 
 if TYPE_CHECKING:
     from recursivemas.serve.config import ServeConfig
 
 ENV_VAR = "RECURSIVEMAS_API_KEY"
-OPEN_PATHS = ("/health",)
-"""Answered without a key: liveness for load balancers (it names the served models, nothing more). Ray Serve's own
-``/-/healthz`` and ``/-/routes`` are answered by its proxy, before any request reaches the ingress."""
+OPEN_PATHS = ("/health", *playground.PATHS)
+"""Answered without a key: liveness for load balancers (it names the served models, nothing more), and the
+playground's page and assets, exactly those paths (static files holding no data: the page asks for the key and
+sends it on every API call). Ray Serve's own ``/-/healthz`` and ``/-/routes`` are answered by its proxy, before any
+request reaches the ingress."""
 
 
 def keys_from_env(environ: Mapping[str, str] | None = None) -> list[str]:

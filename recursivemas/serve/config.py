@@ -104,6 +104,9 @@ class ServeConfig(_Strict):
     that model takes these options."""
     router: DeploymentOptions = Field(default_factory=DeploymentOptions)
     ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    playground: bool = True
+    """Serve the web playground at ``/`` (``recursivemas.serve.playground``): a page that only calls the API, so it
+    needs the same key; off (``--no-playground``), ``/`` is a 404 for those who want nothing but the API."""
     api_keys: list[SecretStr] = Field(default_factory=list)
     """Bearer keys a client must send (HTTP ``Authorization: Bearer KEY``, gRPC metadata ``authorization``) on every
     route but ``/health``; empty: none is asked. Give them at deploy time, with ``--api-key`` or

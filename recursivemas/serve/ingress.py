@@ -1,12 +1,13 @@
-"""The HTTP and gRPC front door: OpenAI's chat-completions API (``recursivemas.serve.openai_api``) with
-server-sent events for ``stream: true``, and the ``RecursiveMAS`` gRPC service, both over the router deployment.
+"""The HTTP and gRPC front door: OpenAI's chat-completions API (``recursivemas.serve.openai_api``) with server-sent
+events for ``stream: true``, and the ``RecursiveMAS`` gRPC service, both over the router deployment.
 
-With API keys configured, every HTTP route but ``/health`` needs ``Authorization: Bearer KEY`` and every RPC the
-``authorization`` metadata (``recursivemas.serve.auth``); a missing or wrong key is a 401 / ``UNAUTHENTICATED``.
-Bad input is a 4xx with an OpenAI error object (gRPC: a status with the same message), an internal failure a 5xx
-with a request id. A request becomes a typed :class:`~recursivemas.runtime.calls.RunOptions` here, and nothing
-but typed fields carries it on to the engine. The FastAPI app and the ingress class are defined once, at module
-level, as Ray Serve LLM does.
+The web playground (``recursivemas.serve.playground``) is served at ``/`` and ``/playground/...`` unless turned off.
+With API keys configured, every HTTP route but ``/health`` and the playground's static files needs
+``Authorization: Bearer KEY`` and every RPC the ``authorization`` metadata (``recursivemas.serve.auth``); a missing
+or wrong key is a 401 / ``UNAUTHENTICATED``. Bad input is a 4xx with an OpenAI error object (gRPC: a status with the
+same message), an internal failure a 5xx with a request id. A request becomes a typed
+:class:`~recursivemas.runtime.calls.RunOptions` here, and nothing but typed fields carries it on to the engine. The
+FastAPI app and the ingress class are defined once, at module level, as Ray Serve LLM does.
 """
 
 import asyncio
@@ -14,9 +15,10 @@ import logging
 import time
 
 from fastapi import FastAPI, Request  # module level: FastAPI resolves the route annotations against this module
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
+from recursivemas.serve import playground
 from recursivemas.serve.auth import BearerAuth, KeyCheck, token_from_metadata
 from recursivemas.serve.errors import APIError, deadline_exceeded, error_body, new_request_id
 from recursivemas.serve.openai_api import Limits, parse_request
@@ -82,19 +84,43 @@ def _as_api_error(exc: Exception, request_id: str) -> APIError:
     return APIError.internal(request_id)
 
 
+def _playground_file(enabled: bool, name: str, request: Request) -> Response:
+    """One of the playground's files, or a 404 with OpenAI's error body (the playground off, or no such file): a
+    client of the API reads the same error shape on every path."""
+    found = playground.asset(name) if enabled else None
+    if found is None:
+        request_id = request.headers.get("x-request-id") or new_request_id()
+        why = "No such playground file." if enabled else "The playground is off on this server (--no-playground)."
+        err = APIError(404, f"{why} The API is under /v1 (GET /v1/models lists the topologies).", code="not_found")
+        return JSONResponse(error_body(err, request_id), status_code=404, headers={"x-request-id": request_id})
+    body, media_type = found
+    return Response(body, media_type=media_type, headers=playground.HEADERS)
+
+
 # Serve pickles the class when it is decorated: everything its methods use must be defined above it.
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, router, limits: dict, key_digests: list[str] | None = None) -> None:
+    def __init__(self, router, limits: dict, key_digests: list[str] | None = None,
+                 with_playground: bool = True) -> None:
         self.router = router
         self.limits = Limits.model_validate(limits)
         self.keys = KeyCheck(key_digests or ())
+        self.with_playground = with_playground
         self.names: list[str] = []
 
     async def _models(self) -> list[str]:
         if not self.names:
             self.names = await self.router.models.remote()
         return self.names
+
+    @app.get("/", include_in_schema=False)
+    async def playground_page(self, request: Request) -> Response:
+        return _playground_file(self.with_playground, playground.INDEX, request)
+
+    @app.get("/playground/{name}", include_in_schema=False)
+    async def playground_asset(self, name: str, request: Request) -> Response:
+        # index.html only at `/`: one URL per file, and the exempt paths (auth.OPEN_PATHS) are exactly these
+        return _playground_file(self.with_playground, "" if name == playground.INDEX else name, request)
 
     @app.get("/health")
     async def health(self) -> dict:
