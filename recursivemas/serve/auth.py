@@ -16,13 +16,10 @@ import ipaddress
 import json
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from recursivemas.serve import playground
 from recursivemas.serve.errors import APIError, error_body, new_request_id
 
-if TYPE_CHECKING:
-    from recursivemas.serve.config import ServeConfig
 
 ENV_VAR = "RECURSIVEMAS_API_KEY"
 OPEN_PATHS = ("/health", *playground.PATHS)
@@ -161,8 +158,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def require_key_when_exposed(config: ServeConfig, allow_unauthenticated: bool = False) -> None:
-    """Refuse (ValueError, one line) to serve without a key where others can reach the server.
+def require_key_when_exposed(config, allow_unauthenticated: bool = False) -> None:
+    """Refuse (ValueError, one line) to serve without a key where others can reach the server. ``config`` is a
+    :class:`~recursivemas.serve.config.ServeConfig` (its ``host``, ``grpc_port`` and ``api_keys``; not imported here,
+    since the config reads its key checks from this module).
 
     Exposed: a ``host`` other than loopback, or any ``grpc_port``, since Ray Serve's gRPC proxy listens on every
     interface (``[::]``) whatever the HTTP host is.
