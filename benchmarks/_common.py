@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import time
 
+from benchmarks.questions import QUESTIONS  # noqa: F401 - the benchmarks import it from here
 from recursivemas.config import Topology
 
-QUESTIONS = [
-    "A baker makes 24 muffins in the morning and 18 in the afternoon. She sells 30 of them. How many are left?",
-    "Tom has 3 boxes with 12 pencils each. He gives away 7 pencils. How many pencils does he have now?",
-    "A train travels 60 km per hour for 2.5 hours. How far does it travel?",
-    "What is 15% of 240?",
-    "A rectangle is 7 cm wide and 12 cm long. What is its area?",
-    "Anna reads 18 pages a day. How many pages does she read in two weeks?",
-    "A shirt costs $25 and is on sale for 20% off. What is the sale price?",
-    "If 5 pens cost $3.50, how much do 12 pens cost?",
-]
 
 
 def smol_topology(latent_steps: int = 32, max_new_tokens: int = 256, rounds: int = 3, num_cpus: float = 0.25,

@@ -41,16 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-QUESTIONS = [
-    "A baker makes 24 muffins in the morning and 18 in the afternoon. She sells 30 of them. How many are left?",
-    "Tom has 3 boxes with 12 pencils each. He gives away 7 pencils. How many pencils does he have now?",
-    "A train travels 60 km per hour for 2.5 hours. How far does it travel?",
-    "What is 15% of 240?",
-    "A rectangle is 7 cm wide and 12 cm long. What is its area?",
-    "Anna reads 18 pages a day. How many pages does she read in two weeks?",
-    "A shirt costs $25 and is on sale for 20% off. What is the sale price?",
-    "If 5 pens cost $3.50, how much do 12 pens cost?",
-]
+from benchmarks.questions import QUESTIONS  # noqa: E402
+
 SPECIALS = ["<pad>", "<bos>", "<eos>"]
 TOKENIZER_NAME = "byte-level BPE built offline (256 byte tokens + <pad>/<bos>/<eos>, no merges, no chat template)"
 IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
