@@ -2,15 +2,15 @@
 
 ``InnerLink`` maps an agent's last hidden state back into its own input-embedding space (latent rollout);
 ``OuterLink`` maps it into the next agent's space (hand-off). ``LinkSet`` holds all links of a topology,
-``save_links``/``load_links`` persist it as safetensors plus a JSON manifest, and ``import_release`` reads the
-paper authors' released repositories (``import_released``: their ``.pt`` files). Only torch and safetensors are
-needed here.
+``save_links``/``load_links`` persist it as safetensors plus a JSON manifest, and ``resolve_release`` finds
+the links of the paper authors' released repositories and ``import_released`` reads their ``.pt`` files. Only
+torch and safetensors are needed here.
 """
 
 from .io import LinkCheckpointError, load_links, read_manifest, save_links, stored_dtype
 from .linkset import LinkSet, edge_key, parse_edge_key
 from .modules import InnerLink, OuterLink
-from .release import import_release, resolve_release
+from .release import resolve_release
 from .released import ReleasedLinkError, import_released
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "stored_dtype",
     "LinkCheckpointError",
     "import_released",
-    "import_release",
     "resolve_release",
     "ReleasedLinkError",
 ]

@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .linkset import LinkSet, edge_key
-from .released import ReleasedLinkError, import_released
+from .linkset import edge_key
+from .released import ReleasedLinkError
 
-__all__ = ["ReleaseFiles", "resolve_release", "import_release", "INNER_MANIFEST", "OUTER_MANIFEST"]
+__all__ = ["ReleaseFiles", "resolve_release", "INNER_MANIFEST", "OUTER_MANIFEST"]
 
 INNER_MANIFEST = "innerlink_config.json"
 OUTER_MANIFEST = "outerlink_config.json"
@@ -231,9 +231,3 @@ def resolve_release(dirs: Sequence[str | Path], topology, task: str | None = Non
     if gaps:
         raise ReleasedLinkError(f"the release lacks links of topology {topology.name!r}: " + "; ".join(gaps))
     return found
-
-
-def import_release(dirs: Sequence[str | Path], topology, task: str | None = None) -> LinkSet:
-    """The release's links for ``topology``, checked against the release's own dims, in the dtype they are stored."""
-    files = resolve_release(dirs, topology, task)
-    return import_released(files.inner, files.outer, dims=files.agent_dims, edge_dims=files.edge_dims)
