@@ -240,7 +240,8 @@ class Topology(BaseModel):
     def _check_slots(self) -> None:
         """Every template has the question, no slot without an edge, and a slot for every hand-off it receives:
         in-round hand-offs every round, feedback from round 2 on (so a first-round ``prompt`` beside a
-        ``later_prompt`` needs no feedback slot)."""
+        ``later_prompt`` needs no feedback slot). A placeholder that names no agent is a field (``{context}``)."""
+        names = {a.name for a in self.agents}
         for agent in self.agents:
             incoming = [(s, False) for s, d in self.edges if d == agent.name]
             incoming += [(s, True) for s, d in self.feedback if d == agent.name]
@@ -255,7 +256,7 @@ class Topology(BaseModel):
                 if prompts.QUESTION not in found:
                     raise ValueError(f"{field}: the template has no {{question}} placeholder; add one where it goes")
                 for slot in found:
-                    if slot not in prompts.RESERVED and slot not in sources:
+                    if slot in names and slot not in sources:  # another name is a field the question brings
                         raise ValueError(
                             f"{field}: slot {{{slot}}} has no edge {slot}->{agent.name}; "
                             f"agents handing over to {agent.name}: {sorted(sources) or 'none'}"
@@ -263,8 +264,11 @@ class Topology(BaseModel):
                 for src, is_feedback in incoming:
                     if (gets_feedback or not is_feedback) and prompts.slot_for(template, src, is_feedback) is None:
                         kind = "feedback" if is_feedback else "inputs"
+                        typo = difflib.get_close_matches(src, prompts.field_names(template, names), n=1)
+                        hint = (f" ({{{typo[0]}}} names no agent, so it is read as a field of the question; did "
+                                f"you mean {{{src}}}?)" if typo else "")
                         raise ValueError(f"{field}: no slot for the hand-off from {src!r}; add {{{src}}} or "
-                                         f"{{{kind}}} to the template")
+                                         f"{{{kind}}} to the template{hint}")
 
     # --- helpers -------------------------------------------------------------------------------------------------
     def agent(self, name: str) -> AgentConfig:
@@ -278,6 +282,25 @@ class Topology(BaseModel):
         config = self.agent(agent)
         chosen = config.later_prompt if round > 1 and config.later_prompt is not None else config.prompt
         return prompts.resolve_template(chosen or "")
+
+    def fields_of(self, agent: str, later: bool = True) -> list[str]:
+        """The fields (``{context}``, ``{document}``, ...) that the agent's templates name (its ``later_prompt``'s
+        too unless ``later`` is false), in order: text each question must bring for this agent, which the agents
+        whose templates do not name it never see."""
+        config, agents = self.agent(agent), [a.name for a in self.agents]
+        raws = (config.prompt, config.later_prompt) if later else (config.prompt,)
+        found = [f for raw in raws if raw is not None
+                 for f in prompts.field_names(prompts.resolve_template(raw), agents)]
+        return list(dict.fromkeys(found))
+
+    def fields(self, mode: Mode = "latent") -> dict[str, list[str]]:
+        """Every field a run in ``mode`` needs -> the agents that read it (``single`` runs the decoder alone)."""
+        agents = [self.decoder] if mode == "single" else [a.name for a in self.agents]
+        out: dict[str, list[str]] = {}
+        for agent in agents:
+            for name in self.fields_of(agent, later=mode != "single"):
+                out.setdefault(name, []).append(agent)
+        return out
 
     def framing_of(self, agent: str) -> FramingConfig:
         """The agent's framing, every field resolved: its own, else the topology's, else the default."""

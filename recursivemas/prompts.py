@@ -8,6 +8,11 @@ model a dangling label.
 
 ``{round}`` is the round being run (1, 2, ...), for templates that tell an agent where it is in the recursion.
 
+Any other name that is not an agent is a *field*: text the question brings along (``{context}``, ``{document}``,
+``{note}``), filled from the dataset row or the request. Only the agents whose templates name a field see it, which
+is how a system gives one agent context the others lack (a retriever's documents, a tool's output), and so gives
+its hand-offs something worth carrying.
+
 Slot names:
 - ``{inputs}``: every in-round hand-off into this agent that no named slot takes, each labelled with its source;
 - ``{feedback}``: every feedback hand-off from the previous round that no named slot takes;
@@ -17,6 +22,7 @@ Slot names:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 PLACEHOLDER = re.compile(r"(?<!\{)\{([A-Za-z_][A-Za-z0-9_\-]*)\}(?!\})")  # {{x}} is a literal
@@ -48,23 +54,33 @@ def slot_for(template: str, source: str, feedback: bool) -> str | None:
     return collective if collective in names else None
 
 
-def render(template: str, question: str, sources: dict[str, list[str]], round: int = 1) -> list[str | Slot]:
+def render(template: str, question: str, sources: dict[str, list[str]], round: int = 1,
+           fields: Mapping[str, str] | None = None) -> list[str | Slot]:
     """Render ``template`` into text pieces and :class:`Slot` markers.
 
-    ``sources`` maps a placeholder name to the source agents whose hand-offs fill it this round (in order).
-    A line whose slots all have no source is dropped; a collective slot with several sources becomes one labelled
-    block per source.
+    ``sources`` maps a placeholder name to the source agents whose hand-offs fill it this round (in order);
+    ``fields`` gives the text of every field placeholder. A line whose slots all have no source is dropped; a
+    collective slot with several sources becomes one labelled block per source.
     """
+    fields = fields or {}
     pieces: list[str | Slot] = []
     for line in template.splitlines(keepends=True):
-        names = [n for n in placeholders(line) if n not in TEXT_FIELDS]
+        names = [n for n in placeholders(line) if n not in TEXT_FIELDS and n not in fields]
         if names and not any(sources.get(n) for n in names):
             continue
-        pieces.extend(_render_line(line, question, sources, round))
+        pieces.extend(_render_line(line, question, sources, round, fields))
     return _merge_text(pieces)
 
 
-def _render_line(line: str, question: str, sources: dict[str, list[str]], round: int) -> list[str | Slot]:
+def field_names(template: str, agents: Iterable[str]) -> list[str]:
+    """The field placeholders of ``template``: every name that is neither reserved nor one of ``agents``."""
+    agents = set(agents)
+    found = [n for n in placeholders(template) if n not in RESERVED and n not in agents]
+    return list(dict.fromkeys(found))
+
+
+def _render_line(line: str, question: str, sources: dict[str, list[str]], round: int,
+                 fields: Mapping[str, str]) -> list[str | Slot]:
     out: list[str | Slot] = []
     cursor = 0
     for match in PLACEHOLDER.finditer(line):
@@ -75,6 +91,8 @@ def _render_line(line: str, question: str, sources: dict[str, list[str]], round:
             out.append(question)
         elif name == ROUND:
             out.append(str(round))
+        elif name in fields:
+            out.append(fields[name])
         elif name in (INPUTS, FEEDBACK) and len(srcs) > 1:
             for src in srcs:
                 out.extend([f"\n[{src}] ", Slot(src)])

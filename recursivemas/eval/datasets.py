@@ -12,7 +12,10 @@ Where the items come from, and why that way:
 * ``champ`` (CHAMP competition math) and ``humaneval`` (OpenAI HumanEval) ship their data inside their wheels.
   Nothing is fetched from a model or data hub: an evaluation must be reproducible offline, on a cluster without
   internet, and must not change when a hub's copy does.
-* A ``.jsonl`` path (or any existing file) is read as the user's own items. Bad lines are all reported at once
+* ``channel_recall`` and ``channel_operands`` (:mod:`recursivemas.train.channel`) put the facts in a ``context``
+  field that only the agents whose templates name ``{context}`` read.
+* A ``.jsonl`` path (or any existing file) is read as the user's own items; any other string field of a line
+  (``context``, ``document``, ...) is a field its agents' templates may name. Bad lines are all reported at once
   (up to 20), with file, 1-based line, field and fix, like the training-data loader does.
 
 Math questions get :data:`BOXED_INSTRUCTION` appended so answers are easy to extract; user questions are asked
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +38,9 @@ __all__ = ["BOXED_INSTRUCTION", "CODE_INSTRUCTION", "DATASETS", "EvalItem", "loa
 USER_KINDS: tuple[str, ...] = ("number", "choice", "text")
 """Kinds a user JSONL line may declare; code items need tests and an entry point, so they come from ``humaneval``."""
 
-DATASETS: tuple[str, ...] = ("basic_arithmetic", "gsm_symbolic", "champ", "humaneval")
-GENERATED: tuple[str, ...] = ("basic_arithmetic", "gsm_symbolic")
+DATASETS: tuple[str, ...] = ("basic_arithmetic", "gsm_symbolic", "channel_recall", "channel_operands", "champ",
+                             "humaneval")
+GENERATED: tuple[str, ...] = ("basic_arithmetic", "gsm_symbolic", "channel_recall", "channel_operands")
 DEFAULT_GENERATED_LIMIT = 200
 """Generated datasets are unbounded, so ``limit=None`` means this many items for them (all items otherwise)."""
 
@@ -57,8 +61,13 @@ class EvalItem:
     prompt: str = ""  # code: the function prompt (signature + docstring) the completion continues
     tests: str | None = None  # code: test source defining check(candidate)
     entry_point: str | None = None  # code: the function name under test
+    fields: Mapping[str, str] = field(default_factory=dict)  # text a template may name beside the question
 
+    def query(self):
+        """The item as a runner's question, with its fields."""
+        from recursivemas.runtime.query import Query
 
+        return Query(self.question, dict(self.fields))
 
 
 def _infer_kind(answer: str) -> Kind:
@@ -70,13 +79,15 @@ def _import_error(package: str, dataset: str, err: ImportError) -> ImportError:
 
 
 def _generated(name: str, limit: int, seed: int, options: Mapping[str, Any] | None) -> list[EvalItem]:
-    try:
-        import reasoning_gym  # noqa: F401  (generate_rows imports it too; fail here with the install hint)
-    except ImportError as e:
-        raise _import_error("reasoning-gym", name, e) from e
+    if not name.startswith("channel_"):
+        try:
+            import reasoning_gym  # noqa: F401  (generate_rows imports it too; fail here with the install hint)
+        except ImportError as e:
+            raise _import_error("reasoning-gym", name, e) from e
     rows = generate_rows(name, limit, seed, split="heldout", options=options)
     return [
-        EvalItem(id=f"{name}/{i}", question=with_boxed(r.question), reference=r.answer.strip(), kind="number")
+        EvalItem(id=f"{name}/{i}", question=with_boxed(r.question), reference=r.answer.strip(), kind="number",
+                 fields={k: v for k, v in r.fields().items() if k not in ("answer", "solution")})
         for i, r in enumerate(rows)
     ]
 
@@ -152,7 +163,9 @@ def _user_line(obj: Any, where: str, default_id: str) -> tuple[EvalItem | None, 
     if problems or question is None or answer is None:
         return None, problems
     item_id = fields["id"][0] or default_id
-    return EvalItem(id=item_id, question=question, reference=answer.strip(), kind=kind or _infer_kind(answer)), []
+    extra = {k: v for k, v in obj.items() if k not in ("question", "answer", "kind", "id") and isinstance(v, str)}
+    return EvalItem(id=item_id, question=question, reference=answer.strip(), kind=kind or _infer_kind(answer),
+                    fields=extra), []
 
 
 def _user_file(path: Path) -> list[EvalItem]:
@@ -172,7 +185,8 @@ def _user_file(path: Path) -> list[EvalItem]:
                 errs = [f"{where}: field 'id' {item.id!r} repeats line {seen[item_id]}; ids must be unique"]
             else:
                 seen[item_id] = lineno
-                items.append(EvalItem(id=item_id, question=item.question, reference=item.reference, kind=item.kind))
+                items.append(EvalItem(id=item_id, question=item.question, reference=item.reference, kind=item.kind,
+                                      fields=item.fields))
         problems.extend(errs)
     if problems:
         raise ValueError(summarise_problems(f"{len(problems)} problem(s) in eval data {path}:", problems))

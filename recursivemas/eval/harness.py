@@ -101,7 +101,8 @@ def evaluate(runner, items: Sequence[EvalItem], modes: Sequence[str] = MODES,
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
             began = time.perf_counter()
-            runs = runner.run_batch([i.question for i in batch], mode=mode, rounds=r, latent_steps=latent_steps)
+            runs = runner.run_batch([i.query() if i.fields else i.question for i in batch], mode=mode, rounds=r,
+                                    latent_steps=latent_steps)
             share = (time.perf_counter() - began) / len(batch)
             for item, run in zip(batch, runs):
                 verdict = score(run.text, item.reference, item.kind, prompt=item.prompt, tests=item.tests,

@@ -32,6 +32,7 @@ from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
 from recursivemas.runtime.backend import Backend, as_backend
 from recursivemas.runtime.calls import GenerateCall, GenerationOverrides, Sampling, ThinkCall
 from recursivemas.runtime.graph import Plan, Turn
+from recursivemas.runtime.query import Query, as_queries, check_fields
 from recursivemas.runtime import sandbox
 from recursivemas.runtime.stopping import RunStop, Stopped
 from recursivemas.runtime.tools import STOP_STRINGS, PythonTool, Toolbox, final_answer, run_tool_loop
@@ -56,6 +57,7 @@ class _Turn:
 @dataclass
 class _QuestionState:
     question: str
+    fields: Mapping[str, str] = field(default_factory=dict)  # the query's text fields ({context}, ...)
     inbox: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
     feedback: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
     next_feedback: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
@@ -128,22 +130,25 @@ class Executor:
         # requests) share the pool, so size it for several runs, not one.
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_calls, thread_name_prefix="backbone")
 
-    def run(self, question: str, *, mode: Mode = "latent", rounds: int | None = None,
+    def run(self, question: str | Query, *, context: str | None = None, fields: Mapping[str, str] | None = None,
+            mode: Mode = "latent", rounds: int | None = None,
             latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
             on_turn: Callable[[AgentUsage], None] | None = None,
             on_delta: Callable[[str], None] | None = None, stop: RunStop | None = None) -> RunResult:
-        """One question. ``on_delta`` hears the answer's text as it is decoded; under greedy decoding the deltas
-        join to the same text as without it."""
-        return self.run_batch([question], mode=mode, rounds=rounds, latent_steps=latent_steps, generation=generation,
-                              on_turn=on_turn, on_delta=on_delta, stops=[stop])[0]
+        """One question, with the ``context`` (and other ``fields``) its agents' templates name. ``on_delta`` hears
+        the answer's text as it is decoded; under greedy decoding the deltas join to the same text as without it."""
+        return self.run_batch([Query.of(question, context, fields)], mode=mode, rounds=rounds,
+                              latent_steps=latent_steps, generation=generation, on_turn=on_turn, on_delta=on_delta,
+                              stops=[stop])[0]
 
     @torch.inference_mode()
-    def run_batch(self, questions: Sequence[str], *, mode: Mode = "latent", rounds: int | None = None,
+    def run_batch(self, questions: Sequence[str | Query], *, mode: Mode = "latent", rounds: int | None = None,
                   latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
                   on_turn: Callable[[AgentUsage], None] | None = None,
                   on_delta: Callable[[str], None] | None = None,
                   stops: Sequence[RunStop | None] | None = None) -> list[RunResult]:
-        """Answer every question: the runner interface that a cluster's and Serve's systems offer too.
+        """Answer every question (a string, or a :class:`Query` with the fields its agents read): the runner
+        interface that a cluster's and Serve's systems offer too.
 
         ``rounds`` and ``latent_steps`` default to the topology's; ``generation`` overrides its sampling for this
         run (``max_new_tokens``, ``message_max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``).
@@ -153,7 +158,9 @@ class Executor:
         """
         rounds = self.topology.rounds if rounds is None else rounds
         steps = self.topology.latent_steps if latent_steps is None else latent_steps
-        _check_request(questions, mode, rounds, steps)
+        queries = as_queries(questions)
+        _check_request([q.question for q in queries], mode, rounds, steps)
+        check_fields(self.topology, queries, mode)
         start = time.perf_counter()
         if on_delta is not None and len(questions) != 1:
             raise ValueError("on_delta: streaming is for one question at a time; use run()")
@@ -161,8 +168,8 @@ class Executor:
         stops = list(stops) if stops is not None else [None] * len(questions)
         if len(stops) != len(questions):
             raise ValueError(f"stops: {len(stops)} for {len(questions)} questions; give one (or None) per question")
-        run = _Run(mode, rounds, steps, [_QuestionState(q, stop=s) for q, s in zip(questions, stops)], answer,
-                   message, on_turn, on_delta)
+        states = [_QuestionState(q.question, q.fields, stop=s) for q, s in zip(queries, stops)]
+        run = _Run(mode, rounds, steps, states, answer, message, on_turn, on_delta)
         schedule = [self.plan.single()] if mode == "single" else self.plan.schedule(rounds)
         round_ = 0
         for level in schedule:
@@ -323,10 +330,12 @@ class Executor:
     # --- prompts and hand-offs -----------------------------------------------------------------------------------
     def _prompt(self, agent: str, state: _QuestionState, with_slots: bool, round: int) -> Prompt:
         t = self.topology
+        fields = {name: state.fields[name] for name in t.fields_of(agent) if name in state.fields}
         if not with_slots:
-            return fill_prompt(t.template(agent), state.question, {}, {}, framing=framing_of(t, agent))
+            return fill_prompt(t.template(agent), state.question, {}, {}, framing=framing_of(t, agent),
+                               fields=fields)
         return fill_prompt(t.template(agent, round), state.question, state.inbox[agent], state.feedback.get(agent, {}),
-                           round=round, framing=framing_of(t, agent))
+                           round=round, framing=framing_of(t, agent), fields=fields)
 
     def _hand_over(self, turn: _Turn, state: _QuestionState) -> None:
         if turn.step.decodes:
@@ -343,16 +352,16 @@ def framing_of(topology: Topology, agent: str) -> Framing:
 
 
 def fill_prompt(template: str, question: str, inbox: Mapping[str, Content], feedback: Mapping[str, Content], *,
-                round: int = 1, framing: Framing | None = None) -> Prompt:
-    """An agent's prompt: its template with the question and the round, and each hand-off (latent or text) in its
-    source's slot, framed as ``framing`` says."""
+                round: int = 1, framing: Framing | None = None, fields: Mapping[str, str] | None = None) -> Prompt:
+    """An agent's prompt: its template with the question, the round and the ``fields`` it names, and each hand-off
+    (latent or text) in its source's slot, framed as ``framing`` says."""
     contents: dict[str, Content] = {}
     sources: dict[str, list[str]] = defaultdict(list)
     for is_feedback, box in ((False, inbox), (True, feedback)):
         for src, content in box.items():
             sources[prompts.slot_for(template, src, is_feedback)].append(src)
             contents[src] = content
-    pieces = prompts.render(template, question, sources, round)
+    pieces = prompts.render(template, question, sources, round, fields)
     return Prompt(_join_text([contents[p.source] if isinstance(p, prompts.Slot) else p for p in pieces]),
                   framing=framing or Framing())
 

@@ -39,8 +39,9 @@ __all__ = [
 MAX_PROBLEMS = 20
 """At most this many problems are listed in one :class:`DataError`; the rest are counted."""
 
-SUPPORTED_DATASETS = ("basic_arithmetic", "gsm_symbolic")
-"""Names accepted by :func:`generate_rows` (``reasoning_gym`` dataset names)."""
+SUPPORTED_DATASETS = ("basic_arithmetic", "gsm_symbolic", "channel_recall", "channel_operands")
+"""Names accepted by :func:`generate_rows`: ``reasoning_gym`` dataset names, and the channel tasks
+(:mod:`recursivemas.train.channel`), whose facts sit in a ``context`` field only some agents read."""
 
 RoleTargets = dict[str, str]
 """Agent name -> name of the row field that is that agent's teacher-forced target text."""
@@ -83,6 +84,17 @@ class Row(BaseModel):
         if not v.strip():
             raise ValueError("must be a non-empty string")
         return v
+
+    def fields(self) -> dict[str, str]:
+        """Every text field of the row but the question: what a template's ``{context}`` (or ``{document}``, ...)
+        is filled from, for the agents that name it."""
+        return {k: v for k, v in (self.model_extra or {}).items() if isinstance(v, str)} | {"answer": self.answer}
+
+    def query(self):
+        """The row as a runner's question, with its fields."""
+        from recursivemas.runtime.query import Query
+
+        return Query(self.question, self.fields())
 
     def target(self, field: str) -> str | None:
         """The text in ``field`` (``question``, ``answer`` or an extra field), or None if absent, empty or not text."""
@@ -247,6 +259,28 @@ def _create(reasoning_gym, dataset: str, size: int, seed: int, options: Mapping[
         raise DataError(f"{dataset} options {dict(options)}: rejected by reasoning_gym: {e or type(e).__name__}") from e
 
 
+def _channel_rows(task: str, n: int, seed: int, split: str, heldout_fraction: float,
+                  options: Mapping[str, Any] | None) -> list[Row]:
+    """The channel generators' rows: split by the hash of question and context together (the question alone
+    repeats across items; what differs is what only the reader sees)."""
+    from recursivemas.train.channel import channel_items
+
+    if options:
+        raise DataError(f"{task} options: {sorted(options)}; the channel tasks take none")
+    rows: list[Row] = []
+    seen: set[tuple[str, str]] = set()
+    for drawn, item in enumerate(channel_items(task, seed)):
+        key = (item["question"], item["context"])
+        if key not in seen and split_of(f"{key[0]}\n{key[1]}", heldout_fraction) == split:
+            seen.add(key)
+            rows.append(Row(**item))
+        if len(rows) == n:
+            return rows
+        if drawn > 1000 * max(n, 1) + 10_000:  # pragma: no cover - the task has fewer distinct items
+            raise DataError(f"dataset '{task}' produced only {len(rows)} distinct {split} rows; ask for fewer")
+    return rows
+
+
 def generate_rows(dataset: str, n: int, seed: int, split: str = "train", heldout_fraction: float = 0.2,
                   options: Mapping[str, Any] | None = None) -> list[Row]:
     """The first ``n`` rows of ``split`` ("train", "validation" or "heldout") from a ``reasoning_gym`` generator.
@@ -267,6 +301,8 @@ def generate_rows(dataset: str, n: int, seed: int, split: str = "train", heldout
         raise DataError(f"heldout_fraction must be between 0 and {1 - VALIDATION_FRACTION}, got {heldout_fraction}")
     if n < 0:
         raise DataError(f"n must be >= 0, got {n}")
+    if dataset.startswith("channel_"):
+        return _channel_rows(dataset, n, seed, split, heldout_fraction, options)
     try:
         import reasoning_gym
     except ImportError as e:  # pragma: no cover - depends on the environment

@@ -47,7 +47,7 @@ def evaluate(topology: Topology, engines: Mapping[str, object], links: LinkSet, 
             losses = [
                 unroll_loss(topology, engines, links, row.question, row.target(fields[topology.decoder]),
                             {agent: row.target(field) for agent, field in fields.items()}, max_latent_tokens,
-                            forcing=forcing).item()
+                            forcing=forcing, fields=row.fields()).item()
                 for row in rows
             ]
     finally:
@@ -65,7 +65,7 @@ def answer_accuracy(topology: Topology, engines: Mapping[str, object], links: Li
     links.eval()
     try:
         executor = Executor(topology, engines, links)
-        results = executor.run_batch([row.question for row in rows], mode=mode, latent_steps=latent_steps,
+        results = executor.run_batch([row.query() for row in rows], mode=mode, latent_steps=latent_steps,
                                      generation={"max_new_tokens": max_new_tokens, "temperature": 0.0})
     finally:
         links.train(was_training)

@@ -8,7 +8,7 @@ state that predicts each target token, and pull the link's image of that state t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,9 +24,11 @@ class InnerExample:
     target: str
 
 
-def agent_prompt(template: str, question: str, framing: Framing | None = None) -> Prompt:
-    """The agent's first-round prompt for a question (no hand-offs yet), framed as in inference."""
-    return Prompt(list(render(template, question, {})), framing=framing or Framing())
+def agent_prompt(template: str, question: str, framing: Framing | None = None,
+                 fields: Mapping[str, str] | None = None) -> Prompt:
+    """The agent's first-round prompt for a question (no hand-offs yet, the ``fields`` it names), framed as in
+    inference."""
+    return Prompt(list(render(template, question, {}, fields=fields)), framing=framing or Framing())
 
 
 def inner_loss(engine, link: nn.Module, batch: Sequence[InnerExample]) -> torch.Tensor:

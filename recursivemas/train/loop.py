@@ -26,7 +26,7 @@ from recursivemas.train.config import DeepSpeedOptions, OuterStageConfig, TrainC
 from recursivemas.train.data import Row
 from recursivemas.train.evaluate import answer_accuracy
 from recursivemas.train.inner import InnerExample, agent_prompt, train_inner
-from recursivemas.train.outer import outer_parameters, unroll_loss
+from recursivemas.train.outer import agent_fields, outer_parameters, unroll_loss
 from recursivemas.train.parallel import Wire, World, broadcast_module, check_batch_split, sum_scalar
 from recursivemas.train.updaters import TorchUpdater, ZeroUpdater
 from recursivemas.train.setup import Setup
@@ -124,7 +124,8 @@ def train_inner_links(setup: Setup, config: TrainConfig, world: World, progress:
     last: dict[str, float] = {}
     for name in world.trains_inner(agents):
         framing = framing_of(topology, name)
-        examples = [InnerExample(agent_prompt(topology.template(name), row.question, framing),
+        examples = [InnerExample(agent_prompt(topology.template(name), row.question, framing,
+                                              agent_fields(topology, name, row.fields())),
                                  row.target(setup.targets[name]))
                     for row in setup.rows]
         bar = tqdm(total=cfg.steps, desc=f"inner {name}", disable=not progress)
@@ -179,7 +180,8 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
             wire = Wire(world, agent_backbone)
             loss = unroll_loss(topology, setup.engines, links, row.question, setup.decoder_target(row),
                                setup.role_texts(row), cfg.max_latent_tokens, cfg.aux_weight, wire=wire,
-                               forcing=cfg.forcing, gradient=cfg.gradient, latent_steps=cfg.latent_steps)
+                               forcing=cfg.forcing, gradient=cfg.gradient, latent_steps=cfg.latent_steps,
+                               fields=row.fields())
             if loss is not None:  # this rank holds the decoder
                 here.append(loss / cfg.batch_size)
             if world.pipelined:  # hand-offs cross ranks row by row, so their gradients go back row by row
@@ -253,7 +255,8 @@ def inference_path_loss(setup: Setup, config: TrainConfig, rows: list[Row], worl
         for row in world.share(rows):
             wire = Wire(world, {a.name: a.backbone for a in setup.topology.agents})
             loss = unroll_loss(setup.topology, setup.engines, setup.links, row.question, setup.decoder_target(row),
-                               wire=wire, forcing="rollout", latent_steps=config.outer.latent_steps)
+                               wire=wire, forcing="rollout", latent_steps=config.outer.latent_steps,
+                               fields=row.fields())
             total += 0.0 if loss is None else loss.item()
     return sum_scalar(world, total) / len(rows)
 

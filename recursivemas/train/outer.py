@@ -46,10 +46,11 @@ def answer_loss(engine, prompt, answer: str) -> torch.Tensor:
 def unroll_loss(topology: Topology, engines: Mapping[str, object], links: LinkSet, question: str, answer: str,
                 role_texts: Mapping[str, str] | None = None, max_latent_tokens: int = 80, aux_weight: float = 0.0,
                 wire: Wire | None = None, forcing: Forcing = "rollout", gradient: Gradient = "truncated",
-                latent_steps: int | None = None) -> torch.Tensor | None:
+                latent_steps: int | None = None, fields: Mapping[str, str] | None = None) -> torch.Tensor | None:
     """The final-round loss of the decoder's target ``answer`` for one row (plus ``aux_weight`` x the mean of
     earlier rounds' losses of it).
 
+    ``fields`` are the row's text fields, each shown to the agents whose templates name it (``{context}``).
     ``role_texts`` maps each non-decoding agent to its role text (``role_text`` forcing only). ``latent_steps``
     (default: the topology's) is the rollout length under ``rollout`` forcing: train with the value you serve. With a
     pipelined ``wire`` only this rank's agents run (``engines`` holds only its backbones), hand-offs to and from
@@ -71,7 +72,8 @@ def unroll_loss(topology: Topology, engines: Mapping[str, object], links: LinkSe
         if wire.here(agent):
             engine = engines[topology.agent(agent).backbone]
             prompt = fill_prompt(topology.template(agent, round_), question, inputs[round_, agent],
-                                 feedback[round_, agent], round=round_, framing=framing_of(topology, agent))
+                                 feedback[round_, agent], round=round_, framing=framing_of(topology, agent),
+                                 fields=agent_fields(topology, agent, fields))
             if agent == plan.decoder and (turn.decodes or aux_weight):
                 loss = answer_loss(engine, prompt, answer)
                 if turn.decodes:
@@ -94,6 +96,16 @@ def unroll_loss(topology: Topology, engines: Mapping[str, object], links: LinkSe
     if earlier:
         return final_loss + aux_weight * torch.stack(earlier).mean()
     return final_loss
+
+
+def agent_fields(topology: Topology, agent: str, fields: Mapping[str, str] | None) -> dict[str, str]:
+    """The fields ``agent``'s templates name, from a row's ``fields`` (a missing one is a data error, named)."""
+    names = topology.fields_of(agent)
+    missing = [n for n in names if n not in (fields or {})]
+    if missing:
+        raise ValueError(f"agents.{agent}: the template names {{{missing[0]}}}, but the row has no {missing[0]!r} "
+                         f"field; add it to every row (fields given: {sorted(fields or {}) or 'none'})")
+    return {n: fields[n] for n in names}
 
 
 def used_edges(topology: Topology) -> list[tuple[str, str]]:

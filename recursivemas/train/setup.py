@@ -56,7 +56,8 @@ def load_rows(data: DataConfig, split: str = "train", n: int | None = None, path
         return load_jsonl(path or data.path, max_rows=n)
     rows = generate_rows(data.generator, n, data.seed, split=split, options=data.options)
     if data.solutions == "procedural" or (data.solutions == "sampled" and split != "train"):
-        rows = [row.model_copy(update={"solution": procedural_solution(row.question, row.answer)}) for row in rows]
+        rows = [row if row.target("solution") else  # a generator's own working (the channel tasks) is kept
+                row.model_copy(update={"solution": procedural_solution(row.question, row.answer)}) for row in rows]
         bad = [f"row {i} ({row.question!r}): no step-by-step working found" for i, row in enumerate(rows, 1)
                if row.target("solution") is None]
         if bad and data.solutions == "procedural":
