@@ -6,8 +6,13 @@ into the outer links; the forward (the unroll, rollouts included) and the backwa
 solution (the old recipe's cost; its hand-offs leak the answer), ``rollout_truncated`` and ``rollout_full`` hand
 on real rollouts.
 
-Run: ``python benchmarks/train_step.py [--latent-steps 8] [--repeats 2] [--threads 2]``. Last line: JSON with
-``samples_per_s_<mode>`` and ``forward_s_<mode>`` / ``backward_s_<mode>``.
+Then a step of ``--batch-size`` held-out rows under the training default (rollout, truncated), its rows unrolled
+together (one backbone call per agent turn, as ``train_outer`` does) and one by one: ``batch_speedup`` is the
+ratio of their samples/s.
+
+Run: ``python benchmarks/train_step.py [--latent-steps 8] [--repeats 2] [--threads 2] [--batch-size 4]``. Last
+line: JSON with ``samples_per_s_<mode>``, ``forward_s_<mode>`` / ``backward_s_<mode>``,
+``samples_per_s_rows_batched`` / ``samples_per_s_rows_one_by_one`` and ``batch_speedup``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch  # noqa: E402
 from recursivemas.config import load_topology  # noqa: E402
 from recursivemas.runtime import build_links, load_engines  # noqa: E402
 from recursivemas.train.config import load_train_config  # noqa: E402
-from recursivemas.train.outer import outer_parameters, unroll_loss  # noqa: E402
+from recursivemas.train.outer import UnrollRow, outer_parameters, unroll_loss, unroll_losses  # noqa: E402
 from recursivemas.train.setup import load_rows  # noqa: E402
 
 DEMO_TRAINING = Path(__file__).resolve().parents[1] / "examples" / "train-demo.yaml"
@@ -40,6 +45,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = load_train_config(DEMO_TRAINING)
@@ -69,6 +75,20 @@ def main() -> None:
         best = min(f + b for f, b in zip(forward, backward))
         out.update({f"forward_s_{name}": round(min(forward), 2), f"backward_s_{name}": round(min(backward), 2),
                     f"samples_per_s_{name}": round(1 / best, 3)})
+    rows = [UnrollRow(r.question, r.target("solution")) for r in load_rows(config.data, "heldout", args.batch_size)]
+    for name, groups in (("rows_one_by_one", [[r] for r in rows]), ("rows_batched", [rows])):
+        seconds = []
+        for _ in range(args.repeats):
+            began = time.perf_counter()
+            for group in groups:  # a backward per group: the same compute as one for the step
+                (unroll_losses(topology, engines, links, group, latent_steps=args.latent_steps).sum()
+                 / len(rows)).backward()
+            seconds.append(time.perf_counter() - began)
+            for p in params:
+                p.grad = None
+        out[f"samples_per_s_{name}"] = round(len(rows) / min(seconds), 3)
+    out["batch_size"] = len(rows)
+    out["batch_speedup"] = round(out["samples_per_s_rows_batched"] / out["samples_per_s_rows_one_by_one"], 2)
     print(json.dumps(out))
 
 

@@ -124,7 +124,7 @@ def test_truncated_latent_states_reproduce_the_rollout(family):
     engine, link, _, prompt, steps = _rollout_case(family)
     (rollout,) = engine.rollout([prompt], steps, link)
     for gradient in ("truncated", "full"):
-        states = engine.latent_states(prompt, steps, link, gradient)
+        (states,) = engine.latent_states([prompt], steps, link, gradient)
         assert states.shape == rollout.states.shape
         assert (states - rollout.states).abs().max() < 1e-4, gradient
 
@@ -132,11 +132,12 @@ def test_truncated_latent_states_reproduce_the_rollout(family):
 def test_full_gradients_match_autograd_through_a_recompute_loop():
     engine, link, latent, prompt, steps = _rollout_case()
     weights = torch.randn(steps, engine.hidden_size)
-    (full,) = torch.autograd.grad((engine.latent_states(prompt, steps, link, "full") * weights).sum(), latent)
+    (states,) = engine.latent_states([prompt], steps, link, "full")
+    (full,) = torch.autograd.grad((states * weights).sum(), latent)
     (loop,) = torch.autograd.grad((_recompute_loop(engine, link, prompt, steps) * weights).sum(), latent)
     assert torch.allclose(full, loop, atol=1e-5, rtol=1e-4), (full - loop).abs().max()
-    (truncated,) = torch.autograd.grad((engine.latent_states(prompt, steps, link, "truncated") * weights).sum(),
-                                       latent)
+    (states,) = engine.latent_states([prompt], steps, link, "truncated")
+    (truncated,) = torch.autograd.grad((states * weights).sum(), latent)
     cosine = torch.nn.functional.cosine_similarity(truncated.flatten(), full.flatten(), dim=0).item()
     print(f"cosine(truncated, full) gradient on the prompt's latent slot: {cosine:.3f}")
     assert 0.3 < cosine < 1.0 - 1e-6  # the same direction, roughly, but not the same gradient: paths are cut

@@ -128,12 +128,16 @@ class BackboneEngine:
         ``inner`` is one link for all prompts or one per prompt (agents sharing a backbone batch together).
         """
         items = [self.embed(p, steps) for p in prompts]
-        links = [inner] * len(items) if inner is None or isinstance(inner, nn.Module) else list(inner)
-        if len(links) != len(items):
-            raise ValueError(f"rollout: {len(links)} inner links for {len(items)} prompts; pass one or one per prompt")
+        links = _links_per_prompt(inner, len(items), "rollout")
         if steps == 0:
             empty = torch.empty((0, self.hidden_size), dtype=self.dtype, device=self.device)
             return [Rollout(empty, i.text_tokens, i.latent_tokens) for i in items]
+        stacked = self._roll(items, steps, links)
+        return [Rollout(stacked[row], i.text_tokens, i.latent_tokens) for row, i in enumerate(items)]
+
+    def _roll(self, items: list[Embedded], steps: int, links: list[nn.Module | None]) -> torch.Tensor:
+        """The cached rollout loop, ``[batch, steps, hidden]``: under inference mode for ``rollout``, under autograd
+        for ``latent_states(gradient="full")``, so both run the very same steps."""
         batch = left_pad([i.embeds for i in items])
         out, kv = _cached(self.decoder, None, inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
                           position_ids=batch.position_ids)
@@ -146,8 +150,7 @@ class BackboneEngine:
                               attention_mask=mask, position_ids=positions)
             hidden = out.last_hidden_state[:, -1]
             states.append(hidden)
-        stacked = torch.stack(states, dim=1)
-        return [Rollout(stacked[row], i.text_tokens, i.latent_tokens) for row, i in enumerate(items)]
+        return torch.stack(states, dim=1)
 
     # --- text generation -----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -282,10 +285,10 @@ class BackboneEngine:
             out.append(TeacherForced(span, ids))
         return out
 
-
-    def latent_states(self, prompt: Prompt, steps: int, inner: nn.Module | None, gradient: str = "truncated"
-                      ) -> torch.Tensor:
-        """``rollout``'s states ``[steps, hidden]`` for one prompt, differentiable in the prompt's latent segments.
+    def latent_states(self, prompts: Sequence[Prompt], steps: int,
+                      inner: Sequence[nn.Module | None] | nn.Module | None, gradient: str = "truncated"
+                      ) -> list[torch.Tensor]:
+        """``rollout``'s states ``[steps, hidden]`` per prompt, differentiable in the prompts' latent segments.
 
         Stage 2 trains on what inference computes, so these are the states a real rollout produces:
         - ``truncated``: the rollout runs without gradients, then one parallel pass over
@@ -293,38 +296,30 @@ class BackboneEngine:
           gradients. Every state still attends to the prompt's latent slots directly; the paths through the
           fed-back ``R(h)`` are cut. One extra forward, activations of one pass.
         - ``full``: the cached rollout itself under autograd, every step's path kept (``steps`` passes held).
+
+        A batch of prompts (left-padded, as ``rollout`` pads them) costs far less than its rows one by one, and
+        gives the same states: a training step's rows make one call per agent turn.
         """
         if steps < 1:
             raise ValueError(f"latent_states: steps must be >= 1, got {steps}")
-        if gradient == "full":
-            return self._rollout_with_grad(prompt, steps, inner)
-        if gradient != "truncated":
+        if gradient not in ("truncated", "full"):
             raise ValueError(f"gradient: {gradient!r} is not one of 'truncated', 'full'")
-        detached = prompt.with_segments([s.detach() if isinstance(s, torch.Tensor) else s for s in prompt.segments])
-        (done,) = self.rollout([detached], steps, inner)
-        item = self.embed(prompt, steps)
-        with torch.no_grad():
-            fed = _apply_links([inner], done.states[: steps - 1].clone())  # clone: out of inference mode
-        embeds = torch.cat([item.embeds, fed.to(self.dtype)], dim=0).unsqueeze(0)
-        hidden = self._checkpointed(lambda e: self.decoder(inputs_embeds=e, use_cache=False).last_hidden_state,
-                                    embeds)
-        return hidden[0, item.length - 1 :]
+        links = _links_per_prompt(inner, len(prompts), "latent_states")
+        if gradient == "full":
+            return list(self._roll([self.embed(p, steps) for p in prompts], steps, links).unbind(0))
+        detached = [p.with_segments([s.detach() if isinstance(s, torch.Tensor) else s for s in p.segments])
+                    for p in prompts]
+        done = self.rollout(detached, steps, links)
+        items = [self.embed(p, steps) for p in prompts]
+        with torch.no_grad():  # stacking copies the states out of inference mode
+            fed = _apply_links(links, torch.stack([d.states[: steps - 1] for d in done]))
+        batch = left_pad([torch.cat([i.embeds, f.to(self.dtype)], dim=0) for i, f in zip(items, fed)])
 
-    def _rollout_with_grad(self, prompt: Prompt, steps: int, inner: nn.Module | None) -> torch.Tensor:
-        item = self.embed(prompt, steps)
-        mask = torch.ones((1, item.length), dtype=torch.long, device=self.device)
-        positions = torch.arange(item.length, device=self.device).unsqueeze(0)
-        out, kv = _cached(self.decoder, None, inputs_embeds=item.embeds.unsqueeze(0), attention_mask=mask,
-                          position_ids=positions)
-        hidden = out.last_hidden_state[:, -1]
-        states = [hidden]
-        for _ in range(steps - 1):
-            mask, positions = extend(mask, positions)
-            out, kv = _cached(self.decoder, kv, inputs_embeds=_apply_links([inner], hidden).unsqueeze(1),
-                              attention_mask=mask, position_ids=positions)
-            hidden = out.last_hidden_state[:, -1]
-            states.append(hidden)
-        return torch.cat(states, dim=0)
+        def run(embeds: torch.Tensor) -> torch.Tensor:
+            return self.decoder(inputs_embeds=embeds, attention_mask=batch.attention_mask,
+                                position_ids=batch.position_ids, use_cache=False).last_hidden_state
+
+        return list(self._checkpointed(run, batch.embeds)[:, -steps:].unbind(0))
 
     def _checkpointed(self, run, embeds: torch.Tensor) -> torch.Tensor:
         """``run(embeds)``, recomputed in backward when gradient checkpointing is on and a gradient will flow."""
@@ -345,6 +340,14 @@ def _cache_name(module_type: type) -> str:
     """The forward's name for the KV cache: ``cache`` since transformers 5.24 (``past_key_values`` warns there and
     goes in 5.40), ``past_key_values`` before (the GPU machines run 5.17)."""
     return "cache" if "cache" in inspect.signature(module_type.forward).parameters else "past_key_values"
+
+
+def _links_per_prompt(inner: Sequence[nn.Module | None] | nn.Module | None, prompts: int, caller: str
+                      ) -> list[nn.Module | None]:
+    links = [inner] * prompts if inner is None or isinstance(inner, nn.Module) else list(inner)
+    if len(links) != prompts:
+        raise ValueError(f"{caller}: {len(links)} inner links for {prompts} prompts; pass one or one per prompt")
+    return links
 
 
 def _apply_links(links: list[nn.Module | None], hidden: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,9 @@ from recursivemas.train.config import DeepSpeedOptions, OuterStageConfig, TrainC
 from recursivemas.train.data import Row
 from recursivemas.train.evaluate import answer_accuracy
 from recursivemas.train.inner import InnerExample, agent_prompt, train_inner
-from recursivemas.train.outer import agent_fields, outer_parameters, unroll_loss
+from recursivemas.train.outer import (
+    HandoffGrads, UnrollRow, agent_fields, handoff_keys, outer_parameters, unroll_losses, used_edges,
+)
 from recursivemas.train.parallel import Wire, World, broadcast_module, check_batch_split, sum_scalar
 from recursivemas.train.updaters import TorchUpdater, ZeroUpdater
 from recursivemas.train.setup import Setup
@@ -146,10 +148,13 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
                 deepspeed: DeepSpeedOptions | None = None, validation: Validation | None = None) -> list[float]:
     """Stage 2 from ``state.step`` to ``cfg.steps``; returns the batch-mean loss of each step it ran.
 
-    Each replica takes its share of every batch; gradients of the outer links are summed over ranks before each
-    step, so all ranks hold identical links. Checkpoints every ``cfg.checkpoint_every`` steps and at the end.
-    With ``validation``, scores the links before the first step, every ``validation.every`` steps and after the
-    last, and ends holding the best step's links when ``validation.keep`` is ``best``.
+    Each replica takes its share of every batch and unrolls those rows together, one backbone call per agent turn
+    (pipelined, hand-offs cross ranks one row at a time, so rows go one by one there); gradients of the outer links
+    are summed over ranks before each step, so all ranks hold identical links. Each step's record carries the
+    gradient norms of :func:`grad_norms` (not under DeepSpeed, which keeps gradients in its own shards).
+    Checkpoints every ``cfg.checkpoint_every`` steps and at the end. With ``validation``, scores the links before the
+    first step, every ``validation.every`` steps and after the last, and ends holding the best step's links when
+    ``validation.keep`` is ``best``.
     """
     world = world or World()
     check_batch_split(cfg.batch_size, world.replicas)
@@ -167,7 +172,7 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
         if start == 0 or not validation.curve:
             _validate(validation, start, links, bar=None)
     agent_backbone = {a.name: a.backbone for a in topology.agents}
-    rows = setup.rows
+    rows, edges = setup.rows, used_edges(topology)
     links.train()
     losses: list[float] = []
     recent: list[dict] = []
@@ -176,25 +181,26 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
         began = time.perf_counter()
         batch = [rows[(step * cfg.batch_size + i) % len(rows)] for i in range(cfg.batch_size)]
         here: list[torch.Tensor] = []
-        for row in world.share(batch):
+        handoffs = None if deepspeed else dict.fromkeys(handoff_keys(topology), 0.0)
+        for group in _row_groups(world, unroll_rows(setup, world.share(batch)), cfg.batch_size):
             wire = Wire(world, agent_backbone)
-            loss = unroll_loss(topology, setup.engines, links, row.question, setup.decoder_target(row),
-                               setup.role_texts(row), cfg.max_latent_tokens, cfg.aux_weight, wire=wire,
-                               forcing=cfg.forcing, gradient=cfg.gradient, latent_steps=cfg.latent_steps,
-                               fields=row.fields())
+            group_losses = unroll_losses(topology, setup.engines, links, group, cfg.max_latent_tokens,
+                                         cfg.aux_weight, wire, cfg.forcing, cfg.gradient, cfg.latent_steps, handoffs)
+            loss = None if group_losses is None else group_losses.sum() / cfg.batch_size
             if loss is not None:  # this rank holds the decoder
-                here.append(loss / cfg.batch_size)
+                here.append(loss)
             if world.pipelined:  # hand-offs cross ranks row by row, so their gradients go back row by row
-                wire.backward(here[-1] if loss is not None else None)
+                wire.backward(loss)
         total = sum(loss.item() for loss in here)
         if here and not world.pipelined:
             updater.backward(torch.stack(here).sum())
+        norms = {} if handoffs is None else grad_norms(world, links, edges, handoffs)
         losses.append(sum_scalar(world, total))
         lr = updater.lr
         updater.step()
         done = step + 1
         recent.append({"step": done, "loss": losses[-1], "lr": lr,
-                       "samples_per_s": cfg.batch_size / (time.perf_counter() - began)})
+                       "samples_per_s": cfg.batch_size / (time.perf_counter() - began), **norms})
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         if validation is not None and (done % validation.every == 0 or done == cfg.steps):
             recent[-1].update(_validate(validation, done, links, bar))
@@ -211,6 +217,36 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
         log.info("kept the links of step %d (validation %s)", validation.best["step"],
                  {k: v for k, v in validation.best.items() if k.startswith("val_")})
     return losses
+
+
+def unroll_rows(setup: Setup, rows: list[Row]) -> list[UnrollRow]:
+    """What the unroll reads of each row: the decoder's target, the row's fields, the role texts."""
+    return [UnrollRow(row.question, setup.decoder_target(row), row.fields(), setup.role_texts(row)) for row in rows]
+
+
+def _row_groups(world: World, rows: list[UnrollRow], size: int) -> list[list[UnrollRow]]:
+    """The rows unrolled together: up to ``size``, one when pipelined (the wire carries one row's hand-offs)."""
+    size = 1 if world.pipelined else size
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def grad_norms(world: World, links, edges: list[tuple[str, str]], handoffs: HandoffGrads) -> dict[str, float]:
+    """The step's gradient norms, summed over ranks, before clipping: ``grad_norm/<src>-><dst>`` of each used
+    outer link, and ``grad_norm/<src>-><dst>/r<k>`` of the loss at that link's hand-offs in round ``k`` (from the
+    squared norms the unroll collected). A link is shared across rounds and its gradient sums over them; the
+    hand-offs tell which round's signal fades. One all-reduce of the links' gradients when there are ranks."""
+    flats = [torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                        for p in links.outer_link(src, dst).parameters()]) for src, dst in edges]
+    packed = torch.cat([*flats, torch.tensor(list(handoffs.values()), device=flats[0].device)]).float()
+    if world.size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(packed)
+    parts = packed.split([f.numel() for f in flats] + [len(handoffs)])
+    out = {f"grad_norm/{src}->{dst}": float(part.norm()) for (src, dst), part in zip(edges, parts)}
+    for (src, dst, round_), squared in zip(handoffs, parts[-1].tolist()):
+        out[f"grad_norm/{src}->{dst}/r{round_}"] = math.sqrt(squared)
+    return out
 
 
 def _validate(validation: Validation, step: int, links, bar) -> dict:
@@ -250,14 +286,13 @@ def inference_path_loss(setup: Setup, config: TrainConfig, rows: list[Row], worl
         rows = rows[: len(rows) - len(rows) % world.size] or rows[:0]
     if not rows:
         return math.nan
+    agent_backbone = {a.name: a.backbone for a in setup.topology.agents}
     total = 0.0
     with torch.no_grad():
-        for row in world.share(rows):
-            wire = Wire(world, {a.name: a.backbone for a in setup.topology.agents})
-            loss = unroll_loss(setup.topology, setup.engines, setup.links, row.question, setup.decoder_target(row),
-                               wire=wire, forcing="rollout", latent_steps=config.outer.latent_steps,
-                               fields=row.fields())
-            total += 0.0 if loss is None else loss.item()
+        for group in _row_groups(world, unroll_rows(setup, world.share(rows)), config.outer.batch_size):
+            losses = unroll_losses(setup.topology, setup.engines, setup.links, group, wire=Wire(world, agent_backbone),
+                                   forcing="rollout", latent_steps=config.outer.latent_steps)
+            total += 0.0 if losses is None else losses.sum().item()
     return sum_scalar(world, total) / len(rows)
 
 

@@ -18,8 +18,8 @@ gradients sum over rounds); the inner links are frozen after stage 1. What an up
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
-from typing import Literal, get_args
+from collections.abc import Mapping, Sequence
+from typing import Literal, NamedTuple, get_args
 
 import torch
 from torch import nn
@@ -35,67 +35,131 @@ Gradient = Literal["truncated", "full"]
 FORCINGS: tuple[str, ...] = get_args(Forcing)
 
 
+class UnrollRow(NamedTuple):
+    """One row of a stage-2 step: the question, the decoder's target, the row's text fields (``{context}``) and the
+    role texts of the upstream agents (``role_text`` forcing only)."""
+
+    question: str
+    answer: str
+    fields: Mapping[str, str] | None = None
+    role_texts: Mapping[str, str] | None = None
+
+
+HandoffGrads = dict[tuple[str, str, int], float]  # (src, dst, round) -> summed squared gradient norm
+
+
 def answer_loss(engine, prompt, answer: str) -> torch.Tensor:
     """Cross-entropy of the answer tokens and the end-of-turn token after them, given the prompt (which may hold
     latents carrying gradients): a decoder that is never shown where an answer ends keeps generating after it."""
-    (forced,) = engine.forward_states([prompt], [answer], end=True)
-    logits = engine.model.get_output_embeddings()(forced.states).float()
-    return nn.functional.cross_entropy(logits, forced.target_ids)
+    return answer_losses(engine, [prompt], [answer])[0]
+
+
+def answer_losses(engine, prompts, answers: Sequence[str]) -> torch.Tensor:
+    """:func:`answer_loss` of each row, ``[rows]``, from one teacher-forced pass (and one LM head call) for all."""
+    forced = engine.forward_states(prompts, answers, end=True)
+    logits = engine.model.get_output_embeddings()(torch.cat([f.states for f in forced])).float()
+    tokens = nn.functional.cross_entropy(logits, torch.cat([f.target_ids for f in forced]), reduction="none")
+    return torch.stack([row.mean() for row in tokens.split([len(f.target_ids) for f in forced])])
 
 
 def unroll_loss(topology: Topology, engines: Mapping[str, object], links: LinkSet, question: str, answer: str,
                 role_texts: Mapping[str, str] | None = None, max_latent_tokens: int = 80, aux_weight: float = 0.0,
                 wire: Wire | None = None, forcing: Forcing = "rollout", gradient: Gradient = "truncated",
                 latent_steps: int | None = None, fields: Mapping[str, str] | None = None) -> torch.Tensor | None:
-    """The final-round loss of the decoder's target ``answer`` for one row (plus ``aux_weight`` x the mean of
-    earlier rounds' losses of it).
+    """:func:`unroll_losses` of one row."""
+    losses = unroll_losses(topology, engines, links, [UnrollRow(question, answer, fields, role_texts)],
+                           max_latent_tokens, aux_weight, wire, forcing, gradient, latent_steps)
+    return None if losses is None else losses[0]
 
-    ``fields`` are the row's text fields, each shown to the agents whose templates name it (``{context}``).
-    ``role_texts`` maps each non-decoding agent to its role text (``role_text`` forcing only). ``latent_steps``
-    (default: the topology's) is the rollout length under ``rollout`` forcing: train with the value you serve. With a
-    pipelined ``wire`` only this rank's agents run (``engines`` holds only its backbones), hand-offs to and from
-    other ranks travel over the wire, and the loss is returned only where the decoder runs (``None`` elsewhere).
+
+def unroll_losses(topology: Topology, engines: Mapping[str, object], links: LinkSet, rows: Sequence[UnrollRow],
+                  max_latent_tokens: int = 80, aux_weight: float = 0.0, wire: Wire | None = None,
+                  forcing: Forcing = "rollout", gradient: Gradient = "truncated", latent_steps: int | None = None,
+                  handoff_grads: HandoffGrads | None = None) -> torch.Tensor | None:
+    """Each row's final-round loss of the decoder's target (plus ``aux_weight`` x the mean of earlier rounds' losses
+    of it), ``[rows]``.
+
+    The rows go through the schedule together: every agent turn is one backbone call for all of them (and every
+    hand-off one link call), which costs a fraction of the rows one by one and gives the same losses. Each row's
+    ``fields`` are shown to the agents whose templates name them; ``role_texts`` are read under ``role_text``
+    forcing only. ``latent_steps`` (default: the topology's) is the rollout length under ``rollout`` forcing:
+    train with the value you serve. With a pipelined ``wire`` only this rank's agents run (``engines`` holds only
+    its backbones), hand-offs to and from other ranks travel over the wire one row at a time (so ``rows`` must be
+    one row there), and the losses are returned only where the decoder runs (``None`` elsewhere).
+    ``handoff_grads``, when given, gains the squared norm of the loss gradient at each hand-off this rank
+    computes, by ``(src, dst, round)``, once backward has run: the links are shared across rounds, so this is
+    what tells the rounds apart.
     """
     if forcing not in FORCINGS:
         raise ValueError(f"forcing: {forcing!r} is not one of {', '.join(FORCINGS)}")
-    if forcing == "role_text" and role_texts is None:
+    if forcing == "role_text" and any(row.role_texts is None for row in rows):
         raise ValueError("forcing 'role_text' needs role_texts: the text each upstream agent is teacher-forced on")
-    steps = topology.latent_steps if latent_steps is None else latent_steps
     wire = wire or Wire()
+    if wire.world.pipelined and len(rows) != 1:
+        raise ValueError(f"a pipelined unroll carries one row at a time over the wire, got {len(rows)} rows")
+    steps = topology.latent_steps if latent_steps is None else latent_steps
     plan = Plan.from_topology(topology)
-    inputs: dict[tuple[int, str], dict] = defaultdict(dict)  # (round, agent) -> {source: latents}
-    feedback: dict[tuple[int, str], dict] = defaultdict(dict)
+    # (round, agent) -> {source: one hand-off per row}
+    inputs: dict[tuple[int, str], dict[str, list]] = defaultdict(dict)
+    feedback: dict[tuple[int, str], dict[str, list]] = defaultdict(dict)
     earlier: list[torch.Tensor] = []
     final_loss = states = None
     for turn in plan.turns(topology.rounds):
         agent, round_ = turn.agent, turn.round
         if wire.here(agent):
             engine = engines[topology.agent(agent).backbone]
-            prompt = fill_prompt(topology.template(agent, round_), question, inputs[round_, agent],
-                                 feedback[round_, agent], round=round_, framing=framing_of(topology, agent),
-                                 fields=agent_fields(topology, agent, fields))
+            prompts = [
+                fill_prompt(topology.template(agent, round_), row.question, _of_row(inputs[round_, agent], i),
+                            _of_row(feedback[round_, agent], i), round=round_, framing=framing_of(topology, agent),
+                            fields=agent_fields(topology, agent, row.fields))
+                for i, row in enumerate(rows)]
             if agent == plan.decoder and (turn.decodes or aux_weight):
-                loss = answer_loss(engine, prompt, answer)
+                losses = answer_losses(engine, prompts, [row.answer for row in rows])
                 if turn.decodes:
-                    final_loss = loss
+                    final_loss = losses
                     continue
-                earlier.append(loss)
+                earlier.append(losses)
             if forcing == "rollout":
-                inner = links.inner_link(agent)
-                states = engine.latent_states(prompt, steps, inner, gradient).float()
+                states = engine.latent_states(prompts, steps, links.inner_link(agent), gradient)
             else:
-                text = answer if agent == plan.decoder else role_texts[agent]
-                (forced,) = engine.forward_states([prompt], [text])
-                states = forced.states[:max_latent_tokens].float()
+                texts = [row.answer if agent == plan.decoder else row.role_texts[agent] for row in rows]
+                states = [f.states[:max_latent_tokens] for f in engine.forward_states(prompts, texts)]
+            states = [s.float() for s in states]
         for dst, is_feedback in turn.handoffs:
             box = feedback[round_ + 1, dst] if is_feedback else inputs[round_, dst]
-            box[agent] = wire.carry(
-                agent, dst, lambda s=states, a=agent, d=dst: links.handoff(s, a, d, topology.handoff))
+            handed = wire.carry(agent, dst, lambda s=states, a=agent, d=dst, r=round_:
+                                _hand_off(links, topology, s, a, d, handoff_grads, r))
+            if handed is not None:  # None: computed here for another rank
+                box[agent] = handed.split([len(s) for s in states]) if len(rows) > 1 else [handed]
     if final_loss is None:
         return None
     if earlier:
-        return final_loss + aux_weight * torch.stack(earlier).mean()
+        return final_loss + aux_weight * torch.stack(earlier).mean(0)
     return final_loss
+
+
+def _of_row(box: Mapping[str, list], row: int) -> dict:
+    return {src: handed[row] for src, handed in box.items()}
+
+
+def _hand_off(links: LinkSet, topology: Topology, states: list[torch.Tensor], src: str, dst: str,
+              grads: HandoffGrads | None, round_: int) -> torch.Tensor:
+    """Every row's hand-off in one link call (the links map each position alone), rows stacked along positions."""
+    out = links.handoff(torch.cat(states), src, dst, topology.handoff)
+    if grads is not None and out.requires_grad:
+        key = (src, dst, round_)
+
+        def note(grad: torch.Tensor) -> None:
+            grads[key] = grads.get(key, 0.0) + float(grad.float().pow(2).sum())
+
+        out.register_hook(note)
+    return out
+
+
+def handoff_keys(topology: Topology) -> list[tuple[str, str, int]]:
+    """Every hand-off of an unrolled row as ``(src, dst, round)``, in schedule order (the same on every rank)."""
+    return [(turn.agent, dst, turn.round) for turn in Plan.from_topology(topology).turns(topology.rounds)
+            for dst, _ in turn.handoffs]
 
 
 def agent_fields(topology: Topology, agent: str, fields: Mapping[str, str] | None) -> dict[str, str]:
