@@ -12,8 +12,10 @@ import pytest
 from recursivemas.runtime.calls import GenerationOverrides, RunOptions
 from recursivemas.runtime.accounting import AgentUsage, RunResult
 from recursivemas.serve.errors import APIError, error_body
+from recursivemas.config import Topology
+from recursivemas.runtime import Query
 from recursivemas.serve.openai_api import (
-    ChatCompletionRequest, Limits, parse_payload, parse_request, question_from_messages,
+    ChatCompletionRequest, Limits, field_needs, named_fields, parse_payload, parse_request, question_from_messages,
 )
 from recursivemas.serve.openai_responses import (
     SSE_DONE, SSE_HEADERS, ChunkStream, chunk_body, completion_body, models_body, sse, usage_body,
@@ -127,6 +129,17 @@ BAD = [
      "unsupported_parameter"),
     ("json-mode", body(response_format={"type": "json_object"}), 400, "invalid_request_error",
      "response_format.type", "invalid_value"),
+    ("extension-not-object", body(recursivemas="ctx"), 400, "invalid_request_error", "recursivemas", "invalid_type"),
+    ("extension-unknown-key", body(recursivemas={"contxt": "x"}), 400, "invalid_request_error",
+     "recursivemas.contxt", "unknown_parameter"),
+    ("context-not-string", body(recursivemas={"context": 7}), 400, "invalid_request_error", "recursivemas.context",
+     "invalid_type"),
+    ("fields-not-object", body(recursivemas={"fields": ["x"]}), 400, "invalid_request_error",
+     "recursivemas.fields", "invalid_type"),
+    ("field-not-string", body(recursivemas={"fields": {"document": {"text": "x"}}}), 400, "invalid_request_error",
+     "recursivemas.fields.document", "invalid_type"),
+    ("context-twice", body(recursivemas={"context": "a", "fields": {"context": "b"}}), 400, "invalid_request_error",
+     "recursivemas.context", "invalid_value"),
 ]
 
 
@@ -215,6 +228,53 @@ def test_good_request_variants():
     assert parse_request(at_limits, LIMITS, MODELS).max_new_tokens == 256
     assert parse_payload({"model": "mixture-demo", "messages": USER}, LIMITS, MODELS).model == "mixture-demo"
     assert parse_request(b" " + body() + b"\n", LIMITS, MODELS).model == "sequential-demo"
+
+
+def reader_pair() -> Topology:
+    """A reader whose template names {context} (and, from round 2 on, {note}) before a solver that names none."""
+    return Topology.model_validate({
+        "name": "sequential-demo", "backbones": {"a": {"model": "tiny"}}, "pattern": "sequential", "rounds": 2,
+        "agents": [{"name": "reader", "backbone": "a", "prompt": "Context: {context}\nQuestion: {question}",
+                    "later_prompt": "Note: {note}\nQuestion: {question}\nFeedback: {feedback}"},
+                   {"name": "solver", "backbone": "a"}]})
+
+
+NEEDS = {"sequential-demo": field_needs(reader_pair()), "mixture-demo": {"latent": {}, "text": {}, "single": {}}}
+
+
+def test_fields_become_the_query():
+    assert named_fields(NEEDS["sequential-demo"]) == ["context", "note"]
+    req = parse_request(body(recursivemas={"context": "x = 7", "fields": {"note": "n"}}), LIMITS, MODELS, NEEDS)
+    assert req.query() == Query("What is 15% of 240?", {"context": "x = 7", "note": "n"})
+    same = parse_request(body(recursivemas={"fields": {"context": "x = 7", "note": "n"}}), LIMITS, MODELS, NEEDS)
+    assert same.query() == req.query()
+    plain = parse_request(body(), LIMITS, MODELS)  # no needs given: nothing to check, no fields
+    assert plain.query() == Query("What is 15% of 240?")
+    # single mode runs the solver alone, which names no field; a field another agent reads may still be sent
+    assert parse_request(body(mode="single"), LIMITS, MODELS, NEEDS).query().fields == {}
+    assert parse_request(body(mode="single", recursivemas={"context": "c"}), LIMITS, MODELS, NEEDS).query().fields \
+        == {"context": "c"}
+
+
+@pytest.mark.parametrize("ext, model, param, code, words", [
+    (None, "sequential-demo", "recursivemas.fields.context", "missing_required_parameter",
+     ["agent 'reader'", "{context}", "(fields sent: none)", '"recursivemas": {"context": "..."}']),
+    ({"context": "c"}, "sequential-demo", "recursivemas.fields.note", "missing_required_parameter",
+     ["agent 'reader'", "{note}", "(fields sent: ['context'])", 'RunRequest.fields["note"]']),
+    ({"context": "c", "fields": {"note": "n", "nte": "x"}}, "sequential-demo", "recursivemas.fields.nte",
+     "unknown_parameter", ["names {nte}", "name context, note"]),
+    ({"context": "c"}, "mixture-demo", "recursivemas.context", "unknown_parameter",
+     ["'mixture-demo' names {context}", "name no fields"]),
+])
+def test_field_errors_name_the_field_and_the_agent(ext, model, param, code, words):
+    raw = body(model=model, **({"recursivemas": ext} if ext is not None else {}))
+    with pytest.raises(APIError) as info:
+        parse_request(raw, LIMITS, MODELS, NEEDS)
+    err = info.value
+    assert (err.status, err.param, err.code) == (400, param, code), err
+    assert err.message.startswith(param + ":") and re.search(r"\. [A-Z]\w+ ", err.message), err.message
+    for word in words:
+        assert word in err.message, (word, err.message)
 
 
 def test_question_from_messages():
@@ -360,6 +420,8 @@ def test_models_body():
         {"id": "b-topology", "object": "model", "created": 3, "owned_by": "recursivemas"},
     ]}
     assert models_body([]) == {"object": "list", "data": []}
+    cards = models_body(["b-topology", "a-topology"], fields={"a-topology": ["context"]})["data"]
+    assert [c["recursivemas"] for c in cards] == [{"fields": ["context"]}, {"fields": []}]
 
 
 # ------------------------------------------------------------------------------------- the official client's models

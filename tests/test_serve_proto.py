@@ -167,6 +167,23 @@ def test_request_from_proto():
     assert plain.question() == "hi" and plain.run_options() == RunOptions()
 
 
+def test_request_fields_map_to_the_query():
+    from recursivemas.runtime import Query
+    from test_serve_openai_api import NEEDS
+
+    msg = pb.RunRequest(model="sequential-demo", prompt="hi", fields={"context": "x = 7", "note": "n"})
+    assert pb.RunRequest.FromString(msg.SerializeToString()).fields == {"context": "x = 7", "note": "n"}
+    req = grpc_api.request_from_proto(msg.SerializeToString(), LIMITS, MODELS, NEEDS)  # as the ingress gets it
+    assert req.query() == Query("hi", {"context": "x = 7", "note": "n"})
+    with pytest.raises(APIError) as info:
+        grpc_api.request_from_proto(pb.RunRequest(model="sequential-demo", prompt="hi", fields={"note": "n"}),
+                                    LIMITS, MODELS, NEEDS)
+    err = info.value
+    assert err.param == "recursivemas.fields.context" and "agent 'reader'" in err.message
+    assert 'RunRequest.fields["context"]' in err.message
+    assert grpc_api.grpc_status(err) == grpc.StatusCode.INVALID_ARGUMENT
+
+
 @pytest.mark.parametrize("msg, status, param, code", [
     (pb.RunRequest(model="sequential-demo"), 400, "messages", "empty_messages"),
     (pb.RunRequest(model="sequential-demo", prompt="a", messages=[pb.ChatMessage(role="user", content="b")]),

@@ -8,7 +8,12 @@ Request fields (``POST /v1/chat/completions``), decided one by one:
   newer name; both at once must agree), ``temperature`` [0, 2], ``top_p`` (0, 1], ``stream``,
   ``stream_options.include_usage``, ``stop`` (a string or up to 4), ``seed``, ``user`` (for logs), and the
   extensions ``rounds``, ``latent_steps``, ``mode`` (``latent`` | ``text`` | ``single``) within :class:`Limits`, and
-  ``timeout_s`` (the request's deadline in seconds, capped at ``Limits.max_timeout_s``).
+  ``timeout_s`` (the request's deadline in seconds, capped at ``Limits.max_timeout_s``), and the ``recursivemas``
+  object: ``fields`` (``{name: text}``, the fields the topology's templates name, such as ``{context}``) and
+  ``context`` (shorthand for ``fields.context``). The last user message (as below) and these fields become the run's
+  :class:`~recursivemas.runtime.Query`. A field that a template of the topology names (for the request's mode) but
+  the request lacks is a 400 with ``param`` ``recursivemas.fields.<name>``, naming the agent; so is a field no
+  template of the topology names (a misspelt field must not be dropped), and a value that is not a string.
 - accepted only at their no-op value, a 400 naming the field otherwise (the answer would silently differ from what
   was asked): ``n`` = 1, ``presence_penalty`` = ``frequency_penalty`` = 0, ``logprobs`` false, ``top_logprobs`` 0,
   ``logit_bias`` {}, ``response_format`` ``{"type": "text"}``, ``tools`` [], ``tool_choice`` ``none``/``auto``;
@@ -30,12 +35,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from recursivemas.config import Mode
+from recursivemas.config import Mode, Topology
 from recursivemas.runtime.calls import GenerationOverrides, RunOptions
+from recursivemas.runtime.query import CONTEXT, Query
 from recursivemas.serve.errors import APIError
 
 
@@ -99,6 +105,34 @@ class ResponseFormat(_Strict):
     type: Literal["text"]
 
 
+class Extension(_Strict):
+    """The request's ``recursivemas`` object: the text fields the topology's templates name beside the question."""
+
+    context: str | None = None
+    fields: dict[str, Any] | None = None  # any value here: a non-string is named by _check_fields, not pydantic
+
+    def given(self) -> dict[str, Any]:
+        """Every field sent: ``fields``, plus ``context`` as the ``context`` field."""
+        out = dict(self.fields or {})
+        if self.context is not None:
+            out[CONTEXT] = self.context
+        return out
+
+
+FieldNeeds = Mapping[str, Mapping[str, Sequence[str]]]
+"""What a topology's runs need, per mode: mode -> {field: the agents whose templates name it}."""
+
+
+def field_needs(topology: Topology) -> dict[str, dict[str, list[str]]]:
+    """``Topology.fields`` for every mode: what the ingress checks a request's ``recursivemas.fields`` against."""
+    return {mode: topology.fields(mode) for mode in get_args(Mode)}
+
+
+def named_fields(needs: FieldNeeds) -> list[str]:
+    """Every field a topology's templates name, in any mode, in order: what its model card lists."""
+    return list(dict.fromkeys(name for by_mode in needs.values() for name in by_mode))
+
+
 class ChatCompletionRequest(_Strict):
     """A validated ``POST /v1/chat/completions`` body (see the module docstring for each field's treatment)."""
 
@@ -118,6 +152,7 @@ class ChatCompletionRequest(_Strict):
     latent_steps: int | None = None
     mode: Mode | None = None
     timeout_s: float | int | None = Field(None, gt=0)
+    recursivemas: Extension | None = None
     # accepted at their no-op value only
     n: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
@@ -145,6 +180,10 @@ class ChatCompletionRequest(_Strict):
     def question(self) -> str:
         return question_from_messages(self.messages)
 
+    def query(self) -> Query:
+        """The question with the fields of the ``recursivemas`` extension: what the run is asked."""
+        return Query.of(self.question(), fields=self.recursivemas.given() if self.recursivemas else None)
+
     def run_options(self) -> RunOptions:
         """The run this request asks for: what was sent, the topology's own settings for the rest."""
         generation = GenerationOverrides(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -153,7 +192,7 @@ class ChatCompletionRequest(_Strict):
                           generation=generation)
 
 
-_FIELDS = {name for m in (ChatCompletionRequest, ChatMessage, TextPart, StreamOptions, ResponseFormat)
+_FIELDS = {name for m in (ChatCompletionRequest, ChatMessage, TextPart, StreamOptions, ResponseFormat, Extension)
            for name in m.model_fields}
 _EXPECTED = {
     "model": "a topology name as a string (GET /v1/models lists them)",
@@ -179,6 +218,9 @@ _EXPECTED = {
     "latent_steps": "an integer (at least 0)",
     "mode": "one of latent, text, single",
     "timeout_s": "a number of seconds greater than 0 (the server caps it)",
+    "recursivemas": "an object like {\"context\": \"...\"} or {\"fields\": {\"context\": \"...\"}}",
+    "context": "a string: the text of the {context} field",
+    "fields": "an object of field names to strings, like {\"context\": \"...\"}",
     "n": "1 (one choice per request)",
     "presence_penalty": "0 (penalties are not supported)",
     "frequency_penalty": "0 (penalties are not supported)",
@@ -225,7 +267,8 @@ def _from_validation(err: ValidationError) -> APIError:
     leaf = "message" if leaf.startswith("messages[") else leaf.split("[", 1)[0]
     if e["type"] == "extra_forbidden":
         return _bad(param, "unknown parameter", code="unknown_parameter",
-                    fix="Remove it or fix its spelling (the extensions are rounds, latent_steps, mode).")
+                    fix="Remove it or fix its spelling (the extensions are rounds, latent_steps, mode, "
+                        "timeout_s and recursivemas: {context, fields}).")
     if e["type"] == "missing":
         return _bad(param, "is required", fix=f"Send {_EXPECTED.get(leaf, 'it')}.", code="missing_required_parameter")
     code = "invalid_type" if e["type"].endswith("_type") or e["type"] == "model_attributes_type" else "invalid_value"
@@ -254,8 +297,10 @@ def _nesting(value: Any) -> int:
     return deepest
 
 
-def parse_request(body: bytes, limits: Limits, models: Collection[str]) -> ChatCompletionRequest:
-    """Parse and validate a raw request body; any problem is an :class:`APIError` (4xx) naming the field."""
+def parse_request(body: bytes, limits: Limits, models: Collection[str],
+                  needs: Mapping[str, FieldNeeds] | None = None) -> ChatCompletionRequest:
+    """Parse and validate a raw request body; any problem is an :class:`APIError` (4xx) naming the field.
+    ``needs`` (model -> :func:`field_needs`), where given, is what the request's fields are checked against."""
     if len(body) > limits.max_body_bytes:
         raise APIError(413, f"The request body is {len(body)} bytes, over the limit of {limits.max_body_bytes}. "
                             "Send fewer or shorter messages.", code="request_too_large")
@@ -281,10 +326,11 @@ def parse_request(body: bytes, limits: Limits, models: Collection[str]) -> ChatC
     except UnicodeEncodeError:
         raise APIError(400, "The request body has a \\u escape of a lone surrogate (half a UTF-16 pair), which is "
                             "not a character. Send valid Unicode text.", code="invalid_json") from None
-    return parse_payload(data, limits, models)
+    return parse_payload(data, limits, models, needs)
 
 
-def parse_payload(data: Any, limits: Limits, models: Collection[str]) -> ChatCompletionRequest:
+def parse_payload(data: Any, limits: Limits, models: Collection[str],
+                  needs: Mapping[str, FieldNeeds] | None = None) -> ChatCompletionRequest:
     """Validate an already-decoded request (a JSON object as a dict); the gRPC path comes in here too."""
     if not isinstance(data, Mapping):
         kind = "null" if data is None else {list: "an array", str: "a string", bool: "a boolean"}.get(type(data),
@@ -302,6 +348,7 @@ def parse_payload(data: Any, limits: Limits, models: Collection[str]) -> ChatCom
                    code="model_not_found")
     _check_numbers(req, limits)
     _check_no_ops(req)
+    _check_fields(req, None if needs is None else needs.get(req.model))
     return req
 
 
@@ -357,6 +404,40 @@ def _check_numbers(req: ChatCompletionRequest, limits: Limits) -> None:
         sent = req.stream_options.model_dump(exclude_none=True)
         raise _bad("stream_options", "is only allowed when stream is true", sent,
                    "Set \"stream\": true, or leave stream_options out.")
+
+
+def _check_fields(req: ChatCompletionRequest, needs: FieldNeeds | None) -> None:
+    """Fields are text; with the topology's ``needs``, every field its templates name (in the request's mode) is
+    given, and every field given is named by some template of the topology (in any mode)."""
+    ext = req.recursivemas or Extension()
+    for name, value in (ext.fields or {}).items():
+        if not isinstance(value, str):
+            raise _bad(f"recursivemas.fields.{name}", "must be text", value,
+                       f"Send a string: the text that fills {{{name}}} in the templates.", code="invalid_type")
+    sent = (ext.fields or {}).get(CONTEXT)
+    if ext.context is not None and sent is not None and sent != ext.context:
+        raise _bad("recursivemas.context", "disagrees with recursivemas.fields.context", ext.context,
+                   "Send only one of the two.")
+    if needs is None:
+        return
+    given = ext.given()
+    for name, agents in needs.get(req.mode or "latent", {}).items():
+        if name not in given:
+            shorthand = ' (or "recursivemas": {"context": "..."})' if name == CONTEXT else ""
+            raise APIError(
+                400, f"recursivemas.fields.{name}: the template of agent {agents[0]!r} of topology {req.model!r} "
+                     f"names {{{name}}}, but the request brings no {name!r} field (fields sent: "
+                     f"{sorted(given) or 'none'}). Send it as \"recursivemas\": {{\"fields\": {{\"{name}\": "
+                     f"\"...\"}}}}{shorthand}; over gRPC, as RunRequest.fields[\"{name}\"].",
+                param=f"recursivemas.fields.{name}", code="missing_required_parameter")
+    named = named_fields(needs)
+    for name in given:
+        if name not in named:
+            param = "recursivemas.context" if name == CONTEXT and ext.context is not None else \
+                f"recursivemas.fields.{name}"
+            raise _bad(param, f"no template of topology {req.model!r} names {{{name}}}", given[name],
+                       f"Leave it out or fix its name; the topology's templates name "
+                       f"{', '.join(named) or 'no fields'}.", code="unknown_parameter")
 
 
 def _check_no_ops(req: ChatCompletionRequest) -> None:

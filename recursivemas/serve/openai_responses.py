@@ -139,7 +139,15 @@ class ChunkStream:
         return sse(error_body(err, self.request_id)) + SSE_DONE
 
 
-def models_body(names: Iterable[str], created: int = 0, owned_by: str = "recursivemas") -> dict:
-    """``GET /v1/models``: one ``model`` object per served topology, sorted by name."""
-    return {"object": "list", "data": [{"id": n, "object": "model", "created": int(created), "owned_by": owned_by}
-                                       for n in sorted(names)]}
+def models_body(names: Iterable[str], created: int = 0, owned_by: str = "recursivemas",
+                fields: Mapping[str, Iterable[str]] | None = None) -> dict:
+    """``GET /v1/models``: one ``model`` object per served topology, sorted by name. With ``fields`` (model -> the
+    fields its templates name), each card gets the ``recursivemas`` extension ``{"fields": [...]}``: what a request
+    for it must send as ``recursivemas.fields`` (the playground shows a box per field)."""
+    cards = []
+    for n in sorted(names):
+        card = {"id": n, "object": "model", "created": int(created), "owned_by": owned_by}
+        if fields is not None:
+            card["recursivemas"] = {"fields": list(fields.get(n, ()))}
+        cards.append(card)
+    return {"object": "list", "data": cards}
