@@ -22,6 +22,8 @@ from recursivemas.serve.proto import recursivemas_pb2_grpc
 from tiny import save_tiny_pair
 
 pytestmark = pytest.mark.ray  # starts Ray: `make test-fast` leaves these out
+READER = "Context: {context}\nQuestion: {question}\nFeedback: {feedback}\nPass it on."  # {context}: a field
+CONTEXT = "The code is 4711."
 
 
 def free_port() -> int:
@@ -41,8 +43,10 @@ def server(tmp_path_factory):
     seq = {**common, "name": "seq", "agents": [{"name": "planner", "backbone": "a"}, {"name": "solver", "backbone": "b"}]}
     trio = {**common, "name": "trio", "agents": [{"name": "p", "backbone": "a"}, {"name": "c", "backbone": "b"},
                                                  {"name": "s", "backbone": "a"}]}
+    reader = {**common, "name": "reader", "agents": [{"name": "planner", "backbone": "a", "prompt": READER},
+                                                     {"name": "solver", "backbone": "b"}]}
     paths = []
-    for topology in (seq, trio):
+    for topology in (seq, trio, reader):
         (root / f"{topology['name']}.yaml").write_text(yaml.safe_dump(topology))
         paths.append(root / f"{topology['name']}.yaml")
     port, grpc_port = free_port(), free_port()
@@ -116,7 +120,7 @@ def test_two_topologies_share_backbone_deployments(http):
     from ray import serve
 
     client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused")
-    assert sorted(m.id for m in client.models.list()) == ["seq", "trio"]
+    assert sorted(m.id for m in client.models.list()) == ["reader", "seq", "trio"]
     reply = client.chat.completions.create(model="trio", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
                                            extra_body={"mode": "text", "rounds": 1})
     assert reply.usage.model_extra["recursivemas"]["mode"] == "text"
@@ -213,3 +217,58 @@ def test_grpc_gets_the_same_answer_as_http(server):
         with pytest.raises(grpc.RpcError) as info:
             stub.Run(pb.RunRequest(model="nope", prompt="x"), metadata=metadata, timeout=60)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND and "seq" in info.value.details()
+
+
+def test_a_field_the_template_names_comes_in_the_recursivemas_extension(http):
+    """The reader topology's planner names {context}: with recursivemas.context it answers (streamed = non-streamed,
+    and the context reaches the run); without it, or with a non-string, it is a 400 naming the field and the agent,
+    before any run starts, streaming or not. The model card lists the field; the Python runner takes it too."""
+    from recursivemas.runtime import MissingFieldError
+    from recursivemas.serve.client import ServedSystem
+
+    client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused")
+    cards = {m.id: m.model_extra["recursivemas"]["fields"] for m in client.models.list()}
+    assert cards == {"reader": ["context"], "seq": [], "trio": []}
+    ask = dict(model="reader", messages=[{"role": "user", "content": "What is the code?"}], max_tokens=6,
+               temperature=0)
+    reply = client.chat.completions.create(**ask, extra_body={"recursivemas": {"context": CONTEXT}})
+    text = reply.choices[0].message.content
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        **ask, stream=True, extra_body={"recursivemas": {"fields": {"context": CONTEXT}}}) if c.choices]
+    assert "".join(pieces) == text
+    longer = client.chat.completions.create(**ask, extra_body={"recursivemas": {"context": CONTEXT * 4}})
+    planner = lambda r: r.usage.model_extra["recursivemas"]["agents"]["planner"]["prompt_tokens"]  # noqa: E731
+    assert planner(longer) - planner(reply) == 2 * 3 * len(CONTEXT)  # 2 rounds, byte tokens: the context is in
+    for stream in (False, True):
+        code, error = post(f"{http}/v1/chat/completions", json.dumps({**ask, "stream": stream}).encode())
+        assert code == 400 and error["error"]["param"] == "recursivemas.fields.context", (stream, error)
+        assert "agent 'planner'" in error["error"]["message"] and "{context}" in error["error"]["message"]
+    code, error = post(f"{http}/v1/chat/completions",
+                       json.dumps({**ask, "recursivemas": {"fields": {"context": 4711}}}).encode())
+    assert code == 400 and error["error"]["param"] == "recursivemas.fields.context"
+    assert error["error"]["code"] == "invalid_type"
+    system = ServedSystem("reader")
+    assert system.run("What is the code?", context=CONTEXT, generation={"max_new_tokens": 6}).text == text
+    with pytest.raises(MissingFieldError, match="agent 'planner'"):
+        system.run("What is the code?")
+
+
+def test_grpc_fields_carry_the_context(server):
+    http, address, _ = server
+    client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused")
+    expected = client.chat.completions.create(
+        model="reader", messages=[{"role": "user", "content": "What is the code?"}], max_tokens=6, temperature=0,
+        extra_body={"recursivemas": {"context": CONTEXT}}).choices[0].message.content
+    metadata = (("application", "recursivemas"),)
+    with grpc.insecure_channel(address) as channel:
+        stub = recursivemas_pb2_grpc.RecursiveMASStub(channel)
+        request = pb.RunRequest(model="reader", prompt="What is the code?", max_tokens=6, temperature=0,
+                                fields={"context": CONTEXT})
+        assert stub.Run(request, metadata=metadata, timeout=60).text == expected
+        assert "".join(c.delta for c in stub.RunStream(request, metadata=metadata, timeout=60)) == expected
+        for call in (stub.Run, lambda r, **kw: list(stub.RunStream(r, **kw))):
+            with pytest.raises(grpc.RpcError) as info:
+                call(pb.RunRequest(model="reader", prompt="What is the code?"), metadata=metadata, timeout=60)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "recursivemas.fields.context" in info.value.details()
+            assert "agent 'planner'" in info.value.details()

@@ -28,10 +28,11 @@ from recursivemas.config import Topology
 from recursivemas.runtime import Executor, RunResult, build_links
 from recursivemas.runtime.calls import BackboneDims, GenerateCall, RunOptions, ThinkCall
 from recursivemas.runtime.host import BackboneHost
+from recursivemas.runtime.query import Query, as_queries
 from recursivemas.runtime.stopping import RunStop
 from recursivemas.serve.batcher import AdaptiveBatcher
 from recursivemas.serve.errors import APIError, deadline_exceeded, overloaded
-from recursivemas.serve.openai_api import Limits
+from recursivemas.serve.openai_api import Limits, field_needs
 
 log = logging.getLogger("recursivemas")
 POOL_THREADS = 64  # concurrent runs (and backbone calls) a replica keeps in flight
@@ -132,6 +133,11 @@ class Router:
     def models(self) -> list[str]:
         return list(self.executors)
 
+    def fields(self) -> dict[str, dict[str, dict[str, list[str]]]]:
+        """Per model, per mode: the fields its templates name -> the agents that read them (what the ingress checks
+        a request's ``recursivemas.fields`` against before the run starts)."""
+        return {name: field_needs(executor.topology) for name, executor in self.executors.items()}
+
     def batch_sizes(self) -> list[int]:
         return list(self.batcher.sizes)
 
@@ -153,23 +159,25 @@ class Router:
     def topology(self, model: str) -> dict:
         return self.executors[model].topology.to_dict()
 
-    async def run_batch(self, model: str, questions: list[str], options: RunOptions) -> list[RunResult]:
+    async def run_batch(self, model: str, questions: list[str | Query], options: RunOptions) -> list[RunResult]:
         """The runner interface over Serve (:class:`~recursivemas.serve.client.ServedSystem`): one batched run of
-        ``questions``, beside the requests the HTTP ingress batches."""
+        ``questions`` (strings or :class:`Query` objects with their fields), beside the requests the HTTP ingress
+        batches."""
         executor = self.executors[model]
 
         def work() -> list[RunResult]:
-            results = executor.run_batch(questions, **options.as_kwargs())
+            results = executor.run_batch(as_queries(questions), **options.as_kwargs())
             for result in results:
                 self._count(model, result)
             return results
 
         return await asyncio.get_running_loop().run_in_executor(self.pool, work)
 
-    async def run(self, model: str, question: str, options: RunOptions, deadline: float | None = None,
+    async def run(self, model: str, question: str | Query, options: RunOptions, deadline: float | None = None,
                   request_id: str = "") -> dict:
-        """One request's run, batched with its concurrent peers. Past ``deadline`` (``time.time()``) it is a 504;
-        a caller that goes away (Serve cancels this call) stops its run, and its batch-mates go on."""
+        """One request's run (its question and fields), batched with its concurrent peers. Past ``deadline``
+        (``time.time()``) it is a 504; a caller that goes away (Serve cancels this call) stops its run, and its
+        batch-mates go on."""
         job = self._admit(model, question, options, deadline, request_id)
         try:
             outcome = await self.batcher.submit(job)
@@ -182,12 +190,12 @@ class Router:
             raise outcome
         return outcome
 
-    def _admit(self, model: str, question: str, options: RunOptions, deadline: float | None,
+    def _admit(self, model: str, question: str | Query, options: RunOptions, deadline: float | None,
                request_id: str) -> "_Job":
         if self.pending >= self.limits.max_queued:
             raise overloaded(self.limits.max_queued, self.limits.retry_after_s)
         self.pending += 1
-        return _Job(model, question, options, RunStop(deadline), request_id, time.time())
+        return _Job(model, Query.of(question), options, RunStop(deadline), request_id, time.time())
 
     def _cancel(self, job: "_Job") -> None:
         """Stop the job's run now, at its next turn and decode step (the backbone calls run in the pool)."""
@@ -203,7 +211,8 @@ class Router:
 
     async def _run_jobs(self, jobs: list["_Job"]) -> list:
         """Concurrent requests with the same model and settings run as one batched run: every backbone call of the
-        recursion then carries all of them, whatever the timing of the hops in between."""
+        recursion then carries all of them, whatever the timing of the hops in between (each with its own
+        fields)."""
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault((job.model, job.options), []).append(i)  # same topology and settings: one run
@@ -220,7 +229,7 @@ class Router:
         """Results (or each job's own failure: one bad prompt must not fail its batch-mates)."""
         first = jobs[0]
         try:
-            results = self.executors[first.model].run_batch([j.question for j in jobs], stops=[j.stop for j in jobs],
+            results = self.executors[first.model].run_batch([j.query for j in jobs], stops=[j.stop for j in jobs],
                                                              **first.options.as_kwargs())
         except Exception as exc:  # noqa: BLE001
             if len(jobs) == 1:
@@ -228,7 +237,7 @@ class Router:
             return [outcome for job in jobs for outcome in self._run_group([job])]
         return [self._outcome(job, r) for job, r in zip(jobs, results)]
 
-    async def stream(self, model: str, question: str, options: RunOptions, deadline: float | None = None,
+    async def stream(self, model: str, question: str | Query, options: RunOptions, deadline: float | None = None,
                      request_id: str = ""):
         """Text deltas of the answer as the decoder produces them, then the run's result (a dict). A caller that
         stops reading (a closed connection) stops the run."""
@@ -237,7 +246,7 @@ class Router:
 
         def work() -> None:
             try:
-                result = executor.run(question, on_delta=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d),
+                result = executor.run(job.query, on_delta=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d),
                                       stop=job.stop, **options.as_kwargs())
                 loop.call_soon_threadsafe(queue.put_nowait, self._outcome(job, result))
             except BaseException as exc:  # handed to the caller, which maps it to an error event
@@ -264,7 +273,7 @@ class Router:
 @dataclasses.dataclass(frozen=True)
 class _Job:
     model: str
-    question: str
+    query: Query  # the question and the fields its agents read
     options: RunOptions
     stop: RunStop = dataclasses.field(compare=False)
     request_id: str = dataclasses.field(default="", compare=False)

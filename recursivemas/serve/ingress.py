@@ -21,7 +21,7 @@ from ray import serve
 from recursivemas.serve import playground
 from recursivemas.serve.auth import BearerAuth, KeyCheck, token_from_metadata
 from recursivemas.serve.errors import APIError, deadline_exceeded, error_body, new_request_id
-from recursivemas.serve.openai_api import Limits, parse_request
+from recursivemas.serve.openai_api import Limits, named_fields, parse_request
 from recursivemas.serve.openai_responses import SSE_HEADERS, ChunkStream, completion_body, models_body
 
 log = logging.getLogger("recursivemas")
@@ -39,9 +39,10 @@ app.add_middleware(BearerAuth, keys=_replica_keys)
 
 
 def _run_args(req, limits: Limits, request_id: str) -> tuple[tuple, float]:
-    """(model, question, typed run options, deadline, request id) for the router, and the seconds allowed."""
+    """(model, query: the question and its fields, typed run options, deadline, request id) for the router, and the
+    seconds allowed."""
     seconds = limits.deadline_s(req.timeout_s)
-    return (req.model, req.question(), req.run_options(), time.time() + seconds, request_id), seconds
+    return (req.model, req.query(), req.run_options(), time.time() + seconds, request_id), seconds
 
 
 async def _within(call, seconds: float, request_id: str):
@@ -107,9 +108,11 @@ class Ingress:
         self.keys = KeyCheck(key_digests or ())
         self.with_playground = with_playground
         self.names: list[str] = []
+        self.needs: dict[str, dict] = {}  # model -> mode -> {field: the agents that read it}
 
     async def _models(self) -> list[str]:
         if not self.names:
+            self.needs = await self.router.fields.remote()
             self.names = await self.router.models.remote()
         return self.names
 
@@ -128,14 +131,15 @@ class Ingress:
 
     @app.get("/v1/models")
     async def list_models(self) -> dict:
-        return models_body(await self._models())
+        names = await self._models()
+        return models_body(names, fields={name: named_fields(self.needs[name]) for name in names})
 
     @app.post("/v1/chat/completions")
     async def chat(self, request: Request):
         request_id = request.headers.get("x-request-id") or new_request_id()
         headers = {"x-request-id": request_id}
         try:
-            req = parse_request(await request.body(), self.limits, await self._models())
+            req = parse_request(await request.body(), self.limits, await self._models(), self.needs)
         except APIError as err:
             return JSONResponse(error_body(err, request_id), status_code=err.status, headers=headers)
         args, seconds = _run_args(req, self.limits, request_id)
@@ -159,7 +163,7 @@ class Ingress:
         if _grpc_refused(self.keys, grpc_context, request_id):
             return grpc_api.pb.RunResponse(id=request_id)
         try:
-            req = grpc_api.request_from_proto(request, self.limits, await self._models())
+            req = grpc_api.request_from_proto(request, self.limits, await self._models(), self.needs)
             args, seconds = _run_args(req, self.limits, request_id)
             result = await _within(self.router.run.remote(*args), seconds, request_id)
         except Exception as exc:  # noqa: BLE001
@@ -175,7 +179,7 @@ class Ingress:
             yield grpc_api.pb.RunStreamChunk(id=request_id)  # carries the status (see below)
             return
         try:
-            req = grpc_api.request_from_proto(request, self.limits, await self._models())
+            req = grpc_api.request_from_proto(request, self.limits, await self._models(), self.needs)
             args, seconds = _run_args(req, self.limits, request_id)
             async with asyncio.timeout(seconds + _GRACE_S):
                 async for item in self.router.options(stream=True).stream.remote(*args):
