@@ -9,7 +9,7 @@ import ray
 
 from recursivemas.cluster import BackboneFailure, Cluster
 from recursivemas.config import Topology
-from recursivemas.runtime import load_system
+from recursivemas.runtime import MissingFieldError, Query, load_system
 from tiny import save_tiny, save_tiny_pair
 
 pytestmark = pytest.mark.ray  # starts Ray: `make test-fast` leaves these out
@@ -62,6 +62,31 @@ def test_cluster_equals_in_process(cluster, model_dirs, pattern):
         assert [(u.agent, u.round, u.kind, u.prompt_tokens, u.latent_in, u.decoded_tokens) for u in remote.usage] == \
                [(u.agent, u.round, u.kind, u.prompt_tokens, u.latent_in, u.decoded_tokens) for u in here.usage]
     assert any(u.decoded_tokens for u in remote.usage), "the text run decoded nothing: the comparison is empty"
+
+
+def test_fields_reach_the_coordinator_and_answer_as_in_process(cluster, model_dirs):
+    """A planner whose template names {context}: the cluster's answer with a context is the in-process one (greedy),
+    through run, submit and run_batch of Query objects; a missing context fails on the driver, naming the agent."""
+    reader = "Context: {context}\nQuestion: {question}\nFeedback: {feedback}\nPass it on."
+    t = topology(model_dirs, "sequential", name="cluster-fields",
+                 agents=[{"name": "planner", "backbone": "a", "prompt": reader},
+                         {"name": "critic", "backbone": "b"}, {"name": "solver", "backbone": "b"}])
+    local, context = load_system(t), "The code is 4711."
+    for mode in ("latent", "text"):
+        remote, here = cluster.run(t, QUESTION, context=context, mode=mode), local.run(QUESTION, context=context,
+                                                                                        mode=mode)
+        assert remote.text == here.text, mode
+        assert [(u.agent, u.kind, u.prompt_tokens, u.decoded_tokens) for u in remote.usage] == \
+               [(u.agent, u.kind, u.prompt_tokens, u.decoded_tokens) for u in here.usage]
+    expected = local.run(QUESTION, context=context)
+    assert ray.get(cluster.submit(t, QUESTION, context=context))[0].text == expected.text
+    same, other = cluster.run_batch(t, [Query(QUESTION, {"context": context}), Query(QUESTION, {"context": "-"})])
+    assert same.text == expected.text
+    assert same.usage[0].prompt_tokens - other.usage[0].prompt_tokens == len(context) - 1  # byte tokens
+    with pytest.raises(MissingFieldError, match=r"fields\.context: the template of agent 'planner'"):
+        cluster.run(t, QUESTION)
+    with pytest.raises(MissingFieldError, match="question 1"):  # the second lacks it
+        cluster.run_batch(t, [Query(QUESTION, {"context": context}), QUESTION])
 
 
 def test_backbones_are_shared_across_agents_and_topologies(cluster, model_dirs):

@@ -21,6 +21,7 @@ from recursivemas.actors.remote import BackboneFailure, actor_backend
 from recursivemas.config import Topology
 from recursivemas.runtime import Executor, RunResult
 from recursivemas.runtime.calls import RunOptions
+from recursivemas.runtime.query import Query
 
 log = logging.getLogger("recursivemas")
 
@@ -42,7 +43,8 @@ class Coordinator:
         self.executor = Executor(self.topology, backends)
         self.retries = 0  # runs started again after a backbone failure
 
-    def run_batch(self, questions: list[str], options: RunOptions, retries: int = 1) -> list[RunResult]:
+    def run_batch(self, questions: list[str | Query], options: RunOptions, retries: int = 1) -> list[RunResult]:
+        """The questions as the driver sent them: strings or :class:`Query` objects (they pickle), fields and all."""
         for attempt in range(retries + 1):
             try:
                 return self.executor.run_batch(questions, **options.as_kwargs())

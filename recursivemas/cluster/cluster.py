@@ -5,7 +5,10 @@
 - the driver only submits questions and receives ``RunResult``s (text and accounting, never tensors).
 
 ``cluster.system(topology)`` is a runner with the executor's ``run_batch(questions, *, mode, ...)``, so the CLI,
-``eval`` and the benchmarks run the same code on a cluster as in one process.
+``eval`` and the benchmarks run the same code on a cluster as in one process. A question is a string or a
+:class:`~recursivemas.runtime.Query` carrying the fields its agents read (``cluster.run(t, q, context=...)``); the
+coordinator receives the queries as they are (they pickle), and a missing field is a
+:class:`~recursivemas.runtime.MissingFieldError` on the driver, before anything is submitted.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from recursivemas.runtime import AgentUsage, RunResult
 from recursivemas.runtime.accounting import report_turns
 from recursivemas.runtime.calls import BackboneDims, GenerationOverrides, RunOptions
 from recursivemas.runtime.local import build_links
+from recursivemas.runtime.query import Query, as_queries, check_fields
 
 log = logging.getLogger("recursivemas")
 
@@ -42,21 +46,27 @@ class RemoteSystem:
     def __init__(self, topology: Topology, coordinator) -> None:
         self.topology, self.coordinator = topology, coordinator
 
-    def submit(self, questions: Sequence[str], *, mode: Mode = "latent", rounds: int | None = None,
+    def submit(self, questions: Sequence[str | Query], *, mode: Mode = "latent", rounds: int | None = None,
                latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None
                ) -> ray.ObjectRef:
-        """Start a run and return at once; ``ray.get`` the reference for its list of ``RunResult``."""
+        """Start a run and return at once; ``ray.get`` the reference for its list of ``RunResult``. Questions are
+        strings or :class:`Query` objects; a field their agents' templates name and a query lacks is a
+        :class:`~recursivemas.runtime.MissingFieldError` here, before the run is submitted."""
         options = RunOptions.of(mode, rounds, latent_steps, generation)
-        return self.coordinator.run_batch.remote(list(questions), options)
+        queries = as_queries(questions)
+        check_fields(self.topology, queries, mode)  # here: the error would not cross Ray as itself
+        return self.coordinator.run_batch.remote(queries, options)
 
-    def run_batch(self, questions: Sequence[str], *, mode: Mode = "latent", rounds: int | None = None,
+    def run_batch(self, questions: Sequence[str | Query], *, mode: Mode = "latent", rounds: int | None = None,
                   latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
                   on_turn: Callable[[AgentUsage], None] | None = None) -> list[RunResult]:
         return report_turns(_unwrap(self.submit(questions, mode=mode, rounds=rounds, latent_steps=latent_steps,
                                                 generation=generation)), on_turn)
 
-    def run(self, question: str, **options) -> RunResult:
-        return self.run_batch([question], **options)[0]
+    def run(self, question: str | Query, *, context: str | None = None, fields: Mapping[str, str] | None = None,
+            **options) -> RunResult:
+        """One question, with the ``context`` (and other ``fields``) its agents' templates name."""
+        return self.run_batch([Query.of(question, context, fields)], **options)[0]
 
 
 class Cluster:
@@ -105,16 +115,21 @@ class Cluster:
         self._started = False
 
     # --- running -------------------------------------------------------------------------------------------------
-    def run(self, topology: Topology | str | Path, prompt: str, **options) -> RunResult:
-        """One question: ``mode``, ``rounds``, ``latent_steps``, ``generation`` as in ``run_batch``."""
-        return self.system(topology).run(prompt, **options)
+    def run(self, topology: Topology | str | Path, prompt: str | Query, context: str | None = None,
+            fields: Mapping[str, str] | None = None, **options) -> RunResult:
+        """One question (or :class:`Query`) with the ``context`` (and other ``fields``) its agents' templates name:
+        ``mode``, ``rounds``, ``latent_steps``, ``generation`` as in ``run_batch``."""
+        return self.system(topology).run(prompt, context=context, fields=fields, **options)
 
-    def run_batch(self, topology: Topology | str | Path, prompts: Sequence[str], **options) -> list[RunResult]:
+    def run_batch(self, topology: Topology | str | Path, prompts: Sequence[str | Query], **options
+                  ) -> list[RunResult]:
+        """Several questions in one batched run: strings, or :class:`Query` objects with their fields."""
         return self.system(topology).run_batch(prompts, **options)
 
-    def submit(self, topology: Topology | str | Path, prompt: str, **options) -> ray.ObjectRef:
+    def submit(self, topology: Topology | str | Path, prompt: str | Query, context: str | None = None,
+               fields: Mapping[str, str] | None = None, **options) -> ray.ObjectRef:
         """Start a run and return at once; ``ray.get`` the reference for a list holding its ``RunResult``."""
-        return self.system(topology).submit([prompt], **options)
+        return self.system(topology).submit([Query.of(prompt, context, fields)], **options)
 
     def system(self, topology: Topology | str | Path) -> RemoteSystem:
         """The runner for a topology, creating its backbone actors (only those not running yet), links and
