@@ -31,6 +31,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if changes:
         topology = topology.replace(**changes)
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    query = _query(topology, args, modes)  # before any model loads: a missing field fails in a second
     reference = args.reference if args.reference is not None else (DEMO_REFERENCE if args.prompt == DEMO_PROMPT
                                                                      else None)
     cluster = _cluster(args) if args.cluster or args.address else None
@@ -43,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"\n=== {mode} mode{where}: {t.name}, rounds {t.rounds}, latent steps {t.latent_steps} ===",
                   flush=True)
         progress = None if args.json else _progress(1 if mode == "single" else topology.rounds)
-        result = system.run(args.prompt, mode=mode, on_turn=progress)  # on a cluster, turns are heard after the run
+        result = system.run(query, mode=mode, on_turn=progress)  # on a cluster, turns are heard after the run
         results.append(result)
         if not args.json:
             print(f"\nanswer ({mode}):\n{result.text.strip()}\n")
@@ -55,6 +56,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif len(results) > 1:
         print("\n" + _comparison(results, topology))
     return 0
+
+
+def _query(topology, args: argparse.Namespace, modes: list[str]):
+    """The prompt with ``--context`` and every ``--field NAME=TEXT``, checked against the fields the topology's
+    templates name: each one a run in ``modes`` needs is given, and each one given is named by some template."""
+    from recursivemas.runtime import MissingFieldError, Query
+    from recursivemas.runtime.query import CONTEXT, check_fields
+
+    fields: dict[str, str] = {}
+    for item in args.field:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--field {item!r}: expected NAME=TEXT, e.g. --field context='The code is 4711.'")
+        fields[name.strip()] = text
+    if args.context is not None:
+        if CONTEXT in fields and fields[CONTEXT] != args.context:
+            raise ValueError("--context and --field context=... disagree; give one of them")
+        fields[CONTEXT] = args.context
+    named = list(dict.fromkeys(f for mode in ("latent", "text", "single") for f in topology.fields(mode)))
+    for name in fields:
+        if name not in named:
+            flag = "--context" if name == CONTEXT and args.context is not None else f"--field {name}=..."
+            raise ValueError(f"{flag}: no template of topology {topology.name!r} names {{{name}}}; the templates "
+                             f"name {', '.join(named) or 'no fields'} (leave it out or fix the name)")
+    query = Query.of(args.prompt, fields=fields)
+    for mode in modes:
+        try:
+            check_fields(topology, [query], mode)
+        except MissingFieldError as exc:
+            agent = topology.fields(mode)[exc.field][0]
+            flag = "--context TEXT" if exc.field == CONTEXT else f"--field {exc.field}=TEXT"
+            raise ValueError(f"fields.{exc.field}: the template of agent {agent!r} names {{{exc.field}}}, but no "
+                             f"{exc.field!r} field was given; pass {flag}") from None
+    return query
 
 
 def _check(text: str, reference: str) -> str:
@@ -278,6 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--topology", default="sequential-demo",
                      help="YAML file or built-in name (default: the sequential demo on SmolLM2 + Gemma-3)")
     run.add_argument("--prompt", default=DEMO_PROMPT)
+    run.add_argument("--context", help="the text of the {context} field, for topologies whose templates name it "
+                                       "(shorthand for --field context=TEXT)")
+    run.add_argument("--field", action="append", default=[], metavar="NAME=TEXT",
+                     help="the text of a field a template names ({document}, ...); repeat for several")
     run.add_argument("--reference", help="the right answer, to say whether each mode's answer is right (the "
                                          "default prompt knows its own)")
     run.add_argument("--mode", default="latent",

@@ -28,6 +28,40 @@ def topology_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def reader_file(topology_file):
+    """The CLI topology with a planner whose template names {context}: a field the run must be given."""
+    doc = yaml.safe_load(topology_file.read_text())
+    doc["name"] = "cli-reader"
+    doc["agents"][0]["prompt"] = "Context: {context}\nQuestion: {question}\nFeedback: {feedback}\nPass it on."
+    path = topology_file.parent / "reader.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_run_context_and_fields(reader_file, capsys):
+    """--context and --field context=... give the answer Executor.run gives with that context; a missing or unknown
+    field exits 2 naming it (before any model loads)."""
+    from recursivemas.config import load_topology
+    from recursivemas.runtime import load_system
+
+    context = "The code is 4711."
+    outputs = []
+    for flags in (["--context", context], ["--field", f"context={context}"]):
+        assert main(["run", "--topology", str(reader_file), "--prompt", "What is the code?", *flags, "--json"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    expected = load_system(load_topology(reader_file)).run("What is the code?", context=context)
+    assert outputs[0]["text"] == outputs[1]["text"] == expected.text
+    assert outputs[0]["usage"][0]["prompt_tokens"] == expected.usage[0].prompt_tokens
+    for flags, words in (([], ["fields.context", "agent 'planner'", "pass --context TEXT"]),
+                         (["--context", context, "--field", "doc=x"], ["--field doc=...", "names {doc}", "context"]),
+                         (["--field", "context"], ["--field 'context': expected NAME=TEXT"]),
+                         (["--context", "a", "--field", "context=b"], ["disagree"])):
+        assert main(["run", "--topology", str(reader_file), "--prompt", "q", *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and all(w in err for w in words), (flags, err)
+
+
 def test_run_prints_answers_tables_and_comparison(topology_file, capsys):
     assert main(["run", "--topology", str(topology_file), "--prompt", "2+2?", "--mode", "latent,text",
                  "--reference", "4"]) == 0
