@@ -37,6 +37,8 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-playground-key-1"
 PROMPT = "What is 2+3?"
+READER = "Context: {context}\nQuestion: {question}\nFeedback: {feedback}\nPass it on."
+CONTEXT = "The sum is 5."
 WAIT_S = 90  # a run on two busy CPUs, with room to spare
 
 
@@ -99,10 +101,15 @@ def server(tmp_path_factory):
                 "generation": {"max_new_tokens": 6},
                 "agents": [{"name": "planner", "backbone": "a"}, {"name": "solver", "backbone": "b"}]}
     (root / "seq.yaml").write_text(yaml.safe_dump(topology))
+    # the same agents and backbones (no new deployment), the planner's template naming a field: {context}
+    reader = {**topology, "name": "seq-context", "agents": [{**topology["agents"][0], "prompt": READER},
+                                                            topology["agents"][1]]}
+    (root / "seq-context.yaml").write_text(yaml.safe_dump(reader))
     port = free_port()
 
     def deploy(**args):
-        serve.run(build({"topologies": str(root / "seq.yaml"), **args}), name=APP_NAME, route_prefix="/")
+        serve.run(build({"topologies": f"{root / 'seq.yaml'},{root / 'seq-context.yaml'}", **args}), name=APP_NAME,
+                  route_prefix="/")
 
     with Cluster(num_cpus=2):
         start("127.0.0.1", port)
@@ -186,7 +193,8 @@ def wait_until_done(driver) -> None:
 
 
 def models_loaded(driver) -> bool:
-    return driver.execute_script("return [...document.getElementById('model').options].map(o => o.value)") == ["seq"]
+    return driver.execute_script("return [...document.getElementById('model').options].map(o => o.value)") == [
+        "seq", "seq-context"]
 
 
 def rows(driver, table_id: str) -> list[dict]:
@@ -237,8 +245,33 @@ def test_page_streams_the_answer_and_shows_every_turn(server, browser):
     assert shown[-1]["decoded_tokens"] == reference["usage"]["recursivemas"]["answer_tokens"]
     summary = text_of(browser, "summary")
     assert summary.startswith("latent, 2 rounds") and f"{reference['usage']['completion_tokens']} decoded" in summary
+    assert not browser.find_element("id", "fields").is_displayed()  # seq's templates name no field
+
+    # a topology whose planner names {context}: a box labelled by the field, sent as recursivemas.context
+    choose(browser, "model", "seq-context")
+    assert browser.find_element("id", "fields").is_displayed()
+    assert text_of(browser, "fields").strip() == "Context"
+    browser.find_element("id", "send").click()  # the box left empty: the server names the missing field
+    wait_for(browser, lambda d: "recursivemas.fields.context" in text_of(d, "status"))
+    assert "agent 'planner'" in text_of(browser, "status")
+    fill(browser, {"context": CONTEXT})
+    browser.find_element("id", "send").click()
+    wait_until_done(browser)
+    reference = completion(http, {"model": "seq-context", "messages": [{"role": "user", "content": PROMPT}],
+                                  "mode": "latent", "rounds": 2, "latent_steps": 3, "temperature": 0,
+                                  "recursivemas": {"context": CONTEXT}})
+    assert text_of(browser, "answer") == reference["choices"][0]["message"]["content"]
+    same_turns(rows(browser, "turns"), reference["usage"])  # the same prompt tokens: the context went along
+    choose(browser, "model", "seq")
+    assert not browser.find_element("id", "fields").is_displayed()
+    choose(browser, "model", "seq-context")
+    assert browser.find_element("id", "context").get_attribute("value") == CONTEXT  # kept across topologies
+
     assert loaded_from(browser) == {http}  # the page, its two files and the API: nothing from elsewhere
-    severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    log = browser.get_log("browser")
+    refused = [e for e in log if "v1/chat/completions" in e["message"] and "status of 400" in e["message"]]
+    assert len(refused) == 1, log  # the request without its context, and nothing else
+    severe = [e for e in log if e["level"] == "SEVERE" and e not in refused]
     assert not severe, severe  # no CSP refusal, no script error
 
 

@@ -2,6 +2,9 @@
 //
 // - GET v1/models fills the topology list; POST v1/chat/completions with stream: true streams the answer. fetch and
 //   a ReadableStream reader, not EventSource: EventSource can neither POST nor send the Authorization header.
+// - A topology whose templates name fields ({context}, ...) lists them in its model card (recursivemas.fields):
+//   the page shows a box per field, labelled by its name, and sends what is typed as recursivemas.context (the
+//   context field) or recursivemas.fields.NAME; an empty box is not sent, so the server names what is missing.
 // - The per-turn table comes from the final usage chunk (stream_options.include_usage): the stream carries only
 //   OpenAI chunks, so any OpenAI client can read it, and the turns are shown once the answer is done.
 // - An API key, when the server wants one, lives in sessionStorage (this tab only) and goes out as
@@ -12,6 +15,9 @@
 const KEY_STORE = "recursivemas.apiKey";
 const SVG_NS = "http://www.w3.org/2000/svg"; // a namespace name, not a URL that is fetched
 const $ = (id) => document.getElementById(id);
+const CONTEXT = "context";
+const modelFields = {}; // topology -> the fields its templates name (from its model card)
+const fieldText = {}; // field name -> the text typed, kept across topologies that name the same field
 
 function apiKey() {
   return sessionStorage.getItem(KEY_STORE) || "";
@@ -51,15 +57,55 @@ async function loadModels() {
   setStatus("Loading topologies...");
   const response = await fetch("v1/models", {headers: apiHeaders(false)});
   if (!response.ok) throw await apiError(response);
-  const names = (await response.json()).data.map((m) => m.id);
+  const cards = (await response.json()).data;
+  const names = cards.map((m) => m.id);
+  for (const card of cards) modelFields[card.id] = (card.recursivemas && card.recursivemas.fields) || [];
   const select = $("model");
   const previous = select.value;
   select.replaceChildren(...names.map((name) => new Option(name, name)));
   if (names.includes(previous)) select.value = previous;
+  showFields();
   $("send").disabled = names.length === 0;
   $("auth-message").classList.remove("error");
   if (apiKey()) $("auth-message").textContent = "Key accepted (kept in this tab only).";
   setStatus(`${names.length} topolog${names.length === 1 ? "y" : "ies"} served`);
+}
+
+function fieldBoxId(name) {
+  return name === CONTEXT ? "context" : "field-" + name;
+}
+
+// A labelled box per field the selected topology names (the field's name is the label); none: the boxes hide.
+function showFields() {
+  const box = $("fields");
+  for (const area of box.querySelectorAll("textarea")) fieldText[area.dataset.field] = area.value;
+  const names = modelFields[$("model").value] || [];
+  box.replaceChildren(...names.map((name) => {
+    const label = document.createElement("label");
+    const title = document.createElement("span");
+    title.textContent = name === CONTEXT ? "Context" : name;
+    title.title = `the text of {${name}}: only the agents whose templates name it see it`;
+    const area = document.createElement("textarea");
+    area.id = fieldBoxId(name);
+    area.dataset.field = name;
+    area.rows = 3;
+    area.placeholder = `{${name}}: text only the agents that name it read`;
+    area.value = fieldText[name] || "";
+    label.append(title, area);
+    return label;
+  }));
+  box.hidden = names.length === 0;
+}
+
+// The recursivemas extension: every non-empty field box (context as recursivemas.context), or null for none.
+function fieldsExtension() {
+  const ext = {};
+  for (const area of $("fields").querySelectorAll("textarea")) {
+    if (area.value === "") continue;
+    if (area.dataset.field === CONTEXT) ext.context = area.value;
+    else (ext.fields = ext.fields || {})[area.dataset.field] = area.value;
+  }
+  return Object.keys(ext).length ? ext : null;
 }
 
 function requestBody(mode) {
@@ -76,6 +122,8 @@ function requestBody(mode) {
     const raw = $(id).value.trim();
     if (raw !== "") body[field] = Number(raw); // a bad number goes as null: the server says what is wrong
   }
+  const ext = fieldsExtension();
+  if (ext) body.recursivemas = ext;
   return body;
 }
 
@@ -256,6 +304,7 @@ function saveKey() {
 
 function init() {
   $("request").addEventListener("submit", send);
+  $("model").addEventListener("change", showFields);
   $("save-key").addEventListener("click", saveKey);
   $("api-key").addEventListener("keydown", (e) => { if (e.key === "Enter") saveKey(); });
   $("forget-key").addEventListener("click", () => { sessionStorage.removeItem(KEY_STORE); askForKey("Key forgotten."); });
