@@ -143,3 +143,10 @@ def test_eval_items_carry_fields_from_generators_and_jsonl(tmp_path, engines):
     executor = system(engines("llama"))
     evaluation = evaluate(executor, mine, modes=("latent", "single"), rounds=(1,), batch_size=2)
     assert [c.n for c in evaluation.cells] == [2, 2]
+
+
+def test_a_missing_field_error_survives_pickling():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(MissingFieldError("fields.context: missing", "context")))
+    assert isinstance(error, MissingFieldError) and error.field == "context" and "fields.context" in str(error)

@@ -23,6 +23,9 @@ class MissingFieldError(ValueError):
         super().__init__(message)
         self.field = field
 
+    def __reduce__(self):  # crosses Ray (coordinator, router) as itself, field and all
+        return (type(self), (str(self), self.field))
+
 
 @dataclass(frozen=True)
 class Query:
