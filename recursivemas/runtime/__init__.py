@@ -7,5 +7,6 @@ from recursivemas.runtime.graph import Plan
 from recursivemas.runtime.local import InProcess, build_links, load_engines, load_system
 from recursivemas.runtime.query import MissingFieldError, Query
 
-__all__ = ["AgentUsage", "Executor", "GenerateCall", "GenerationOverrides", "InProcess", "MissingFieldError", "Plan", "Query", "RunOptions",
-           "RunResult", "Sampling", "ThinkCall", "Thought", "build_links", "load_engines", "load_system"]
+__all__ = ["AgentUsage", "Executor", "GenerateCall", "GenerationOverrides", "InProcess", "MissingFieldError", "Plan",
+           "Query", "RunOptions", "RunResult", "Sampling", "ThinkCall", "Thought", "build_links", "load_engines",
+           "load_system"]

@@ -40,7 +40,8 @@ def _recall(rng: random.Random) -> dict[str, str]:
     name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
     number = rng.randrange(100)
     return {"question": f"What is {name}'s {thing}?", "context": f"{name}'s {thing} is {number}.",
-            "answer": str(number), "solution": f"{name}'s {thing} is {number}. The final answer is \\boxed{{{number}}}."}
+            "answer": str(number),
+            "solution": f"{name}'s {thing} is {number}. The final answer is \\boxed{{{number}}}."}
 
 
 def _operands(rng: random.Random) -> dict[str, str]:
