@@ -6,13 +6,16 @@ demo links were trained on: the ``data.options`` of ``examples/train-demo.yaml``
 - ``single``: the solver alone; ``text_r3``: the agents talking in text for 3 rounds (Recursive-TextMAS);
 - ``latent_r1`` / ``latent_r3``: RecursiveMAS with the trained links; ``untrained_r3``: the same with freshly
   initialised links;
+- ``swapped_r3``: latent r3 with the trained links, but every upstream agent (all but the decoder) reads another
+  item's question (item ``(i + 1) % n``) while the decoder reads its own (``benchmarks/_swap.py``): if the links carry
+  the upstream agents' work on the question, this falls well below latent r3;
 - ``prompt_tuned``: the solver alone with a soft prompt of the links' parameter count, trained on the same rows and
   budget (``benchmarks/prompt_tuned.py``, ``--prompt-tuned DIR``); it shows whether the links learned
   collaboration or only a soft prompt.
 
-Targets: latent r3 above single (exact McNemar ``p_latent_vs_single`` <= 0.05), above untrained and text r3, and
-at least latent r1. Each cell appends its answers to ``OUT/cells/<cell>.jsonl`` batch by batch, so a rerun with the
-same settings continues where it stopped.
+Targets: latent r3 above single (exact McNemar ``p_latent_vs_single`` <= 0.05), above untrained, swapped and text
+r3, and at least latent r1. Each cell appends its answers to ``OUT/cells/<cell>.jsonl`` batch by batch, so a rerun
+with the same settings continues where it stopped.
 
 Run: ``python benchmarks/accuracy.py [--topology sequential-demo] [--links DIR] [--limit 300] [--max-new-tokens 48]
 [--prompt-tuned runs/prompt-tuned] [--cells single,latent_r3,...] [--out eval-results/accuracy]``. Last line: JSON
@@ -38,6 +41,7 @@ from recursivemas.eval.harness import ItemResult, evaluate, summarise  # noqa: E
 from recursivemas.eval.report import machine  # noqa: E402
 from recursivemas.eval.stats import discordant, mcnemar_exact  # noqa: E402
 from recursivemas.runtime import InProcess  # noqa: E402
+from benchmarks._swap import swapped_items, swapped_topology  # noqa: E402
 from recursivemas.train.config import load_train_config  # noqa: E402
 
 DEMO_TRAINING = Path(__file__).resolve().parents[1] / "examples" / "train-demo.yaml"
@@ -48,9 +52,11 @@ CELLS = {  # name -> (mode, rounds, system); cheap and decisive cells first, so 
     "latent_r1": ("latent", 1, "trained"),
     "prompt_tuned": ("single", 1, "prompt_tuned"),
     "text_r3": ("text", 3, "trained"),
+    "swapped_r3": ("latent", 3, "swapped"),
 }
 P_KEYS = {"single": "p_latent_vs_single", "untrained_r3": "p_latent_vs_untrained", "text_r3": "p_latent_vs_text",
-          "latent_r1": "p_latent_vs_r1", "prompt_tuned": "p_latent_vs_prompt_tuned"}  # exact McNemar, latent r3 vs
+          "latent_r1": "p_latent_vs_r1", "prompt_tuned": "p_latent_vs_prompt_tuned",
+          "swapped_r3": "p_latent_vs_swapped"}  # exact McNemar, latent r3 vs
 
 
 def load_done(path: Path) -> list[ItemResult]:
@@ -76,6 +82,29 @@ def check_settings(out: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n")
 
 
+def run_cell(make_runner, items, path: Path, mode: str, rounds: int, latent_steps: int | None, batch_size: int,
+             desc: str) -> list[ItemResult]:
+    """Answer ``items`` in one cell, appending each batch's results to ``path`` (a JSONL file), so a rerun answers
+    only the items not there yet; the results, in item order. ``make_runner()`` is called only when items are left,
+    so a finished cell loads nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = load_done(path)
+    todo = items[len(done):]
+    if todo:
+        runner = make_runner()
+        with tqdm(total=len(items), initial=len(done), desc=desc, unit="item") as bar:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start : start + batch_size]
+                got = evaluate(runner, batch, (mode,), (rounds,), latent_steps, len(batch)).items
+                with path.open("a") as fh:
+                    fh.writelines(json.dumps(asdict(r)) + "\n" for r in got)
+                done.extend(got)
+                bar.update(len(got))
+    if [r.id for r in done] != [i.id for i in items]:
+        raise SystemExit(f"{path}: its answers are not this run's items; delete it and rerun")
+    return done
+
+
 def systems_for(kind: str):
     """What loads each system: a local Ray cluster's actors, or this process."""
     if kind == "cluster":
@@ -95,7 +124,7 @@ def soft_prompt_runner(topology, directory: str):
     return SoftPromptRunner(engine, topology, SoftPrompt.load(directory))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser()
     parser.add_argument("--topology", default="sequential-demo")
     parser.add_argument("--links", help="trained links to score instead of the topology's (a `recursivemas train` "
@@ -112,7 +141,7 @@ def main() -> None:
                         help="local: this process (default; on a small CPU Ray's low-priority workers starve beside "
                              "other work); cluster: a local Ray cluster's actors")
     parser.add_argument("--out", default="eval-results/accuracy")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     options = (load_train_config(DEMO_TRAINING).data.options if args.dataset_options is None
                else parse_mapping(args.dataset_options, "--dataset-options"))
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
@@ -127,35 +156,26 @@ def main() -> None:
         trained = trained.replace(links=str(Path(args.links).resolve()))
     trained = trained.replace(generation={**trained.generation.model_dump(), "max_new_tokens": args.max_new_tokens})
     systems = {"trained": trained, "untrained": trained.replace(links=None, name=f"{trained.name}-untrained"),
-               "prompt_tuned": trained}
+               "prompt_tuned": trained, "swapped": swapped_topology(trained)}
     items = load_eval_dataset("basic_arithmetic", limit=args.limit, seed=args.seed, options=options)
     out = Path(args.out)
     check_settings(out, {"topology": trained.to_dict(), "n": len(items), "seed": args.seed,
                          "dataset_options": options, "latent_steps": args.latent_steps,
                          "prompt_tuned": args.prompt_tuned})
-    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
     results: dict[str, list[ItemResult]] = {}
-    with systems_for(args.runner) as loaded:
+    with systems_for(args.runner) as loaded, InProcess() as local:
         for name in cells:
             mode, rounds, system = CELLS[name]
-            path = out / "cells" / f"{name}.jsonl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            done = load_done(path)
-            runner = (soft_prompt_runner(trained, args.prompt_tuned) if system == "prompt_tuned"
-                      else loaded.system(systems[system]))
-            todo = items[len(done):]
-            with tqdm(total=len(items), initial=len(done), desc=name, unit="item") as bar:
-                for start in range(0, len(todo), args.batch_size):
-                    batch = todo[start : start + args.batch_size]
-                    got = evaluate(runner, batch, (mode,), (rounds,), args.latent_steps, len(batch)).items
-                    with path.open("a") as fh:
-                        fh.writelines(json.dumps(asdict(r)) + "\n" for r in got)
-                    done.extend(got)
-                    bar.update(len(got))
-            if [r.id for r in done] != [i.id for i in items]:
-                raise SystemExit(f"{path}: its answers are not this run's items; delete it and rerun")
-            results[name] = done
+            if system == "prompt_tuned":
+                make = lambda: soft_prompt_runner(trained, args.prompt_tuned)  # noqa: E731
+            else:  # the swapped system in-process even beside a cluster: a coordinator re-validates its topology
+                host = local if system == "swapped" and not isinstance(loaded, InProcess) else loaded
+                make = lambda host=host, system=system: host.system(systems[system])  # noqa: E731
+            cell_items = swapped_items(items, trained) if system == "swapped" else items
+            results[name] = run_cell(make, cell_items, out / "cells" / f"{name}.jsonl", mode, rounds,
+                                     args.latent_steps, args.batch_size, name)
 
     summary = {name: summarise(CELLS[name][0], CELLS[name][1], rs) for name, rs in results.items()}
     acc = {f"acc_{k}": round(c.accuracy, 4) for k, c in summary.items()}
@@ -173,6 +193,7 @@ def main() -> None:
     if a is not None:
         for key, other, op in (("latent_r3_gt_single", "acc_single", ">"), ("latent_r3_gt_untrained_r3",
                                "acc_untrained_r3", ">"), ("latent_r3_gt_text_r3", "acc_text_r3", ">"),
+                               ("latent_r3_gt_swapped_r3", "acc_swapped_r3", ">"),
                                ("latent_r3_ge_latent_r1", "acc_latent_r1", ">=")):
             if other in acc:
                 checks[key] = a > acc[other] if op == ">" else a >= acc[other]
@@ -188,6 +209,7 @@ def main() -> None:
                                                   "cells": {k: asdict(c) for k, c in summary.items()}}, indent=1))
     (out / "results.md").write_text(markdown(line, summary, command))
     print(json.dumps(line))
+    return line
 
 
 def markdown(line: dict, summary: dict, command: str) -> str:

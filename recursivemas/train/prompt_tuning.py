@@ -6,13 +6,16 @@ slot, produced from learned seeds by an MLP sized so the trainable parameters ma
 reparameterisation; a raw soft prompt of that many parameters would not fit the context). It is trained on the same
 rows, targets, step budget, batch and schedule as stage 2, with the same answer loss; only the source of the
 vectors differs: a constant here, the teammates' rollouts there.
+
+A row may bring fields (``{context}``, ...) for a decoder template that names them, in training and in the runner
+(a :class:`~recursivemas.runtime.Query`): the channel benchmark's oracle is the decoder reading the context itself.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -22,6 +25,7 @@ from torch import nn
 from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish, report_turns
 from recursivemas.runtime.calls import GenerationOverrides
 from recursivemas.runtime.executor import fill_prompt, framing_of
+from recursivemas.runtime.query import Query, as_queries, check_fields
 from recursivemas.train.outer import answer_loss
 from recursivemas.train.updaters import cosine
 
@@ -73,22 +77,31 @@ class SoftPrompt(nn.Module):
         return prompt.eval()
 
 
-def _prompt(template: str, question: str, vectors: torch.Tensor, framing=None):
-    return fill_prompt(template, question, {SLOT_SOURCE: vectors}, {}, framing=framing)
+def _prompt(template: str, question: str, vectors: torch.Tensor, framing=None,
+            fields: Mapping[str, str] | None = None):
+    return fill_prompt(template, question, {SLOT_SOURCE: vectors}, {}, framing=framing, fields=fields)
 
 
-def train_soft_prompt(engine, template: str, soft: SoftPrompt, rows: Sequence[tuple[str, str]], steps: int,
+TrainRow = tuple[str, str] | tuple[str, str, Mapping[str, str]]
+"""``(question, target)``, or ``(question, target, fields)`` for a template that names fields (``{context}``)."""
+
+
+def train_soft_prompt(engine, template: str, soft: SoftPrompt, rows: Sequence[TrainRow], steps: int,
                       batch_size: int, lr: float, warmup_steps: int,
-                      on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """AdamW with stage 2's warm-up + cosine schedule and clipping over ``(question, target)`` rows, batch ``k``
-    being rows ``k*B .. k*B+B-1`` as in stage 2; returns each step's batch-mean loss."""
+                      on_step: Callable[[int, float], None] | None = None, framing=None) -> list[float]:
+    """AdamW with stage 2's warm-up + cosine schedule and clipping over ``(question, target[, fields])`` rows, batch
+    ``k`` being rows ``k*B .. k*B+B-1`` as in stage 2; returns each step's batch-mean loss. ``fields`` fill the
+    template's field placeholders (``{context}``), as :func:`fill_prompt` does in inference."""
+    if not rows:
+        raise ValueError("train_soft_prompt: no training rows; give the config's data at least one row")
     optimizer = torch.optim.AdamW(soft.parameters(), lr=lr, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine(s, warmup_steps, steps))
     losses = []
     soft.train()
     for step in range(steps):
         batch = [rows[(step * batch_size + i) % len(rows)] for i in range(batch_size)]
-        loss = sum(answer_loss(engine, _prompt(template, q, soft()), target) for q, target in batch) / batch_size
+        loss = sum(answer_loss(engine, _prompt(template, row[0], soft(), framing, row[2] if len(row) > 2 else None),
+                               row[1]) for row in batch) / batch_size
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(soft.parameters(), 1.0)
@@ -102,7 +115,8 @@ def train_soft_prompt(engine, template: str, soft: SoftPrompt, rows: Sequence[tu
 
 
 class SoftPromptRunner:
-    """The decoder alone with its soft prompt, behind the runner interface (single mode only)."""
+    """The decoder alone with its soft prompt, behind the runner interface (single mode only); a question may be
+    a :class:`Query` whose fields the decoder's template names."""
 
     def __init__(self, engine, topology, soft: SoftPrompt) -> None:
         self.engine, self.topology, self.soft = engine, topology, soft
@@ -111,22 +125,26 @@ class SoftPromptRunner:
         self.template = topology.template(self.agent)
 
     @torch.inference_mode()
-    def run_batch(self, questions: Sequence[str], *, mode: str = "single", rounds: int | None = None,
+    def run_batch(self, questions: Sequence[str | Query], *, mode: str = "single", rounds: int | None = None,
                   latent_steps: int | None = None, generation=None, on_turn=None) -> list[RunResult]:
         if mode != "single":
             raise ValueError(f"mode: the prompt-tuned baseline is one agent; use 'single', got {mode!r}")
+        queries = as_queries(questions)
+        check_fields(self.topology, queries, "single")
+        names = self.topology.fields_of(self.agent, later=False)
         began = time.perf_counter()
         vectors = self.soft()
         sampling, _ = GenerationOverrides.of(generation).over(self.topology.generation)
         framing = framing_of(self.topology, self.agent)
-        gens = self.engine.generate([_prompt(self.template, q, vectors, framing) for q in questions],
+        gens = self.engine.generate([_prompt(self.template, q.question, vectors, framing,
+                                             {n: q.fields[n] for n in names}) for q in queries],
                                     **sampling.engine_kwargs())
         wall = time.perf_counter() - began
-        results = [RunResult(question=q, text=gen.text, mode="single", rounds=1, latent_steps=0, wall_s=wall,
+        results = [RunResult(question=q.question, text=gen.text, mode="single", rounds=1, latent_steps=0, wall_s=wall,
                              finish_reason=openai_finish(gen.finish_reason),
                              usage=[AgentUsage(agent=self.agent, round=1, backbone=self.backbone, kind="answer",
                                                prompt_tokens=gen.prompt_tokens, latent_in=gen.latent_tokens,
                                                decoded_tokens=len(gen.token_ids), wall_s=wall, message=gen.text,
                                                finish_reason=gen.finish_reason)])
-                   for q, gen in zip(questions, gens)]
+                   for q, gen in zip(queries, gens)]
         return report_turns(results, on_turn)
