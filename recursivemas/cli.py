@@ -62,7 +62,7 @@ def _query(topology, args: argparse.Namespace, modes: list[str]):
     """The prompt with ``--context`` and every ``--field NAME=TEXT``, checked against the fields the topology's
     templates name: each one a run in ``modes`` needs is given, and each one given is named by some template."""
     from recursivemas.runtime import MissingFieldError, Query
-    from recursivemas.runtime.query import CONTEXT, check_fields
+    from recursivemas.runtime.query import CONTEXT, check_fields, field_needs, named_fields
 
     fields: dict[str, str] = {}
     for item in args.field:
@@ -74,7 +74,7 @@ def _query(topology, args: argparse.Namespace, modes: list[str]):
         if CONTEXT in fields and fields[CONTEXT] != args.context:
             raise ValueError("--context and --field context=... disagree; give one of them")
         fields[CONTEXT] = args.context
-    named = list(dict.fromkeys(f for mode in ("latent", "text", "single") for f in topology.fields(mode)))
+    named = named_fields(field_needs(topology))
     for name in fields:
         if name not in named:
             flag = "--context" if name == CONTEXT and args.context is not None else f"--field {name}=..."

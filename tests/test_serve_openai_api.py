@@ -14,8 +14,9 @@ from recursivemas.runtime.accounting import AgentUsage, RunResult
 from recursivemas.serve.errors import APIError, error_body
 from recursivemas.config import Topology
 from recursivemas.runtime import Query
+from recursivemas.runtime.query import field_needs, named_fields
 from recursivemas.serve.openai_api import (
-    ChatCompletionRequest, Limits, field_needs, named_fields, parse_payload, parse_request, question_from_messages,
+    ChatCompletionRequest, Limits, parse_payload, parse_request, question_from_messages,
 )
 from recursivemas.serve.openai_responses import (
     SSE_DONE, SSE_HEADERS, ChunkStream, chunk_body, completion_body, models_body, sse, usage_body,

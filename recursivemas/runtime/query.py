@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 from recursivemas.config import Mode, Topology
 
@@ -52,6 +53,21 @@ def as_queries(questions: Sequence[str | Query]) -> list[Query]:
 
 def question_text(question: str | Query) -> str:
     return question.question if isinstance(question, Query) else question
+
+
+FieldNeeds = Mapping[str, Mapping[str, Sequence[str]]]
+"""What a topology's runs need, per mode: mode -> {field: the agents whose templates name it}."""
+
+
+def field_needs(topology: Topology) -> dict[str, dict[str, list[str]]]:
+    """``Topology.fields`` for every mode: what a front door (the ingress, the CLI) checks a request's fields
+    against, computed once where the topology is."""
+    return {mode: topology.fields(mode) for mode in get_args(Mode)}
+
+
+def named_fields(needs: FieldNeeds) -> list[str]:
+    """Every field a topology's templates name, in any mode, in order: a field outside it is a typo to refuse."""
+    return list(dict.fromkeys(name for by_mode in needs.values() for name in by_mode))
 
 
 def check_fields(topology: Topology, queries: Sequence[Query], mode: Mode) -> None:

@@ -32,7 +32,8 @@ from recursivemas.runtime.query import Query, as_queries
 from recursivemas.runtime.stopping import RunStop
 from recursivemas.serve.batcher import AdaptiveBatcher
 from recursivemas.serve.errors import APIError, deadline_exceeded, overloaded
-from recursivemas.serve.openai_api import Limits, field_needs
+from recursivemas.runtime.query import field_needs
+from recursivemas.serve.openai_api import Limits
 
 log = logging.getLogger("recursivemas")
 POOL_THREADS = 64  # concurrent runs (and backbone calls) a replica keeps in flight

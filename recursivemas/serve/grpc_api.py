@@ -13,7 +13,8 @@ from google.protobuf.message import DecodeError
 
 from recursivemas.runtime.accounting import RunResult
 from recursivemas.serve.errors import APIError
-from recursivemas.serve.openai_api import ChatCompletionRequest, FieldNeeds, Limits, parse_payload
+from recursivemas.runtime.query import FieldNeeds
+from recursivemas.serve.openai_api import ChatCompletionRequest, Limits, parse_payload
 from recursivemas.serve.openai_responses import as_run_result, usage_body
 from recursivemas.serve.proto import recursivemas_pb2 as pb
 
@@ -44,7 +45,7 @@ def request_from_proto(msg: pb.RunRequest | bytes, limits: Limits, models: Colle
                        needs: Mapping[str, FieldNeeds] | None = None) -> ChatCompletionRequest:
     """Validate a ``RunRequest`` (or its bytes) as the equivalent chat-completion body; :class:`APIError` on any
     problem. Its ``fields`` map is the body's ``recursivemas.fields``, checked against ``needs`` (model ->
-    :func:`~recursivemas.serve.openai_api.field_needs`) where given."""
+    :func:`~recursivemas.runtime.query.field_needs`) where given."""
     if isinstance(msg, bytes):  # from add_servicer_to_server
         if len(msg) > limits.max_body_bytes:
             raise APIError(413, f"The request is {len(msg)} bytes, over the limit of {limits.max_body_bytes}. "

@@ -21,7 +21,8 @@ from ray import serve
 from recursivemas.serve import playground
 from recursivemas.serve.auth import BearerAuth, KeyCheck, token_from_metadata
 from recursivemas.serve.errors import APIError, deadline_exceeded, error_body, new_request_id
-from recursivemas.serve.openai_api import Limits, named_fields, parse_request
+from recursivemas.runtime.query import named_fields
+from recursivemas.serve.openai_api import Limits, parse_request
 from recursivemas.serve.openai_responses import SSE_HEADERS, ChunkStream, completion_body, models_body
 
 log = logging.getLogger("recursivemas")

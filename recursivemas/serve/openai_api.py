@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from recursivemas.config import Mode, Topology
+from recursivemas.config import Mode
 from recursivemas.runtime.calls import GenerationOverrides, RunOptions
-from recursivemas.runtime.query import CONTEXT, Query
+from recursivemas.runtime.query import CONTEXT, FieldNeeds, Query, named_fields
 from recursivemas.serve.errors import APIError
 
 
@@ -117,20 +117,6 @@ class Extension(_Strict):
         if self.context is not None:
             out[CONTEXT] = self.context
         return out
-
-
-FieldNeeds = Mapping[str, Mapping[str, Sequence[str]]]
-"""What a topology's runs need, per mode: mode -> {field: the agents whose templates name it}."""
-
-
-def field_needs(topology: Topology) -> dict[str, dict[str, list[str]]]:
-    """``Topology.fields`` for every mode: what the ingress checks a request's ``recursivemas.fields`` against."""
-    return {mode: topology.fields(mode) for mode in get_args(Mode)}
-
-
-def named_fields(needs: FieldNeeds) -> list[str]:
-    """Every field a topology's templates name, in any mode, in order: what its model card lists."""
-    return list(dict.fromkeys(name for by_mode in needs.values() for name in by_mode))
 
 
 class ChatCompletionRequest(_Strict):
