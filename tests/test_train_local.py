@@ -10,7 +10,11 @@ from safetensors import safe_open
 
 from recursivemas.cli import main
 from recursivemas.config import ConfigError
+from recursivemas.runtime.executor import framing_of
+from recursivemas.train.data import DataError
+from recursivemas.train.inner import agent_prompt
 from recursivemas.train.local import cosine as _cosine, load_train_config
+from recursivemas.train.setup import prepare
 from tiny import save_tiny_pair
 
 
@@ -135,3 +139,24 @@ def test_role_text_forcing_on_the_answer_is_warned_about(files, caplog):
     with caplog.at_level("WARNING", logger="recursivemas"):
         prepare(config)
     assert "teacher-forces planner on the decoder's own target" in caplog.text
+
+
+
+def test_reply_targets_are_the_agents_own_greedy_first_round_replies(files):
+    raw = yaml.safe_load((files / "train.yaml").read_text())
+    (files / "reply.yaml").write_text(yaml.safe_dump({**raw, "targets": {"planner": "reply"}}))
+    setup = prepare(load_train_config(files / "reply.yaml"))
+    assert setup.targets == {"planner": "reply_planner", "solver": "answer"}
+    engine = setup.engines["a"]
+    prompts = [agent_prompt(setup.topology.template("planner"), row.question, framing_of(setup.topology, "planner"))
+               for row in setup.rows]
+    greedy = [g.text.strip() or "." for g in engine.generate(prompts, max_new_tokens=256)]
+    assert [row.target("reply_planner") for row in setup.rows] == greedy
+    assert setup.role_texts(setup.rows[0])["planner"] == greedy[0]
+
+
+def test_the_decoder_cannot_be_taught_its_own_reply(files):
+    raw = yaml.safe_load((files / "train.yaml").read_text())
+    (files / "bad_reply.yaml").write_text(yaml.safe_dump({**raw, "targets": {"solver": "reply"}}))
+    with pytest.raises(DataError, match="targets.solver: 'reply' is for upstream agents"):
+        prepare(load_train_config(files / "bad_reply.yaml"))

@@ -84,6 +84,16 @@ class StageConfig(Strict):
     warmup_steps: int = Field(10, ge=0)
 
 
+class InnerStageConfig(StageConfig):
+    """Stage 1 (:mod:`recursivemas.train.inner`). ``loss``: ``cosine`` (the paper's) or ``vocab`` (the image must
+    also be nearer its token than any other one). ``rollout_rounds``: after the teacher-forced ``steps``, this many
+    rounds of rolling out with the link (``outer.latent_steps`` steps) and ``steps`` more on the pooled rollout and
+    teacher-forced states, so the link keeps its own rollout on the text it was taught."""
+
+    loss: Literal["cosine", "vocab"] = "cosine"
+    rollout_rounds: int = Field(0, ge=0)
+
+
 class OuterStageConfig(StageConfig):
     """``forcing``: what upstream agents hand on while the decoder is trained (:mod:`recursivemas.train.outer`):
     ``rollout`` (their real latent rollouts, as at inference; ``gradient`` ``truncated`` or ``full``, over
@@ -142,7 +152,7 @@ class TrainConfig(Strict):
     topology: str
     data: DataConfig
     targets: dict[str, str] = Field(default_factory=dict)
-    inner: StageConfig = Field(default_factory=StageConfig)
+    inner: InnerStageConfig = Field(default_factory=InnerStageConfig)
     outer: OuterStageConfig = Field(default_factory=OuterStageConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)

@@ -130,9 +130,11 @@ def train_inner_links(setup: Setup, config: TrainConfig, world: World, progress:
                                               agent_fields(topology, name, row.fields())),
                                  row.target(setup.targets[name]))
                     for row in setup.rows]
-        bar = tqdm(total=cfg.steps, desc=f"inner {name}", disable=not progress)
+        bar = tqdm(total=cfg.steps * (1 + cfg.rollout_rounds), desc=f"inner {name}", disable=not progress)
         losses = train_inner(setup.engines[topology.agent(name).backbone], setup.links.inner_link(name), examples,
-                             cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=config.seed,
+                             cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=config.seed, loss=cfg.loss,
+                             rollout_rounds=cfg.rollout_rounds,
+                             rollout_steps=config.outer.latent_steps or topology.latent_steps,
                              on_step=lambda step, loss, bar=bar: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
         bar.close()
         last[name] = losses[-1] if losses else math.nan

@@ -11,20 +11,25 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
 from recursivemas.answers import with_boxed
 from recursivemas.config import Topology, load_topology
 from recursivemas.links import LinkSet
 from recursivemas.runtime import Executor, build_links, load_engines
 from recursivemas.runtime.calls import BackboneDims
+from recursivemas.runtime.executor import framing_of
 from recursivemas.train.config import DataConfig, TrainConfig
 from recursivemas.train.data import (
     DataError, Row, check_rows_have, generate_rows, load_jsonl, resolve_targets, summarise_problems,
 )
+from recursivemas.train.inner import agent_prompt
+from recursivemas.train.outer import agent_fields
 from recursivemas.train.parallel import World, gather_objects
 from recursivemas.train.solutions import procedural_solution, sampled_solutions
 
 log = logging.getLogger("recursivemas")
+REPLY = "reply"  # a `targets` value: the agent's own greedy first-round reply, generated before training
 
 
 @dataclass
@@ -110,6 +115,34 @@ def add_sampled_solutions(topology: Topology, engines: dict, rows: list[Row], tr
     return kept
 
 
+def reply_field(agent: str) -> str:
+    return f"{REPLY}_{agent}"
+
+
+def add_replies(topology: Topology, engines: dict, rows: list[Row], agents: list[str], max_new_tokens: int,
+                batch_size: int = 16) -> list[Row]:
+    """Each row with every named agent's greedy first-round reply in ``reply_<agent>``: the text it would hand on
+    in text mode, as its inner link's target, so a latent rollout learns to think what the agent would say.
+
+    Upstream agents have no reference text for what to pass on; their own reply is the one target that is right by
+    construction, and for a reader of a context it holds the facts read."""
+    replies: dict[str, list[str]] = {}
+    for agent in agents:
+        engine = engines.get(topology.agent(agent).backbone)
+        if engine is None:
+            raise DataError(f"targets.{agent}: {REPLY!r} needs the agent's backbone in this process; a pipelined "
+                            "run cannot generate it, so write the replies into the data and name that field")
+        framing = framing_of(topology, agent)
+        prompts = [agent_prompt(topology.template(agent), row.question, framing,
+                                agent_fields(topology, agent, row.fields())) for row in rows]
+        texts: list[str] = []
+        for start in tqdm(range(0, len(prompts), batch_size), desc=f"replies {agent}", leave=False):
+            texts += [g.text.strip() or "." for g in engine.generate(prompts[start:start + batch_size],
+                                                                     max_new_tokens=max_new_tokens)]
+        replies[agent] = texts
+    return [row.model_copy(update={reply_field(a): replies[a][i] for a in agents}) for i, row in enumerate(rows)]
+
+
 def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     """Check the data against the topology before any model loads, then load the backbones and seeded links."""
     world = world or World()
@@ -120,8 +153,13 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     if config.data.solutions:
         mapping.setdefault(topology.decoder, "solution")
     targets = resolve_targets([a.name for a in topology.agents], topology.decoder, mapping)
+    replying = [agent for agent, field in targets.items() if field == REPLY]
+    if topology.decoder in replying:
+        raise DataError(f"targets.{topology.decoder}: {REPLY!r} is for upstream agents; the decoder {topology.decoder!r} "
+                        "learns to write the row's target (`solution` or `answer`), not what it already writes")
+    given = {agent: field for agent, field in targets.items() if agent not in replying}
     if config.data.solutions != "sampled":
-        check_rows_have(rows, targets)
+        check_rows_have(rows, given)
     if config.outer.forcing == "role_text":
         leaky = [a for a, field in targets.items() if a != topology.decoder and field in ("answer", targets[
             topology.decoder])]
@@ -139,7 +177,10 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
         # one token short of data.max_length: a target is trained with its end-of-turn token after it
         rows = add_sampled_solutions(topology, engines, rows, config.data.solution_tries,
                                      max(1, config.data.max_length - 1))
-        check_rows_have(rows, targets)
+        check_rows_have(rows, given)
+    if replying:
+        rows = add_replies(topology, engines, rows, replying, config.data.max_length)
+        targets.update({agent: reply_field(agent) for agent in replying})
     for engine in engines.values():
         engine.gradient_checkpointing = config.outer.gradient_checkpointing
     check_lengths(topology, engines, rows, targets, config.data.max_length)
