@@ -3,10 +3,13 @@
 The trained recall links learned the answer's format but not the number. Two probes of the reader's rollout say why:
 - ``decoded``: the LM head read off each latent state, for a few held-out items (does the rollout stay on the
   reader's text path and reach the number?);
+- ``follows_reply``: the fraction of held-out rollout positions whose LM-head token is the reader's own greedy reply
+  token at that position (1.0: the latent thoughts are the text the reader would send), and ``number_reached``:
+  the fraction of items whose decoded thoughts contain the number;
 - ``probe_acc_*``: a linear probe for the number's last digit (chance 0.10), fitted on the rollout states of training
   items and scored on held-out ones: from the first state, the last, and all of them together.
 
-Run: ``python benchmarks/reader_probe.py [--links runs/channel-recall] [--latent-steps 8] [--train 600]
+Run: ``python benchmarks/reader_probe.py [--links runs/channel-recall] [--latent-steps N] [--train 600]
 [--test 150]``. Last line: JSON with the probe accuracies and the decoded thoughts.
 """
 
@@ -29,13 +32,28 @@ from recursivemas.train.data import generate_rows  # noqa: E402
 PAIR = Path(__file__).resolve().parents[1] / "examples" / "channel" / "recall-pair.yaml"
 
 
+def reader_prompts(topology, rows) -> list:
+    return [fill_prompt(topology.template("reader"), r.question, {}, {}, framing=framing_of(topology, "reader"),
+                        fields={"context": r.target("context")}) for r in rows]
+
+
 def rollout_states(topology, engine, links, rows, steps: int) -> torch.Tensor:
     out = []
     for start in range(0, len(rows), 16):
-        prompts = [fill_prompt(topology.template("reader"), r.question, {}, {}, framing=framing_of(topology, "reader"),
-                               fields={"context": r.target("context")}) for r in rows[start : start + 16]]
+        prompts = reader_prompts(topology, rows[start : start + 16])
         out += [r.states for r in engine.rollout(prompts, steps, links.inner_link("reader"))]
     return torch.stack(out).float()
+
+
+def follows_reply(engine, topology, rows, thought_ids: torch.Tensor) -> float:
+    """How much of the rollout is the reader's own greedy text, position by position."""
+    replies = engine.generate(reader_prompts(topology, rows), max_new_tokens=thought_ids.shape[1])
+    hits = total = 0
+    for reply, thought in zip(replies, thought_ids.tolist()):
+        wanted = engine.tokenizer(reply.text, add_special_tokens=False)["input_ids"][: len(thought)]
+        hits += sum(a == b for a, b in zip(wanted, thought))
+        total += len(wanted)
+    return hits / max(total, 1)
 
 
 def probe(train: torch.Tensor, test: torch.Tensor, y_train: torch.Tensor, y_test: torch.Tensor) -> float:
@@ -55,25 +73,30 @@ def probe(train: torch.Tensor, test: torch.Tensor, y_train: torch.Tensor, y_test
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--links", default="runs/channel-recall", help="a recall training's output ('' for fresh)")
-    parser.add_argument("--latent-steps", type=int, default=8)
+    parser.add_argument("--latent-steps", type=int, help="default: the topology's")
     parser.add_argument("--train", type=int, default=600)
     parser.add_argument("--test", type=int, default=150)
     args = parser.parse_args()
     topology = load_topology(PAIR).replace(links=str(Path(args.links).resolve()) if args.links else None)
     engine = load_engines(topology)["smol"]
     links = build_links(topology, {"smol": engine})
+    steps = args.latent_steps or topology.latent_steps
     train_rows = generate_rows("channel_recall", args.train, 0, "train")
     test_rows = generate_rows("channel_recall", args.test, 0, "heldout")
     with torch.inference_mode():
-        train, test = (rollout_states(topology, engine, links, rows, args.latent_steps)
+        train, test = (rollout_states(topology, engine, links, rows, steps)
                        for rows in (train_rows, test_rows))
         head = engine.model.get_output_embeddings()
-        decoded = {r.target("context"): engine.tokenizer.decode(head(s).argmax(-1).tolist())
-                   for r, s in zip(test_rows[:4], test[:4])}
+        thought_ids = head(test).argmax(-1)
+        thoughts = [engine.tokenizer.decode(ids) for ids in thought_ids.tolist()]
+        decoded = {r.target("context"): text for r, text in zip(test_rows[:4], thoughts[:4])}
+        follows = follows_reply(engine, topology, test_rows, thought_ids)
+    reached = sum(r.answer in text for r, text in zip(test_rows, thoughts)) / len(test_rows)
     digit = lambda rows: torch.tensor([int(r.answer) % 10 for r in rows])  # noqa: E731
     views = {"first": lambda x: x[:, 0], "last": lambda x: x[:, -1], "all": lambda x: x.flatten(1)}
-    result = {"links": args.links or "fresh", "latent_steps": args.latent_steps, "train": len(train_rows),
-              "test": len(test_rows), "chance": 0.1,
+    result = {"links": args.links or "fresh", "latent_steps": steps, "train": len(train_rows),
+              "test": len(test_rows), "follows_reply": round(follows, 3),
+              "number_reached": round(reached, 3), "chance": 0.1,
               **{f"probe_acc_{name}": round(probe(view(train), view(test), digit(train_rows), digit(test_rows)), 3)
                  for name, view in views.items()},
               "decoded": decoded}

@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from recursivemas.runtime.executor import framing_of
+from recursivemas.runtime.graph import Plan
 from recursivemas.train.checkpoints import Checkpoints, TrainState
 from recursivemas.train.config import DeepSpeedOptions, OuterStageConfig, TrainConfig
 from recursivemas.train.data import Row
@@ -124,16 +125,19 @@ def train_inner_links(setup: Setup, config: TrainConfig, world: World, progress:
     topology, cfg = setup.topology, config.inner
     agents = [(a.name, a.backbone) for a in topology.agents]
     last: dict[str, float] = {}
+    # rollout rounds only for agents whose thoughts are handed on (the decoder of a 1-round system never rolls out)
+    thinkers = {turn.agent for turn in Plan.from_topology(topology).turns(topology.rounds) if not turn.decodes}
     for name in world.trains_inner(agents):
+        rounds = cfg.rollout_rounds if name in thinkers else 0
         framing = framing_of(topology, name)
         examples = [InnerExample(agent_prompt(topology.template(name), row.question, framing,
                                               agent_fields(topology, name, row.fields())),
                                  row.target(setup.targets[name]))
                     for row in setup.rows]
-        bar = tqdm(total=cfg.steps * (1 + cfg.rollout_rounds), desc=f"inner {name}", disable=not progress)
+        bar = tqdm(total=cfg.steps * (1 + rounds), desc=f"inner {name}", disable=not progress)
         losses = train_inner(setup.engines[topology.agent(name).backbone], setup.links.inner_link(name), examples,
                              cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=config.seed, loss=cfg.loss,
-                             rollout_rounds=cfg.rollout_rounds,
+                             rollout_rounds=rounds,
                              rollout_steps=config.outer.latent_steps or topology.latent_steps,
                              on_step=lambda step, loss, bar=bar: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
         bar.close()
