@@ -160,3 +160,24 @@ def test_the_decoder_cannot_be_taught_its_own_reply(files):
     (files / "bad_reply.yaml").write_text(yaml.safe_dump({**raw, "targets": {"solver": "reply"}}))
     with pytest.raises(DataError, match="targets.solver: 'reply' is for upstream agents"):
         prepare(load_train_config(files / "bad_reply.yaml"))
+
+
+@pytest.mark.parametrize("rounds, rolled", [(1, {"planner": 1, "solver": 0}), (2, {"planner": 1, "solver": 1})])
+def test_rollout_rounds_go_to_the_agents_whose_thoughts_are_handed_on(files, monkeypatch, rounds, rolled):
+    from recursivemas.train import loop
+
+    topology = yaml.safe_load((files / "topology.yaml").read_text())
+    (files / "topology.yaml").write_text(yaml.safe_dump({**topology, "rounds": rounds}))
+    raw = yaml.safe_load((files / "train.yaml").read_text())
+    (files / "rolled.yaml").write_text(yaml.safe_dump({**raw, "inner": {**raw["inner"], "rollout_rounds": 1}}))
+    config = load_train_config(files / "rolled.yaml")
+    seen, real = {}, loop.train_inner
+
+    def spy(engine, link, examples, steps, **kwargs):
+        seen[next(n for n, l in setup.links.inner.items() if l is link)] = kwargs["rollout_rounds"]
+        return real(engine, link, examples, steps, **kwargs)
+
+    setup = prepare(config)
+    monkeypatch.setattr(loop, "train_inner", spy)
+    loop.train_inner_links(setup, config, loop.World(), progress=False)
+    assert seen == rolled
