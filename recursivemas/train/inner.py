@@ -117,7 +117,9 @@ def train_inner(engine, link: nn.Module, examples: Sequence[InnerExample], steps
     if rollout_rounds:
         device = next(link.parameters()).device
         pooled = [_teacher_forced(engine, examples[i:i + 16]) for i in range(0, len(examples), 16)]
-        tokens_per_batch = batch_size * max(1, len(pooled[0][1]) // len(examples[:16]))
+        # a batch of pooled states holds as many target tokens as a teacher-forced batch of examples does
+        tokens_per_example = sum(len(ids) for _, ids in pooled) / len(examples)
+        tokens_per_batch = max(1, round(batch_size * tokens_per_example))
         for _ in range(rollout_rounds):
             pooled.append(rollout_pairs(engine, link, examples, rollout_steps))
             states, ids = (torch.cat(parts) for parts in zip(*pooled))
