@@ -104,6 +104,10 @@ def test_rerun_continues_from_the_newest_local_checkpoint(config, tmp_path):
     expected = load_links(first, into=prepare(config).links).state_dict()
     checkpoints = LocalCheckpoints(config.checkpoint_dir)
     assert [p.name for p in checkpoints.saved()] == ["step-000004-outer", "step-000006-outer"]
+    reports = [json.loads(line) for line in (tmp_path / "links.checkpoints" / "metrics.jsonl").read_text().splitlines()]
+    steps = [s for report in reports if report.get("stage") == "outer" for s in report["steps"]]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]  # every step, also of the pruned checkpoints
+    assert all(any(k.startswith("grad_norm/") and k.endswith("/r1") for k in s) for s in steps), steps[0]
     shutil.rmtree(checkpoints.latest())  # as if the run had died between step 4 and step 6
     shutil.rmtree(first)
     second = train(config, stage="outer", progress=False)

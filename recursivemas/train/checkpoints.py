@@ -8,6 +8,7 @@ run storage (:mod:`recursivemas.train.ray_train`).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,7 +85,11 @@ class Checkpoints(Protocol):
 
 class LocalCheckpoints:
     """Checkpoints of a one-process run in ``root/step-NNNNNN``, newest ``keep`` kept; written to a temporary name
-    and renamed, so a run killed mid-write leaves the previous checkpoint intact."""
+    and renamed, so a run killed mid-write leaves the previous checkpoint intact. Every save's metrics (each step's
+    loss, learning rate, throughput and per-link, per-round gradient norms) are appended to ``root/metrics.jsonl``,
+    which outlives the pruned checkpoints: the record a learning curve or a gradient diagnosis is read from."""
+
+    METRICS_FILE = "metrics.jsonl"
 
     def __init__(self, root: str | Path, keep: int = 2, resume: bool = True) -> None:
         self.root, self.keep, self.resume = Path(root), keep, resume
@@ -110,5 +115,7 @@ class LocalCheckpoints:
             shards(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        with (self.root / self.METRICS_FILE).open("a") as log:
+            log.write(json.dumps(metrics, default=float) + "\n")
         for old in self.saved()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
