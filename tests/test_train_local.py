@@ -181,3 +181,19 @@ def test_rollout_rounds_go_to_the_agents_whose_thoughts_are_handed_on(files, mon
     monkeypatch.setattr(loop, "train_inner", spy)
     loop.train_inner_links(setup, config, loop.World(), progress=False)
     assert seen == rolled
+
+
+def test_upstream_text_inputs_put_each_sources_target_in_its_slot(files):
+    """inner.inputs: upstream_text fills the solver's slot with what the planner would hand on (its target, the
+    row's plan); with none the solver's stage-1 prompt is its first-round prompt, slots empty."""
+    from recursivemas.train import loop
+
+    setup = prepare(load_train_config(files / "train.yaml"))
+    plain = loop.inner_examples(setup, "solver")
+    relayed = loop.inner_examples(setup, "solver", "upstream_text")
+    for row, a, b in zip(setup.rows, plain, relayed):
+        plan = row.target("plan")
+        assert a.target == b.target == row.target("answer")
+        assert plan not in "".join(s for s in a.prompt.segments if isinstance(s, str))
+        assert plan in "".join(s for s in b.prompt.segments if isinstance(s, str))
+    assert loop.inner_examples(setup, "planner", "upstream_text")[0].prompt == loop.inner_examples(setup, "planner")[0].prompt

@@ -88,10 +88,14 @@ class InnerStageConfig(StageConfig):
     """Stage 1 (:mod:`recursivemas.train.inner`). ``loss``: ``cosine`` (the paper's) or ``vocab`` (the image must
     also be nearer its token than any other one). ``rollout_rounds``: after the teacher-forced ``steps``, this many
     rounds of rolling out with the link (``outer.latent_steps`` steps) and ``steps`` more on the pooled rollout and
-    teacher-forced states, so the link keeps its own rollout on the text it was taught."""
+    teacher-forced states, so the link keeps its own rollout on the text it was taught. ``inputs``: what fills an
+    agent's slots in its stage-1 prompt: ``none`` (its first-round prompt, no hand-offs) or ``upstream_text`` (each
+    in-round source's target, as text), so an agent that relays what it receives (a critic between a reader and
+    the solver) learns to think from it."""
 
     loss: Literal["cosine", "vocab"] = "cosine"
     rollout_rounds: int = Field(0, ge=0)
+    inputs: Literal["none", "upstream_text"] = "none"
 
 
 class OuterStageConfig(StageConfig):

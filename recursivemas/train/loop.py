@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from tqdm import tqdm
 
-from recursivemas.runtime.executor import framing_of
+from recursivemas.runtime.executor import fill_prompt, framing_of
 from recursivemas.runtime.graph import Plan
 from recursivemas.train.checkpoints import Checkpoints, TrainState
 from recursivemas.train.config import DeepSpeedOptions, OuterStageConfig, TrainConfig
@@ -129,11 +129,7 @@ def train_inner_links(setup: Setup, config: TrainConfig, world: World, progress:
     thinkers = {turn.agent for turn in Plan.from_topology(topology).turns(topology.rounds) if not turn.decodes}
     for name in world.trains_inner(agents):
         rounds = cfg.rollout_rounds if name in thinkers else 0
-        framing = framing_of(topology, name)
-        examples = [InnerExample(agent_prompt(topology.template(name), row.question, framing,
-                                              agent_fields(topology, name, row.fields())),
-                                 row.target(setup.targets[name]))
-                    for row in setup.rows]
+        examples = inner_examples(setup, name, cfg.inputs)
         bar = tqdm(total=cfg.steps * (1 + rounds), desc=f"inner {name}", disable=not progress)
         losses = train_inner(setup.engines[topology.agent(name).backbone], setup.links.inner_link(name), examples,
                              cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=config.seed, loss=cfg.loss,
@@ -147,6 +143,24 @@ def train_inner_links(setup: Setup, config: TrainConfig, world: World, progress:
         broadcast_module(world, setup.links.inner_link(name), src=world.inner_owner(agents, name))
         out[f"inner_loss/{name}"] = sum_scalar(world, last.get(name, 0.0))
     return out
+
+
+def inner_examples(setup: Setup, agent: str, inputs: str = "none") -> list[InnerExample]:
+    """The agent's stage-1 examples: its prompt for each row and its target. With ``inputs: upstream_text`` the
+    prompt's slots hold what each in-round source would hand on, as text (the source's target); the hand-off the
+    agent reads at inference stands for that text."""
+    topology, framing = setup.topology, framing_of(setup.topology, agent)
+    sources = [src for src, dst in topology.edges if dst == agent] if inputs == "upstream_text" else []
+    examples = []
+    for row in setup.rows:
+        fields = agent_fields(topology, agent, row.fields())
+        if sources:
+            inbox = {src: row.target(setup.targets[src]) for src in sources}
+            prompt = fill_prompt(topology.template(agent, 1), row.question, inbox, {}, framing=framing, fields=fields)
+        else:
+            prompt = agent_prompt(topology.template(agent), row.question, framing, fields)
+        examples.append(InnerExample(prompt, row.target(setup.targets[agent])))
+    return examples
 
 
 def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, world: World | None = None,
