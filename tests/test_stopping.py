@@ -9,7 +9,7 @@ import pytest
 
 from recursivemas.config import Topology
 from recursivemas.engine import Prompt
-from recursivemas.runtime import Executor, build_links
+from recursivemas.runtime import Executor, RunOptions, build_links
 from recursivemas.runtime.calls import GenerateCall, RowStop, Sampling
 from recursivemas.runtime.host import BackboneHost
 from recursivemas.runtime.stopping import RunStop
@@ -61,10 +61,10 @@ def system():
 @pytest.mark.parametrize("mode", ["latent", "text"])
 def test_a_stopped_question_takes_no_more_turns_and_its_batch_mates_are_undisturbed(system, mode):
     executor, _ = system
-    reference = executor.run_batch(QUESTIONS, mode=mode)
+    reference = executor.run_batch(QUESTIONS, RunOptions(mode=mode))
     gone, late = RunStop(), RunStop(deadline=time.time() - 1)
     gone.cancel()
-    out = executor.run_batch(QUESTIONS, mode=mode, stops=[gone, None, late])
+    out = executor.run_batch(QUESTIONS, RunOptions(mode=mode), stops=[gone, None, late])
     assert (out[0].stopped, out[2].stopped, out[1].stopped) == ("cancelled", "deadline", None)
     assert out[0].usage == [] and out[0].text == ""
     assert out[1].text == reference[1].text and len(out[1].usage) == len(reference[1].usage)

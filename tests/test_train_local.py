@@ -174,7 +174,7 @@ def test_rollout_rounds_go_to_the_agents_whose_thoughts_are_handed_on(files, mon
     seen, real = {}, loop.train_inner
 
     def spy(engine, link, examples, steps, **kwargs):
-        seen[next(n for n, l in setup.links.inner.items() if l is link)] = kwargs["rollout_rounds"]
+        seen[next(n for n, inner in setup.links.inner.items() if inner is link)] = kwargs["rollout_rounds"]
         return real(engine, link, examples, steps, **kwargs)
 
     setup = prepare(config)

@@ -4,7 +4,7 @@
 - each topology gets a coordinator actor that drives its rounds; latents move actor to actor by reference;
 - the driver only submits questions and receives ``RunResult``s (text and accounting, never tensors).
 
-``cluster.system(topology)`` is a runner with the executor's ``run_batch(questions, *, mode, ...)``, so the CLI,
+``cluster.system(topology)`` is a runner with the executor's ``run_batch(questions, options)``, so the CLI,
 ``eval`` and the benchmarks run the same code on a cluster as in one process. A question is a string or a
 :class:`~recursivemas.runtime.Query` carrying the fields its agents read (``cluster.run(t, q, context=...)``); the
 coordinator receives the queries as they are (they pickle), and a missing field is a
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
@@ -27,46 +26,38 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from recursivemas.actors.backbone import BackboneActor
 from recursivemas.actors.coordinator import Coordinator
 from recursivemas.actors.remote import BackboneFailure
-from recursivemas.config import BackboneConfig, Mode, Topology, load_topology
+from recursivemas.config import BackboneConfig, Topology, load_topology
 from recursivemas.model_zoo import resolve_model
-from recursivemas.runtime import AgentUsage, RunResult
+from recursivemas.runtime import RunResult
 from recursivemas.runtime.accounting import report_turns
-from recursivemas.runtime.calls import BackboneDims, GenerationOverrides, RunOptions
+from recursivemas.runtime.calls import BackboneDims, RunOptions
 from recursivemas.runtime.local import build_links
 from recursivemas.runtime.query import Query, as_queries, check_fields
+from recursivemas.runtime.runner import OnTurn, SingleRun
 
 log = logging.getLogger("recursivemas")
 
 
-class RemoteSystem:
-    """A topology loaded on a cluster, as a runner: ``run_batch(questions, *, mode, rounds, latent_steps,
-    generation, on_turn)``, like :class:`~recursivemas.runtime.Executor`. Its rounds run on the coordinator
-    actor, so ``on_turn`` cannot be called live: it hears every turn after the run, in order."""
+class RemoteSystem(SingleRun):
+    """A topology loaded on a cluster, as a :class:`~recursivemas.runtime.Runner`, like
+    :class:`~recursivemas.runtime.Executor`. Its rounds run on the coordinator actor, so ``on_turn`` cannot be
+    called live: it hears every turn after the run, in order."""
 
     def __init__(self, topology: Topology, coordinator) -> None:
         self.topology, self.coordinator = topology, coordinator
 
-    def submit(self, questions: Sequence[str | Query], *, mode: Mode = "latent", rounds: int | None = None,
-               latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None
-               ) -> ray.ObjectRef:
+    def submit(self, questions: Sequence[str | Query], options: RunOptions | None = None) -> ray.ObjectRef:
         """Start a run and return at once; ``ray.get`` the reference for its list of ``RunResult``. Questions are
         strings or :class:`Query` objects; a field their agents' templates name and a query lacks is a
         :class:`~recursivemas.runtime.MissingFieldError` here, before the run is submitted."""
-        options = RunOptions.of(mode, rounds, latent_steps, generation)
+        options = RunOptions.of(options)
         queries = as_queries(questions)
-        check_fields(self.topology, queries, mode)  # here: the error would not cross Ray as itself
+        check_fields(self.topology, queries, options.mode)  # here: the error would not cross Ray as itself
         return self.coordinator.run_batch.remote(queries, options)
 
-    def run_batch(self, questions: Sequence[str | Query], *, mode: Mode = "latent", rounds: int | None = None,
-                  latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
-                  on_turn: Callable[[AgentUsage], None] | None = None) -> list[RunResult]:
-        return report_turns(_unwrap(self.submit(questions, mode=mode, rounds=rounds, latent_steps=latent_steps,
-                                                generation=generation)), on_turn)
-
-    def run(self, question: str | Query, *, context: str | None = None, fields: Mapping[str, str] | None = None,
-            **options) -> RunResult:
-        """One question, with the ``context`` (and other ``fields``) its agents' templates name."""
-        return self.run_batch([Query.of(question, context, fields)], **options)[0]
+    def run_batch(self, questions: Sequence[str | Query], options: RunOptions | None = None, *,
+                  on_turn: OnTurn | None = None) -> list[RunResult]:
+        return report_turns(_unwrap(self.submit(questions, options)), on_turn)
 
 
 class Cluster:
@@ -115,21 +106,21 @@ class Cluster:
         self._started = False
 
     # --- running -------------------------------------------------------------------------------------------------
-    def run(self, topology: Topology | str | Path, prompt: str | Query, context: str | None = None,
-            fields: Mapping[str, str] | None = None, **options) -> RunResult:
-        """One question (or :class:`Query`) with the ``context`` (and other ``fields``) its agents' templates name:
-        ``mode``, ``rounds``, ``latent_steps``, ``generation`` as in ``run_batch``."""
-        return self.system(topology).run(prompt, context=context, fields=fields, **options)
+    def run(self, topology: Topology | str | Path, prompt: str | Query, options: RunOptions | None = None, *,
+            context: str | None = None, fields: Mapping[str, str] | None = None) -> RunResult:
+        """One question (or :class:`Query`) with the ``context`` (and other ``fields``) its agents' templates name,
+        run with ``options`` (:class:`~recursivemas.runtime.RunOptions`; None: the topology's settings)."""
+        return self.system(topology).run(prompt, options, context=context, fields=fields)
 
-    def run_batch(self, topology: Topology | str | Path, prompts: Sequence[str | Query], **options
-                  ) -> list[RunResult]:
+    def run_batch(self, topology: Topology | str | Path, prompts: Sequence[str | Query],
+                  options: RunOptions | None = None) -> list[RunResult]:
         """Several questions in one batched run: strings, or :class:`Query` objects with their fields."""
-        return self.system(topology).run_batch(prompts, **options)
+        return self.system(topology).run_batch(prompts, options)
 
-    def submit(self, topology: Topology | str | Path, prompt: str | Query, context: str | None = None,
-               fields: Mapping[str, str] | None = None, **options) -> ray.ObjectRef:
+    def submit(self, topology: Topology | str | Path, prompt: str | Query, options: RunOptions | None = None, *,
+               context: str | None = None, fields: Mapping[str, str] | None = None) -> ray.ObjectRef:
         """Start a run and return at once; ``ray.get`` the reference for a list holding its ``RunResult``."""
-        return self.system(topology).submit([Query.of(prompt, context, fields)], **options)
+        return self.system(topology).submit([Query.of(prompt, context, fields)], options)
 
     def system(self, topology: Topology | str | Path) -> RemoteSystem:
         """The runner for a topology, creating its backbone actors (only those not running yet), links and

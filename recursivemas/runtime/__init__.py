@@ -6,7 +6,8 @@ from recursivemas.runtime.executor import Executor
 from recursivemas.runtime.graph import Plan
 from recursivemas.runtime.local import InProcess, build_links, load_engines, load_system
 from recursivemas.runtime.query import MissingFieldError, Query
+from recursivemas.runtime.runner import Runner
 
 __all__ = ["AgentUsage", "Executor", "GenerateCall", "GenerationOverrides", "InProcess", "MissingFieldError", "Plan",
-           "Query", "RunOptions", "RunResult", "Sampling", "ThinkCall", "Thought", "build_links", "load_engines",
-           "load_system"]
+           "Query", "RunOptions", "RunResult", "Runner", "Sampling", "ThinkCall", "Thought", "build_links",
+           "load_engines", "load_system"]

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from recursivemas.config import GenerationConfig, Handoff, Mode, Transport
+from recursivemas.config import GenerationConfig, Handoff, Mode, Topology, Transport
 from recursivemas.engine import Prompt
 
 
@@ -90,23 +90,40 @@ class GenerationOverrides:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What one run may change: mode, rounds, latent steps (None: the topology's) and sampling. Hashable: runs
-    with equal options may share one batched run."""
+    """What one run may change: mode, rounds, latent steps (None: the topology's) and sampling overrides.
+
+    The one container a run's settings travel in, from every front door (CLI, Python API, ``Cluster``, HTTP, gRPC)
+    to the executor; a topology is never rewritten to carry them. ``generation`` may be given as a mapping of
+    :class:`GenerationOverrides` names. Hashable: runs with equal options may share one batched run."""
 
     mode: Mode = "latent"
     rounds: int | None = None
     latent_steps: int | None = None
     generation: GenerationOverrides = field(default_factory=GenerationOverrides)
 
-    @classmethod
-    def of(cls, mode: Mode = "latent", rounds: int | None = None, latent_steps: int | None = None,
-           generation: GenerationOverrides | Mapping[str, Any] | None = None) -> RunOptions:
-        return cls(mode, rounds, latent_steps, GenerationOverrides.of(generation))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "generation", GenerationOverrides.of(self.generation))
 
-    def as_kwargs(self) -> dict[str, Any]:
-        """The runner interface's keyword arguments: ``run_batch(questions, **options.as_kwargs())``."""
-        return {"mode": self.mode, "rounds": self.rounds, "latent_steps": self.latent_steps,
-                "generation": self.generation}
+    @classmethod
+    def of(cls, value: RunOptions | Mapping[str, Any] | None) -> RunOptions:
+        """Options from themselves, a mapping of the same names (checked: a typo is an error) or None."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"run options: unknown setting(s) {unknown}; use {', '.join(sorted(known))}")
+        return cls(**value)
+
+    def rounds_for(self, topology: Topology) -> int:
+        """The rounds this run takes: its own, else the topology's (the one place that default is read)."""
+        return topology.rounds if self.rounds is None else self.rounds
+
+    def latent_steps_for(self, topology: Topology) -> int:
+        """The latent steps per thought this run takes: its own, else the topology's."""
+        return topology.latent_steps if self.latent_steps is None else self.latent_steps
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, get_args
+from typing import get_args
 
 import torch
 
@@ -30,7 +30,7 @@ from recursivemas.engine import Framing, Generation, Prompt
 from recursivemas.links import LinkSet
 from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
 from recursivemas.runtime.backend import Backend, as_backend
-from recursivemas.runtime.calls import GenerateCall, GenerationOverrides, Sampling, ThinkCall
+from recursivemas.runtime.calls import GenerateCall, RunOptions, Sampling, ThinkCall
 from recursivemas.runtime.graph import Plan, Turn
 from recursivemas.runtime.query import Query, as_queries, check_fields
 from recursivemas.runtime import sandbox
@@ -130,41 +130,37 @@ class Executor:
         # requests) share the pool, so size it for several runs, not one.
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_calls, thread_name_prefix="backbone")
 
-    def run(self, question: str | Query, *, context: str | None = None, fields: Mapping[str, str] | None = None,
-            mode: Mode = "latent", rounds: int | None = None,
-            latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
-            on_turn: Callable[[AgentUsage], None] | None = None,
+    def run(self, question: str | Query, options: RunOptions | None = None, *, context: str | None = None,
+            fields: Mapping[str, str] | None = None, on_turn: Callable[[AgentUsage], None] | None = None,
             on_delta: Callable[[str], None] | None = None, stop: RunStop | None = None) -> RunResult:
         """One question, with the ``context`` (and other ``fields``) its agents' templates name. ``on_delta`` hears
         the answer's text as it is decoded; under greedy decoding the deltas join to the same text as without it."""
-        return self.run_batch([Query.of(question, context, fields)], mode=mode, rounds=rounds,
-                              latent_steps=latent_steps, generation=generation, on_turn=on_turn, on_delta=on_delta,
+        return self.run_batch([Query.of(question, context, fields)], options, on_turn=on_turn, on_delta=on_delta,
                               stops=[stop])[0]
 
     @torch.inference_mode()
-    def run_batch(self, questions: Sequence[str | Query], *, mode: Mode = "latent", rounds: int | None = None,
-                  latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
+    def run_batch(self, questions: Sequence[str | Query], options: RunOptions | None = None, *,
                   on_turn: Callable[[AgentUsage], None] | None = None,
                   on_delta: Callable[[str], None] | None = None,
                   stops: Sequence[RunStop | None] | None = None) -> list[RunResult]:
-        """Answer every question (a string, or a :class:`Query` with the fields its agents read): the runner
-        interface that a cluster's and Serve's systems offer too.
+        """Answer every question (a string, or a :class:`Query` with the fields its agents read): the
+        :class:`~recursivemas.runtime.runner.Runner` interface that a cluster's and Serve's systems offer too.
 
-        ``rounds`` and ``latent_steps`` default to the topology's; ``generation`` overrides its sampling for this
-        run (``max_new_tokens``, ``message_max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``).
-        ``on_turn`` hears of each agent turn as it finishes (progress, logging). ``stops`` (one per question, or
-        None) end a question early, between turns and between its decode steps (:meth:`cancel`); its result then
-        says ``stopped`` and holds what it had.
+        ``options`` (:class:`RunOptions`) set the mode, and change the topology's rounds, latent steps and sampling
+        for this run only. ``on_turn`` hears of each agent turn as it finishes (progress, logging). ``stops`` (one
+        per question, or None) end a question early, between turns and between its decode steps (:meth:`cancel`);
+        its result then says ``stopped`` and holds what it had.
         """
-        rounds = self.topology.rounds if rounds is None else rounds
-        steps = self.topology.latent_steps if latent_steps is None else latent_steps
+        options = RunOptions.of(options)
+        mode = options.mode
+        rounds, steps = options.rounds_for(self.topology), options.latent_steps_for(self.topology)
         queries = as_queries(questions)
         _check_request([q.question for q in queries], mode, rounds, steps)
         check_fields(self.topology, queries, mode)
         start = time.perf_counter()
         if on_delta is not None and len(questions) != 1:
             raise ValueError("on_delta: streaming is for one question at a time; use run()")
-        answer, message = GenerationOverrides.of(generation).over(self.topology.generation)
+        answer, message = options.generation.over(self.topology.generation)
         stops = list(stops) if stops is not None else [None] * len(questions)
         if len(stops) != len(questions):
             raise ValueError(f"stops: {len(stops)} for {len(questions)} questions; give one (or None) per question")

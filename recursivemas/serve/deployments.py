@@ -167,7 +167,7 @@ class Router:
         executor = self.executors[model]
 
         def work() -> list[RunResult]:
-            results = executor.run_batch(as_queries(questions), **options.as_kwargs())
+            results = executor.run_batch(as_queries(questions), options)
             for result in results:
                 self._count(model, result)
             return results
@@ -230,8 +230,8 @@ class Router:
         """Results (or each job's own failure: one bad prompt must not fail its batch-mates)."""
         first = jobs[0]
         try:
-            results = self.executors[first.model].run_batch([j.query for j in jobs], stops=[j.stop for j in jobs],
-                                                             **first.options.as_kwargs())
+            results = self.executors[first.model].run_batch([j.query for j in jobs], first.options,
+                                                             stops=[j.stop for j in jobs])
         except Exception as exc:  # noqa: BLE001
             if len(jobs) == 1:
                 return [exc]
@@ -247,8 +247,8 @@ class Router:
 
         def work() -> None:
             try:
-                result = executor.run(job.query, on_delta=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d),
-                                      stop=job.stop, **options.as_kwargs())
+                result = executor.run(job.query, options, stop=job.stop,
+                                      on_delta=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d))
                 loop.call_soon_threadsafe(queue.put_nowait, self._outcome(job, result))
             except BaseException as exc:  # handed to the caller, which maps it to an error event
                 loop.call_soon_threadsafe(queue.put_nowait, exc)

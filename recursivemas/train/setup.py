@@ -16,7 +16,7 @@ from tqdm import tqdm
 from recursivemas.answers import with_boxed
 from recursivemas.config import Topology, load_topology
 from recursivemas.links import LinkSet
-from recursivemas.runtime import Executor, build_links, load_engines
+from recursivemas.runtime import Executor, RunOptions, build_links, load_engines
 from recursivemas.runtime.calls import BackboneDims
 from recursivemas.runtime.executor import framing_of
 from recursivemas.train.config import DataConfig, TrainConfig
@@ -103,7 +103,7 @@ def add_sampled_solutions(topology: Topology, engines: dict, rows: list[Row], tr
     def sample(questions: list[str], attempt: int) -> list[str]:
         generation = {"max_new_tokens": max_new_tokens, "temperature": 0.0 if attempt == 0 else 0.7,
                       "top_p": 0.95, "seed": attempt}
-        return [r.text for r in executor.run_batch(questions, mode="single", generation=generation)]
+        return [r.text for r in executor.run_batch(questions, RunOptions(mode="single", generation=generation))]
 
     found = sampled_solutions([r.question for r in rows], [r.answer for r in rows], sample, tries)
     kept = [row.model_copy(update={"solution": text}) for row, text in zip(rows, found) if text is not None]
@@ -155,8 +155,9 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     targets = resolve_targets([a.name for a in topology.agents], topology.decoder, mapping)
     replying = [agent for agent, field in targets.items() if field == REPLY]
     if topology.decoder in replying:
-        raise DataError(f"targets.{topology.decoder}: {REPLY!r} is for upstream agents; the decoder {topology.decoder!r} "
-                        "learns to write the row's target (`solution` or `answer`), not what it already writes")
+        raise DataError(f"targets.{topology.decoder}: {REPLY!r} is for upstream agents; the decoder "
+                        f"{topology.decoder!r} learns to write the row's target (`solution` or `answer`), not what "
+                        "it already writes")
     given = {agent: field for agent, field in targets.items() if agent not in replying}
     if config.data.solutions != "sampled":
         check_rows_have(rows, given)
