@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recursivemas import prompts
+from recursivemas.engine.sampling import Sampling
 from recursivemas.graph_checks import check_graph
 
 Pattern = Literal["sequential", "mixture", "distillation", "deliberation"]
@@ -98,10 +99,10 @@ class GenerationConfig(Strict):
     ``from_model: true`` takes each backbone's own sampling (its ``generation_config``: temperature, top_p, and
     greedy when it does not sample) for every field not written here; fields written here win."""
 
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(Sampling.max_new_tokens, ge=1)
     message_max_new_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(Sampling.temperature, ge=0)
+    top_p: float = Field(Sampling.top_p, gt=0, le=1)
     seed: int | None = None
     from_model: bool = False
     answer_nudge: AnswerNudge | None = None

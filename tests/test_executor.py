@@ -72,9 +72,9 @@ class Recording:
         self.calls.append(("rollout", list(prompts)))
         return self.engine.rollout(prompts, steps, inner)
 
-    def generate(self, prompts, **kwargs):
+    def generate(self, prompts, sampling, alive=None):
         self.calls.append(("generate", list(prompts)))
-        return self.engine.generate(prompts, **kwargs)
+        return self.engine.generate(prompts, sampling, alive)
 
     def batch_sizes(self, kind: str) -> list[int]:
         return [len(p) for k, p in self.calls if k == kind]
@@ -457,10 +457,10 @@ class FakeToolCaller:
         self.rolled.extend(prompts)
         return [Rollout(torch.randn(steps, self.hidden_size), 10, _latent_rows(p)) for p in prompts]
 
-    def generate(self, prompts, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=None, stop=()):
+    def generate(self, prompts, sampling, alive=None):
         out = []
         for prompt in prompts:
-            self.generated.append((prompt, tuple(stop)))
+            self.generated.append((prompt, sampling.stop))
             text = self.replies.pop(0)
             out.append(Generation(text, list(range(len(text.split()))), "stop", 10, _latent_rows(prompt)))
         return out

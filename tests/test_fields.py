@@ -50,9 +50,9 @@ class Recorder:
         self._note(prompts)
         return self.engine.rollout(prompts, steps, inner)
 
-    def generate(self, prompts, **kwargs) -> list[Generation]:
+    def generate(self, prompts, sampling, alive=None) -> list[Generation]:
         self._note(prompts)
-        return self.engine.generate(prompts, **kwargs)
+        return self.engine.generate(prompts, sampling, alive)
 
 
 def test_a_placeholder_that_names_no_agent_is_a_field():

@@ -117,13 +117,13 @@ def test_the_host_reads_its_own_backbones_generation_config():
     seen = []
     real = engine.generate
 
-    def generate(prompts, **sampling):
+    def generate(prompts, sampling, alive=None):
         seen.append(sampling)
-        return real(prompts, **sampling)
+        return real(prompts, sampling, alive)
 
     engine.generate = generate
     system(engine, from_model=True).run(QUESTION, RunOptions(mode="single"))
-    assert seen[-1]["temperature"] == 0.7 and seen[-1]["top_p"] == 1.0
+    assert (seen[-1].temperature, seen[-1].top_p) == (0.7, 1.0)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -10,7 +10,8 @@ import pytest
 from recursivemas.config import Topology
 from recursivemas.engine import Prompt
 from recursivemas.runtime import Executor, RunOptions, build_links
-from recursivemas.runtime.calls import GenerateCall, RowStop, Sampling
+from recursivemas.engine.sampling import Sampling
+from recursivemas.runtime.calls import GenerateCall, RowStop
 from recursivemas.runtime.host import BackboneHost
 from recursivemas.runtime.stopping import RunStop
 from tiny import tiny_engine
@@ -21,14 +22,14 @@ QUESTIONS = ["What is 2+2?", "Name a colour.", "What is 7*6?"]
 def test_a_row_whose_check_says_no_ends_cancelled_and_the_others_decode_on(engines):
     engine = engines("llama")
     prompts = [Prompt([q]) for q in QUESTIONS]
-    reference = engine.generate(prompts, max_new_tokens=12)
+    reference = engine.generate(prompts, Sampling(max_new_tokens=12))
     calls = {"n": 0}
 
     def until_three():
         calls["n"] += 1
         return calls["n"] <= 3
 
-    out = engine.generate(prompts, max_new_tokens=12, alive=[None, until_three, None])
+    out = engine.generate(prompts, Sampling(max_new_tokens=12), alive=[None, until_three, None])
     assert out[1].finish_reason == "cancelled" and len(out[1].token_ids) == 3
     assert out[1].token_ids == reference[1].token_ids[:3]
     assert [out[0].token_ids, out[2].token_ids] == [reference[0].token_ids, reference[2].token_ids]

@@ -14,39 +14,12 @@ A request's ``max_tokens`` thus travels from the HTTP ingress to ``BackboneEngin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from recursivemas.config import GenerationConfig, Handoff, Mode, Topology, Transport
-from recursivemas.engine import Prompt
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How one generate call decodes: the engine's ``generate`` arguments. ``from_model`` names the fields the host
-    takes from its backbone's own ``generation_config`` instead (``generation.from_model``)."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    from_model: tuple[str, ...] = ()
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("from_model")
-        return out
-
-    def for_model(self, generation_config: Any) -> Sampling:
-        """These settings with the ``from_model`` fields read from a model's ``generation_config``: its temperature
-        and top_p when it samples, greedy when it does not."""
-        if not self.from_model or generation_config is None:
-            return self
-        samples = bool(getattr(generation_config, "do_sample", False))
-        own = {"temperature": float(generation_config.temperature or 1.0) if samples else 0.0,
-               "top_p": float(generation_config.top_p or 1.0) if samples else 1.0}
-        return replace(self, **{name: own[name] for name in self.from_model if name in own}, from_model=())
+from recursivemas.engine.inputs import Prompt
+from recursivemas.engine.sampling import Sampling
 
 
 @dataclass(frozen=True)

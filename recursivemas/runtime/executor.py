@@ -30,7 +30,8 @@ from recursivemas.engine import Framing, Generation, Prompt
 from recursivemas.links import LinkSet
 from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
 from recursivemas.runtime.backend import Backend, as_backend
-from recursivemas.runtime.calls import GenerateCall, RunOptions, Sampling, ThinkCall
+from recursivemas.engine.sampling import FinishReason, Sampling
+from recursivemas.runtime.calls import GenerateCall, RunOptions, ThinkCall
 from recursivemas.runtime.graph import Plan, Turn
 from recursivemas.runtime.query import Query, as_queries, check_fields
 from recursivemas.runtime import sandbox
@@ -62,7 +63,7 @@ class _QuestionState:
     feedback: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
     next_feedback: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
     answer: str = ""
-    finish: str | None = None  # why the answer's generation stopped
+    finish: FinishReason | None = None  # why the answer's generation stopped
     usage: list[AgentUsage] = field(default_factory=list)
     stop: RunStop | None = None
     stopped: Stopped | None = None  # set once: the question takes no further turns
@@ -316,7 +317,8 @@ class Executor:
         cls._record_text(turn, gen.text, len(gen.token_ids), gen.prompt_tokens, gen.latent_tokens, gen.finish_reason)
 
     @staticmethod
-    def _record_text(turn: _Turn, text: str, decoded: int, prompt_tokens: int, latent_in: int, finish: str) -> None:
+    def _record_text(turn: _Turn, text: str, decoded: int, prompt_tokens: int, latent_in: int,
+                     finish: FinishReason) -> None:
         turn.message = text
         turn.usage.message = text
         turn.usage.decoded_tokens = decoded

@@ -18,6 +18,7 @@ import torch
 
 from recursivemas.engine import BackboneEngine, Generation
 from recursivemas.engine.coalescing import CoalescingEngine
+from recursivemas.engine.sampling import Sampling
 from recursivemas.links import LinkSet
 from recursivemas.runtime.calls import BackboneDims, GenerateCall, RowStop, ThinkCall, Thought
 
@@ -76,15 +77,14 @@ class BackboneHost:
         return thoughts
 
     def generate(self, call: GenerateCall) -> list[Generation]:
-        return self._calls.generate(list(call.prompts), **self._alive(call), **self._sampling(call).engine_kwargs())
+        return self._calls.generate(list(call.prompts), self._sampling(call), alive=self._alive(call))
 
     def stream(self, call: GenerateCall) -> Iterator[str | Generation]:
         """Text deltas of the call's one prompt as they are decoded, then its ``Generation`` (not coalesced: a
         stream holds its batch of one for its whole length)."""
         (prompt,) = call.prompts
         alive = self._alive(call)
-        return self.engine.stream_generation(prompt, **({"alive": alive["alive"][0]} if alive else {}),
-                                             **self._sampling(call).engine_kwargs())
+        return self.engine.stream_generation(prompt, self._sampling(call), alive=alive[0] if alive else None)
 
     def cancel(self, tags: list[str]) -> None:
         """End the rows of these runs at their next decode step (their callers are gone)."""
@@ -93,15 +93,15 @@ class BackboneHost:
             self._cancelled = {t: at for t, at in self._cancelled.items() if now - at < _FORGET_S}
             self._cancelled.update(dict.fromkeys(tags, now))
 
-    def _alive(self, call: GenerateCall) -> dict[str, list[Callable[[], bool] | None]]:
-        """The engine's ``alive`` argument for the call's stops: a check per row; nothing when it has no stops."""
+    def _alive(self, call: GenerateCall) -> list[Callable[[], bool] | None] | None:
+        """The engine's ``alive`` argument for the call's stops: a check per row; None when it has no stops."""
         def check(stop: RowStop | None):
             if stop is None:
                 return None
             return lambda: stop.tag not in self._cancelled and (stop.deadline is None or time.time() < stop.deadline)
 
-        return {"alive": [check(stop) for stop in call.stops]} if any(call.stops) else {}
+        return [check(stop) for stop in call.stops] if any(call.stops) else None
 
-    def _sampling(self, call: GenerateCall):
+    def _sampling(self, call: GenerateCall) -> Sampling:
         """The call's sampling, with the fields it leaves to the model read from this backbone's own settings."""
         return call.sampling.for_model(getattr(getattr(self.engine, "model", None), "generation_config", None))

@@ -140,7 +140,7 @@ class SoftPromptRunner(SingleRun):
         framing = framing_of(self.topology, self.agent)
         gens = self.engine.generate([_prompt(self.template, q.question, vectors, framing,
                                              {n: q.fields[n] for n in names}) for q in queries],
-                                    **sampling.engine_kwargs())
+                                    sampling)
         wall = time.perf_counter() - began
         results = [RunResult(question=q.question, text=gen.text, mode="single", rounds=1, latent_steps=0, wall_s=wall,
                              finish_reason=openai_finish(gen.finish_reason),

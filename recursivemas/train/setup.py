@@ -27,6 +27,7 @@ from recursivemas.train.inner import agent_prompt
 from recursivemas.train.outer import agent_fields
 from recursivemas.train.parallel import World, gather_objects
 from recursivemas.train.solutions import procedural_solution, sampled_solutions
+from recursivemas.engine import Sampling
 
 log = logging.getLogger("recursivemas")
 REPLY = "reply"  # a `targets` value: the agent's own greedy first-round reply, generated before training
@@ -137,8 +138,8 @@ def add_replies(topology: Topology, engines: dict, rows: list[Row], agents: list
                                 agent_fields(topology, agent, row.fields())) for row in rows]
         texts: list[str] = []
         for start in tqdm(range(0, len(prompts), batch_size), desc=f"replies {agent}", leave=False):
-            texts += [g.text.strip() or "." for g in engine.generate(prompts[start:start + batch_size],
-                                                                     max_new_tokens=max_new_tokens)]
+            batch = engine.generate(prompts[start:start + batch_size], Sampling(max_new_tokens=max_new_tokens))
+            texts += [g.text.strip() or "." for g in batch]
         replies[agent] = texts
     return [row.model_copy(update={reply_field(a): replies[a][i] for a in agents}) for i, row in enumerate(rows)]
 
