@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from recursivemas import prompts
 from recursivemas.engine.sampling import Sampling
+from recursivemas.errors import ConfigError
 from recursivemas.graph_checks import check_graph
 
 Pattern = Literal["sequential", "mixture", "distillation", "deliberation"]
@@ -332,10 +333,6 @@ class Topology(BaseModel):
     def replace(self, **changes: object) -> Topology:
         """A validated copy with some top-level fields changed (e.g. ``rounds``, ``latent_steps``)."""
         return Topology.model_validate({**self.to_dict(), **changes})
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used, with every problem named by its field."""
 
 
 BUILTIN_TOPOLOGIES = Path(__file__).parent / "topologies"

@@ -27,6 +27,7 @@ from recursivemas.actors.backbone import BackboneActor
 from recursivemas.actors.coordinator import Coordinator
 from recursivemas.actors.remote import BackboneFailure
 from recursivemas.config import BackboneConfig, Topology, load_topology
+from recursivemas.errors import ConfigError, UserError
 from recursivemas.model_zoo import resolve_model
 from recursivemas.runtime import RunResult
 from recursivemas.runtime.accounting import report_turns
@@ -130,8 +131,8 @@ class Cluster:
         known = self._systems.get(topology.name)
         if known is not None:
             if known.topology != topology:
-                raise ValueError(f"topology name {topology.name!r} is already loaded with another definition; "
-                                 "give the new one its own `name`")
+                raise ConfigError(f"topology name {topology.name!r} is already loaded with another definition; "
+                                  "give the new one its own `name`", "name")
             return known
         # Direct transport binds actors to one collective group for life: such a topology gets its own actors.
         owner = topology.name if topology.transport != "object_store" else None
@@ -165,8 +166,8 @@ class Cluster:
         group = placement_group([_bundle(cfg) for cfg in new.values()], strategy=topology.placement)
         if not group.wait(timeout_seconds=30):
             remove_placement_group(group)
-            raise ValueError(f"placement: the cluster cannot place {sorted(new)} with strategy {topology.placement} "
-                             "(not enough nodes or resources); choose PACK/SPREAD or add nodes")
+            raise ConfigError(f"placement: the cluster cannot place {sorted(new)} with strategy {topology.placement} "
+                              "(not enough nodes or resources); choose PACK/SPREAD or add nodes", "placement")
         self._groups.append(group)
         return {name: PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)
                 for index, name in enumerate(new)}
@@ -209,11 +210,12 @@ def _probe(address: str | None, timeout_s: float = 3.0) -> None:
 
 
 def _unwrap(ref: ray.ObjectRef):
-    """``ray.get``, but a user-facing error from the coordinator comes out as itself, without Ray's wrapping."""
+    """``ray.get``, but the caller's error (a :class:`UserError`) or a backbone's failure comes out of the coordinator
+    as itself, without Ray's wrapping; anything else is an internal error and keeps Ray's traceback."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, (BackboneFailure, ValueError)):
+        if isinstance(exc.cause, (BackboneFailure, UserError)):
             raise exc.cause from None
         raise
 
@@ -233,7 +235,7 @@ def _check_feasible(name: str, cfg: BackboneConfig) -> None:
     wanted = {"CPU": cfg.num_cpus, "GPU": cfg.num_gpus, **cfg.resources}
     for resource, amount in wanted.items():
         if amount and total.get(resource, 0) < amount:
-            raise ValueError(
+            raise ConfigError(
                 f"backbones.{name}: needs {resource}={amount}, but the cluster has {total.get(resource, 0):g} "
                 f"in total; lower it or add nodes that provide {resource}"
             )

@@ -28,15 +28,12 @@ from recursivemas.engine.inputs import Embedded, Prompt, embed, extend, left_pad
 from recursivemas.engine.loading import load_causal_lm
 from recursivemas.engine.sampler import Sampler
 from recursivemas.engine.sampling import DEFAULT_SAMPLING, FinishReason, Sampling
+from recursivemas.errors import ContextLengthError
 
 log = logging.getLogger("recursivemas")
 Alive = Callable[[], bool]  # asked between decode steps: False ends a row (its run was cancelled or is past due)
 _STOP_WINDOW = 32  # tokens decoded to look for a stop string; longer stop strings are not supported
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ContextLengthError(ValueError):
-    """A prompt (plus its latent steps or new tokens) does not fit the model's context window."""
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .linkset import LinkSet, edge_key
+from recursivemas.errors import ReleasedLinkError
 
 __all__ = ["import_released", "ReleasedLinkError"]
 
@@ -30,10 +31,6 @@ _INNER_NORM = ("pre_ln", "post_ln")
 _OUTER_CORE = ("proj1", "proj2", "residual_proj")
 _OUTER_NORM = ("ln_source", "ln_target")
 _WRAPPERS = ("state_dict", "model")
-
-
-class ReleasedLinkError(ValueError):
-    """A released link file is unreadable, has unexpected keys, or disagrees with the other files."""
 
 
 def _keys(modules) -> set[str]:

@@ -20,6 +20,7 @@ from typing import Any
 from recursivemas.config import GenerationConfig, Handoff, Mode, Topology, Transport
 from recursivemas.engine.inputs import Prompt
 from recursivemas.engine.sampling import Sampling
+from recursivemas.errors import RequestError
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class GenerationOverrides:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"generation: unknown setting(s) {unknown}; use {', '.join(sorted(known))}")
+            raise RequestError(f"generation: unknown setting(s) {unknown}; use {', '.join(sorted(known))}",
+                               "generation")
         stop = value.get("stop")
         return cls(**{**value, "stop": None if stop is None else tuple(stop)})
 
@@ -87,7 +89,8 @@ class RunOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"run options: unknown setting(s) {unknown}; use {', '.join(sorted(known))}")
+            raise RequestError(f"run options: unknown setting(s) {unknown}; use {', '.join(sorted(known))}",
+                               unknown[0])
         return cls(**value)
 
     def rounds_for(self, topology: Topology) -> int:

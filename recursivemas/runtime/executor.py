@@ -31,6 +31,7 @@ from recursivemas.links import LinkSet
 from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
 from recursivemas.runtime.backend import Backend, as_backend
 from recursivemas.engine.sampling import FinishReason, Sampling
+from recursivemas.errors import RequestError
 from recursivemas.runtime.calls import GenerateCall, RunOptions, ThinkCall
 from recursivemas.runtime.graph import Plan, Turn
 from recursivemas.runtime.query import Query, as_queries, check_fields
@@ -376,13 +377,13 @@ def _join_text(segments: list[Content]) -> list[Content]:
 
 def _check_request(questions: Sequence[str], mode: str, rounds: int, steps: int) -> None:
     if not questions:
-        raise ValueError("questions: pass at least one question")
+        raise RequestError("questions: pass at least one question", "questions")
     for i, q in enumerate(questions):
         if not isinstance(q, str) or not q.strip():
-            raise ValueError(f"prompt: question {i} is empty; pass the text to solve")
+            raise RequestError(f"prompt: question {i} is empty; pass the text to solve", "prompt")
     if mode not in get_args(Mode):
-        raise ValueError(f"mode: {mode!r} is not one of latent, text, single")
+        raise RequestError(f"mode: {mode!r} is not one of latent, text, single", "mode")
     if rounds < 1:
-        raise ValueError(f"rounds: must be >= 1, got {rounds}")
+        raise RequestError(f"rounds: must be >= 1, got {rounds}", "rounds")
     if steps < 0:
-        raise ValueError(f"latent_steps: must be >= 0, got {steps}")
+        raise RequestError(f"latent_steps: must be >= 0, got {steps}", "latent_steps")

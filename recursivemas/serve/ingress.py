@@ -20,6 +20,7 @@ from ray import serve
 
 from recursivemas.serve import playground
 from recursivemas.serve.auth import BearerAuth, KeyCheck, token_from_metadata
+from recursivemas.errors import UserError
 from recursivemas.serve.errors import APIError, deadline_exceeded, error_body, new_request_id
 from recursivemas.runtime.query import named_fields
 from recursivemas.serve.openai_api import Limits, parse_request
@@ -74,15 +75,15 @@ def _grpc_refused(keys: KeyCheck, context, request_id: str) -> bool:
 
 
 def _as_api_error(exc: Exception, request_id: str) -> APIError:
-    """A failure inside a run: the user's fault (a prompt over the context, ...) is a 400, anything else a 500."""
+    """A failure inside a run: the user's fault (:class:`~recursivemas.errors.UserError`: a prompt over the context,
+    a field the request lacks) is a 400 naming the field; anything else, an internal invariant included, is a 500
+    with the request id and no internal text, its traceback logged."""
     cause = getattr(exc, "cause", None) or exc
-    from recursivemas.engine import ContextLengthError
-
     if isinstance(cause, APIError):  # the router's own answer: overloaded (503), past its deadline (504)
         return cause
-    if isinstance(cause, ContextLengthError | ValueError):
-        return APIError(400, str(cause).splitlines()[0], param="messages", code="invalid_request")
-    log.exception("request %s failed", request_id)
+    if isinstance(cause, UserError):
+        return APIError(400, str(cause).splitlines()[0], param=cause.field or "messages", code="invalid_request")
+    log.error("request %s failed", request_id, exc_info=cause)
     return APIError.internal(request_id)
 
 
