@@ -47,6 +47,12 @@ class BackboneConfig(Strict):
     """Intra-op CPU threads of this backbone's actor; None: the CPUs Ray reserves for it (at least 1). Agents in a
     chain take turns, so on a CPU machine each backbone may use every core without reserving them all."""
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What makes two backbones one: topologies whose backbones have equal keys share one loaded engine (in
+        one process), one actor (on a cluster) and one deployment (under Serve)."""
+        return (self.model, self.dtype, self.device)
+
 
 class FramingConfig(Strict):
     """How an agent's prompt is framed as a conversation. Set at the topology level for every agent, and per agent

@@ -28,10 +28,10 @@ from recursivemas.actors.coordinator import Coordinator
 from recursivemas.actors.remote import BackboneFailure
 from recursivemas.config import BackboneConfig, Topology, load_topology
 from recursivemas.errors import ConfigError, UserError
-from recursivemas.model_zoo import resolve_model
 from recursivemas.runtime import RunResult
 from recursivemas.runtime.accounting import report_turns
 from recursivemas.runtime.calls import BackboneDims, RunOptions
+from recursivemas.runtime.host import HostOptions
 from recursivemas.runtime.local import build_links
 from recursivemas.runtime.query import Query, as_queries, check_fields
 from recursivemas.runtime.runner import OnTurn, SingleRun
@@ -177,19 +177,18 @@ class Cluster:
         if key in self._actors:
             return self._actors[key]
         _check_feasible(name, cfg)
-        path = resolve_model(cfg.model)
         options = dict(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=dict(cfg.resources) or None,
                        max_concurrency=64, max_restarts=cfg.max_restarts, max_task_retries=0)
         if strategy is not None:
             options["scheduling_strategy"] = strategy
+        threads = cfg.torch_threads or max(1, int(cfg.num_cpus))  # else the CPUs Ray reserved for it
         actor = ray.remote(BackboneActor).options(**options).remote(
-            name, path, cfg.dtype, cfg.device, self.max_batch, self.batch_wait_s,
-            cfg.torch_threads or max(1, int(cfg.num_cpus)))
+            name, cfg, HostOptions(self.max_batch, self.batch_wait_s, threads))
         try:
             info = ray.get(actor.info.remote())
         except RayActorError as exc:
             ray.kill(actor)
-            raise OSError(f"backbone {name!r}: the actor could not load model {cfg.model!r} ({path}): "
+            raise OSError(f"backbone {name!r}: the actor could not load model {cfg.model!r}: "
                           f"{_root_cause(exc)}") from None
         self._actors[key] = actor
         self._dims[key] = BackboneDims.of(info)
@@ -222,7 +221,7 @@ def _unwrap(ref: ray.ObjectRef):
 
 def _key(cfg: BackboneConfig, owner: str | None = None) -> tuple:
     """Backbones with equal keys share one actor; ``owner`` names a topology that needs actors of its own."""
-    return (cfg.model, cfg.dtype, cfg.device) + ((owner,) if owner else ())
+    return cfg.key + ((owner,) if owner else ())
 
 
 def _bundle(cfg: BackboneConfig) -> dict[str, float]:

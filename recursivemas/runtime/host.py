@@ -10,19 +10,41 @@ agent (its inner link and its outgoing outer links), as ``docs/architecture.md``
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 
+from recursivemas.config import BackboneConfig
 from recursivemas.engine import BackboneEngine, Generation
 from recursivemas.engine.coalescing import CoalescingEngine
 from recursivemas.engine.sampling import Sampling
 from recursivemas.links import LinkSet
+from recursivemas.model_zoo import resolve_model
 from recursivemas.runtime.calls import BackboneDims, GenerateCall, RowStop, ThinkCall, Thought
 
+log = logging.getLogger("recursivemas")
 _FORGET_S = 3600.0  # a cancelled tag is kept this long: longer than any call of its run can still be arriving
+
+
+def load_engine(name: str, config: BackboneConfig) -> BackboneEngine:
+    """One backbone of a topology (``config`` is its ``backbones:`` entry), loaded in this process."""
+    log.info("loading backbone %s (%s)", name, config.model)
+    return BackboneEngine.load(resolve_model(config.model), dtype=config.dtype, device=config.device, name=name)
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """How a host shared by many callers (a Ray actor, a Serve replica) runs: calls coalesced up to ``max_batch``
+    rows within ``batch_wait_s``, and ``torch_threads`` intra-op threads for its process (None: leave them)."""
+
+    max_batch: int | None = 16
+    batch_wait_s: float = 0.005
+    torch_threads: int | None = None
 
 
 class BackboneHost:
@@ -40,13 +62,21 @@ class BackboneHost:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, name: str, path: str, dtype: str, device: str, max_batch: int | None = None,
-             batch_wait_s: float = 0.005) -> BackboneHost:
-        return cls(BackboneEngine.load(path, dtype=dtype, device=device, name=name), max_batch, batch_wait_s)
+    def from_config(cls, name: str, config: BackboneConfig, options: HostOptions | None = None) -> BackboneHost:
+        """The one way a process that serves a backbone builds its host: the Ray actor and the Serve replica
+        are thin wrappers around this, adding only what Ray needs (latent references in, hand-offs published)."""
+        options = options or HostOptions()
+        if options.torch_threads is not None:
+            torch.set_num_threads(options.torch_threads)
+        return cls(load_engine(name, config), options.max_batch, options.batch_wait_s)
 
     @property
     def dims(self) -> BackboneDims:
         return BackboneDims.of(self.engine)
+
+    def info(self) -> dict:
+        """What callers size links by, and which backbone this is: name, hidden size, embedding scale."""
+        return {"name": self.engine.name, **dataclasses.asdict(self.dims)}
 
     @property
     def batch_sizes(self) -> list[int]:

@@ -19,15 +19,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
-import torch
 
 from recursivemas.actors.backbone import links_from
 from recursivemas.actors.latents import fetched, lower
 from recursivemas.actors.remote import BackboneFailure, RemoteBackend
-from recursivemas.config import Topology
+from recursivemas.config import BackboneConfig, Topology
 from recursivemas.runtime import Executor, RunResult, build_links
 from recursivemas.runtime.calls import BackboneDims, GenerateCall, RunOptions, ThinkCall
-from recursivemas.runtime.host import BackboneHost
+from recursivemas.runtime.host import BackboneHost, HostOptions
 from recursivemas.runtime.query import Query, as_queries
 from recursivemas.runtime.stopping import RunStop
 from recursivemas.serve.batcher import AdaptiveBatcher
@@ -46,15 +45,13 @@ class BackboneServer:
     Calls wait in threads of their own (not the event loop's small default pool), so that many requests reach the
     coalescer at once and share batched forwards."""
 
-    def __init__(self, name: str, path: str, dtype: str, device: str, max_batch: int = 16,
-                 batch_wait_s: float = 0.005, torch_threads: int = 1) -> None:
-        torch.set_num_threads(torch_threads)
+    def __init__(self, name: str, config: BackboneConfig, options: HostOptions) -> None:
         self.name = name
-        self.host = BackboneHost.load(name, path, dtype, device, max_batch, batch_wait_s)
+        self.host = BackboneHost.from_config(name, config, options)
         self.pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="backbone-call")
 
     def info(self) -> dict:
-        return {"name": self.name, **dataclasses.asdict(self.host.dims)}
+        return self.host.info()
 
     async def think(self, call: ThinkCall, links_ref: list, *latents):
         def work():
