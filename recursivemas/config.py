@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -342,6 +342,7 @@ class Topology(BaseModel):
 
 
 BUILTIN_TOPOLOGIES = Path(__file__).parent / "topologies"
+M = TypeVar("M", bound=BaseModel)
 
 
 def load_topology(path: str | Path) -> Topology:
@@ -350,19 +351,9 @@ def load_topology(path: str | Path) -> Topology:
     builtin = BUILTIN_TOPOLOGIES / f"{path}.yaml"
     if not path.is_file() and builtin.is_file():
         path = builtin
-    if not path.is_file():
-        known = sorted(p.stem for p in BUILTIN_TOPOLOGIES.glob("*.yaml"))
-        raise ConfigError(f"topology file {path} does not exist (built-in topologies: {known})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with backbones, agents, ...; got {type(data).__name__}")
-    try:
-        topology = Topology.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid topology\n{format_validation_error(exc)}") from None
+    known = sorted(p.stem for p in BUILTIN_TOPOLOGIES.glob("*.yaml"))
+    topology = load_yaml_config(path, Topology, "topology", "backbones, agents, ...",
+                                missing_hint=f" (built-in topologies: {known})")
     here = path.resolve().parent  # relative paths in the file are relative to where it really is (symlinks)
     if topology.links and not Path(topology.links).is_absolute():
         topology.links = str((here / topology.links).resolve())
@@ -370,6 +361,26 @@ def load_topology(path: str | Path) -> Topology:
         if not Path(backbone.model).is_absolute() and (here / backbone.model).is_dir():
             backbone.model = str((here / backbone.model).resolve())
     return topology
+
+
+def load_yaml_config(path: Path, model: type[M], what: str, keys: str, missing_hint: str = "",
+                     empty_ok: bool = False) -> M:
+    """The one YAML-to-pydantic loader (topologies, train and serve configs): every failure is a
+    :class:`ConfigError` that names the file, then each bad field with a "did you mean" for a typo'd key."""
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist{missing_hint}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None and empty_ok:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with {keys}; got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid {what}\n{format_validation_error(exc, model)}") from None
 
 
 def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
