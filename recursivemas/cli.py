@@ -172,7 +172,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_links_import(args: argparse.Namespace) -> int:
-    from recursivemas.link_import import import_links
+    from recursivemas.links.import_command import import_links
 
     return import_links(args)
 

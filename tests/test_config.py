@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from recursivemas import prompts
 from recursivemas.config import ConfigError, Topology, load_topology
-from recursivemas.graph_checks import find_cycle
+from recursivemas.config.graph_checks import find_cycle
 
 BACKBONES = {"smol": {"model": "some/model"}, "gem": {"model": "/models/gemma"}}
 

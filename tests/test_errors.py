@@ -13,7 +13,7 @@ from recursivemas import errors
 from recursivemas.config import ConfigError, load_topology
 from recursivemas.engine import ContextLengthError, Prompt
 from recursivemas.links.io import LinkCheckpointError
-from recursivemas.links.released import ReleasedLinkError
+from recursivemas.links.release_weights import ReleasedLinkError
 from recursivemas.runtime import MissingFieldError, RunOptions
 from recursivemas.runtime.calls import GenerateCall, GenerationOverrides
 from recursivemas.runtime.sandbox import SandboxUnavailable

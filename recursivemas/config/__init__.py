@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from recursivemas import prompts
 from recursivemas.engine.sampling import Sampling
 from recursivemas.errors import ConfigError
-from recursivemas.graph_checks import check_graph
+from recursivemas.config.graph_checks import check_graph
 
 Pattern = Literal["sequential", "mixture", "distillation", "deliberation"]
 Mode = Literal["latent", "text", "single"]
@@ -341,7 +341,7 @@ class Topology(BaseModel):
         return Topology.model_validate({**self.to_dict(), **changes})
 
 
-BUILTIN_TOPOLOGIES = Path(__file__).parent / "topologies"
+BUILTIN_TOPOLOGIES = Path(__file__).parents[1] / "topologies"
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -14,27 +14,33 @@ coordinator receives the queries as they are (they pickle), and a missing field 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import ray
-from ray.exceptions import RayActorError
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+# Ray reads this once, at import: without it a local Ray binds to the machine's eth0 address instead of 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from recursivemas.actors.backbone import BackboneActor
-from recursivemas.actors.coordinator import Coordinator
-from recursivemas.actors.remote import BackboneFailure
-from recursivemas.config import BackboneConfig, Topology, load_topology
-from recursivemas.errors import ConfigError, UserError
-from recursivemas.runtime import RunResult
-from recursivemas.runtime.accounting import report_turns
-from recursivemas.runtime.calls import BackboneDims, RunOptions
-from recursivemas.runtime.host import HostOptions
-from recursivemas.runtime.local import build_links
-from recursivemas.runtime.query import Query, as_queries, check_fields
-from recursivemas.runtime.runner import OnTurn, SingleRun
+import ray  # noqa: E402
+from ray.exceptions import RayActorError  # noqa: E402
+from ray.util.placement_group import placement_group, remove_placement_group  # noqa: E402
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # noqa: E402
+
+from recursivemas.actors.backbone import BackboneActor  # noqa: E402
+from recursivemas.actors.coordinator import Coordinator  # noqa: E402
+from recursivemas.actors.remote import BackboneFailure  # noqa: E402
+from recursivemas.config import BackboneConfig, Topology, load_topology  # noqa: E402
+from recursivemas.errors import ConfigError, UserError  # noqa: E402
+from recursivemas.runtime import RunResult  # noqa: E402
+from recursivemas.runtime.accounting import report_turns  # noqa: E402
+from recursivemas.runtime.calls import BackboneDims, RunOptions  # noqa: E402
+from recursivemas.runtime.host import HostOptions  # noqa: E402
+from recursivemas.runtime.local import build_links  # noqa: E402
+from recursivemas.runtime.query import Query, as_queries, check_fields  # noqa: E402
+from recursivemas.runtime.runner import OnTurn, SingleRun  # noqa: E402
+
+__all__ = ["BackboneFailure", "Cluster", "RemoteSystem"]
 
 log = logging.getLogger("recursivemas")
 

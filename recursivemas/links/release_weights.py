@@ -8,7 +8,7 @@ before anything is built: a mixed-up file list fails here, naming the file, rath
 but hands garbage between agents.
 
 Files are read with ``torch.load(..., weights_only=True)`` only, so a malicious pickle cannot run code.
-:mod:`.release` finds the files through the release's manifests; the CLI converts the result to our own
+:mod:`.release_manifests` finds the files through the release's manifests; the CLI converts the result to our own
 checkpoint format with :func:`recursivemas.links.io.save_links`.
 """
 
