@@ -143,7 +143,7 @@ class Router:
         """Requests admitted and not yet answered (what ``limits.max_queued`` bounds)."""
         return self.pending
 
-    def _count(self, model: str, result) -> dict:
+    def _count(self, model: str, result: RunResult) -> RunResult:
         """Prometheus metrics of a finished run (Ray exports them with Serve's own request metrics)."""
         tags = {"model": model, "mode": result.mode}
         self.runs.inc(1, tags)
@@ -152,7 +152,7 @@ class Router:
             if value:  # Ray counters take positive increments only
                 counter.inc(value, tags)
         self.seconds.observe(result.wall_s, tags)
-        return result.to_dict()
+        return result
 
     def topology(self, model: str) -> dict:
         return self.executors[model].topology.to_dict()
@@ -172,7 +172,7 @@ class Router:
         return await asyncio.get_running_loop().run_in_executor(self.pool, work)
 
     async def run(self, model: str, question: str | Query, options: RunOptions, deadline: float | None = None,
-                  request_id: str = "") -> dict:
+                  request_id: str = "") -> RunResult:
         """One request's run (its question and fields), batched with its concurrent peers. Past ``deadline``
         (``time.time()``) it is a 504; a caller that goes away (Serve cancels this call) stops its run, and its
         batch-mates go on."""
@@ -237,7 +237,7 @@ class Router:
 
     async def stream(self, model: str, question: str | Query, options: RunOptions, deadline: float | None = None,
                      request_id: str = ""):
-        """Text deltas of the answer as the decoder produces them, then the run's result (a dict). A caller that
+        """Text deltas of the answer as the decoder produces them, then the run's ``RunResult``. A caller that
         stops reading (a closed connection) stops the run."""
         job = self._admit(model, question, options, deadline, request_id)
         executor, loop, queue = self.executors[model], asyncio.get_running_loop(), asyncio.Queue()
@@ -259,7 +259,7 @@ class Router:
                     finished = True
                     raise item
                 yield item
-                if isinstance(item, dict):
+                if isinstance(item, RunResult):
                     finished = True
                     return
         finally:

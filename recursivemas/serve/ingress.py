@@ -154,7 +154,7 @@ class Ingress:
             err = _as_api_error(exc, request_id)
             return JSONResponse(error_body(err, request_id), status_code=err.status,
                                 headers={**headers, **err.headers()})
-        body = completion_body(request_id, req.model, int(time.time()), result["text"], result)
+        body = completion_body(request_id, req.model, int(time.time()), result.text, result)
         return JSONResponse(body, headers=headers)
 
     # --- gRPC (the same validation and runs; served through Ray Serve's gRPC proxy) ----------------------------
@@ -171,7 +171,7 @@ class Ingress:
         except Exception as exc:  # noqa: BLE001
             _grpc_fail(grpc_context, exc, request_id)
             return grpc_api.pb.RunResponse(id=request_id)
-        return grpc_api.response_to_proto(request_id, req.model, result["text"], result)
+        return grpc_api.response_to_proto(request_id, req.model, result.text, result)
 
     async def RunStream(self, request, grpc_context=None):  # noqa: N802
         from recursivemas.serve import grpc_api
