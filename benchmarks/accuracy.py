@@ -40,7 +40,7 @@ from recursivemas.eval.datasets import load_eval_dataset  # noqa: E402
 from recursivemas.eval.harness import ItemResult, evaluate, summarise  # noqa: E402
 from recursivemas.eval.report import machine  # noqa: E402
 from recursivemas.eval.stats import discordant, mcnemar_exact  # noqa: E402
-from recursivemas.runtime import InProcess  # noqa: E402
+from recursivemas.runtime import InProcess, RunOptions  # noqa: E402
 from benchmarks._swap import swapped_items, swapped_topology  # noqa: E402
 from recursivemas.train.config import load_train_config  # noqa: E402
 
@@ -95,7 +95,8 @@ def run_cell(make_runner, items, path: Path, mode: str, rounds: int, latent_step
         with tqdm(total=len(items), initial=len(done), desc=desc, unit="item") as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                got = evaluate(runner, batch, (mode,), (rounds,), latent_steps, len(batch)).items
+                options = RunOptions(latent_steps=latent_steps)
+                got = evaluate(runner, batch, (mode,), (rounds,), options, len(batch)).items
                 with path.open("a") as fh:
                     fh.writelines(json.dumps(asdict(r)) + "\n" for r in got)
                 done.extend(got)

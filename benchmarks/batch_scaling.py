@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import QUESTIONS, best_of  # noqa: E402
-from recursivemas.engine import BackboneEngine, Prompt  # noqa: E402
+from recursivemas.engine import BackboneEngine, Prompt, Sampling  # noqa: E402
 from recursivemas.model_zoo import resolve_model  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def main() -> None:
         seconds = {}
         for rows in (1, 8):
             prompts = [Prompt([QUESTIONS[0]])] * rows
-            engine.generate(prompts, max_new_tokens=args.max_new_tokens)  # warm-up
+            engine.generate(prompts, Sampling(max_new_tokens=args.max_new_tokens))  # warm-up
             seconds["gen", rows] = best_of(args.repeats, engine.generate, prompts,
                                            max_new_tokens=args.max_new_tokens, temperature=0.0)
             seconds["rollout", rows] = best_of(args.repeats, engine.rollout, prompts, args.latent_steps, None)

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import QUESTIONS, smol_topology  # noqa: E402
 from recursivemas.config import load_topology  # noqa: E402
-from recursivemas.runtime import load_system  # noqa: E402
+from recursivemas.runtime import RunOptions, load_system  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
         topology = topology.replace(latent_steps=args.latent_steps, generation=generation)
     system = load_system(topology)
     questions = QUESTIONS[: args.questions]
-    system.run(questions[0], mode="latent", rounds=1)  # warm-up
+    system.run(questions[0], RunOptions(mode="latent", rounds=1))  # warm-up
     result: dict[str, object] = {"topology": topology.name, "questions": len(questions),
                                  "latent_steps": topology.latent_steps, "max_new_tokens": args.max_new_tokens}
     header = ("rounds", "latent s", "text s", "speedup", "latent tok", "text tok", "reduction")
@@ -48,7 +48,7 @@ def main() -> None:
         totals = {"latent": [0.0, 0], "text": [0.0, 0]}
         for question in questions:
             for mode in ("latent", "text"):
-                run = system.run(question, mode=mode, rounds=rounds)
+                run = system.run(question, RunOptions(mode=mode, rounds=rounds))
                 totals[mode][0] += run.wall_s
                 totals[mode][1] += run.totals.decoded_tokens
         (lat_s, lat_tok), (txt_s, txt_tok) = totals["latent"], totals["text"]

@@ -28,6 +28,7 @@ from recursivemas.config import load_topology  # noqa: E402
 from recursivemas.runtime import build_links, load_engines  # noqa: E402
 from recursivemas.runtime.executor import fill_prompt, framing_of  # noqa: E402
 from recursivemas.train.data import generate_rows  # noqa: E402
+from recursivemas.engine import Sampling  # noqa: E402
 
 PAIR = Path(__file__).resolve().parents[1] / "examples" / "channel" / "recall-pair.yaml"
 
@@ -47,7 +48,7 @@ def rollout_states(topology, engine, links, rows, steps: int) -> torch.Tensor:
 
 def follows_reply(engine, topology, rows, thought_ids: torch.Tensor) -> float:
     """How much of the rollout is the reader's own greedy text, position by position."""
-    replies = engine.generate(reader_prompts(topology, rows), max_new_tokens=thought_ids.shape[1])
+    replies = engine.generate(reader_prompts(topology, rows), Sampling(max_new_tokens=thought_ids.shape[1]))
     hits = total = 0
     for reply, thought in zip(replies, thought_ids.tolist()):
         wanted = engine.tokenizer(reply.text, add_special_tokens=False)["input_ids"][: len(thought)]

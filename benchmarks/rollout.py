@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import best_of  # noqa: E402
 from benchmarks._reference import recompute_rollout  # noqa: E402
-from recursivemas.engine import BackboneEngine, Prompt  # noqa: E402
+from recursivemas.engine import BackboneEngine, Prompt, Sampling  # noqa: E402
 from recursivemas.links import InnerLink  # noqa: E402
 from recursivemas.model_zoo import resolve_model  # noqa: E402
 from recursivemas.prompts import ROLE_PROMPTS, Slot, render  # noqa: E402
@@ -67,8 +67,8 @@ def main() -> None:
     eos, engine.eos_ids = engine.eos_ids, set()  # decode exactly n tokens for timing
     latent = (best_of(args.repeats, lambda: engine.rollout([prompt], n + 1, link))
               - best_of(args.repeats, lambda: engine.rollout([prompt], 1, link))) / n
-    decode = (best_of(args.repeats, lambda: engine.generate([prompt], max_new_tokens=n + 1))
-              - best_of(args.repeats, lambda: engine.generate([prompt], max_new_tokens=1))) / n
+    decode = (best_of(args.repeats, lambda: engine.generate([prompt], Sampling(max_new_tokens=n + 1)))
+              - best_of(args.repeats, lambda: engine.generate([prompt], Sampling(max_new_tokens=1)))) / n
     engine.eos_ids = eos
     result["latent_step_ms"] = round(latent * 1e3, 3)
     result["decode_step_ms"] = round(decode * 1e3, 3)

@@ -16,6 +16,7 @@ import ray
 
 from recursivemas import load_system
 from recursivemas.cluster import Cluster
+from recursivemas.runtime import RunOptions
 
 QUESTION = "Calculate 1 - 6.\n\nPut your final answer in \\boxed{}."
 
@@ -27,11 +28,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     system = load_system(args.topology)  # in this process
-    latent = system.run(QUESTION, mode="latent")
-    text = system.run(QUESTION, mode="text")
+    latent = system.run(QUESTION, RunOptions(mode="latent"))
+    text = system.run(QUESTION, RunOptions(mode="text"))
     print(f"latent: {latent.text.strip()!r}\n  {latent.totals}")
     print(f"text:   {text.text.strip()!r}\n  {text.totals}")
-    batch = system.run_batch(["What is 2 + 3?", "What is 7 - 4?"], mode="latent")  # batched per backbone
+    batch = system.run_batch(["What is 2 + 3?", "What is 7 - 4?"], RunOptions(mode="latent"))  # batched per backbone
     print("batch:", [r.text.strip()[:40] for r in batch])
     out = {"latent": latent, "text": text, "batch": batch}
     if args.skip_cluster:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with Cluster() as cluster:  # a local Ray on 127.0.0.1; Cluster(address="host:6379") joins one
         on_ray = cluster.system(args.topology)
-        out["cluster"] = on_ray.run(QUESTION, mode="latent")
+        out["cluster"] = on_ray.run(QUESTION, RunOptions(mode="latent"))
         refs = [cluster.submit(args.topology, q) for q in ("What is 2 + 3?", "What is 7 - 4?")]  # in flight at once
         out["submitted"] = [r for ref in refs for r in ray.get(ref)]
         print(f"on Ray: {out['cluster'].text.strip()!r}; submitted: {len(out['submitted'])} answers")

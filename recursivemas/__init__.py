@@ -1,9 +1,9 @@
 """recursivemas: run, train and serve recursive multi-agent systems whose agents talk in latent space."""
 
 from recursivemas.config import Topology, load_topology
-from recursivemas.runtime import Executor, Query, RunResult, load_system
+from recursivemas.runtime import Executor, Query, RunOptions, RunResult, load_system
 
-__all__ = ["Cluster", "Executor", "Query", "RunResult", "Topology", "load_system", "load_topology"]
+__all__ = ["Cluster", "Executor", "Query", "RunOptions", "RunResult", "Topology", "load_system", "load_topology"]
 __version__ = "0.1.0"
 
 

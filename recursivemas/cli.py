@@ -22,14 +22,10 @@ DEMO_REFERENCE = "-5"
 
 def cmd_run(args: argparse.Namespace) -> int:
     from recursivemas.config import load_topology
-    from recursivemas.runtime import load_system
+    from recursivemas.runtime import RunOptions, load_system
 
     topology = with_links(load_topology(args.topology), args.links)
-    changes = {k: v for k, v in (("rounds", args.rounds), ("latent_steps", args.latent_steps)) if v is not None}
-    if args.max_new_tokens is not None:
-        changes["generation"] = {**topology.generation.model_dump(), "max_new_tokens": args.max_new_tokens}
-    if changes:
-        topology = topology.replace(**changes)
+    generation = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
     query = _query(topology, args, modes)  # before any model loads: a missing field fails in a second
     reference = args.reference if args.reference is not None else (DEMO_REFERENCE if args.prompt == DEMO_PROMPT
@@ -38,13 +34,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     system = cluster.system(topology) if cluster else load_system(topology)  # one runner interface either way
     results = []
     for mode in modes:
+        options = RunOptions(mode, args.rounds, args.latent_steps, generation)
+        rounds, steps = options.rounds_for(topology), options.latent_steps_for(topology)
         if not args.json:
-            t = topology
             where = " on Ray" if cluster else ""
-            print(f"\n=== {mode} mode{where}: {t.name}, rounds {t.rounds}, latent steps {t.latent_steps} ===",
-                  flush=True)
-        progress = None if args.json else _progress(1 if mode == "single" else topology.rounds)
-        result = system.run(query, mode=mode, on_turn=progress)  # on a cluster, turns are heard after the run
+            print(f"\n=== {mode} mode{where}: {topology.name}, rounds {rounds}, latent steps {steps} ===", flush=True)
+        progress = None if args.json else _progress(1 if mode == "single" else rounds)
+        result = system.run(query, options, on_turn=progress)  # on a cluster, turns are heard after the run
         results.append(result)
         if not args.json:
             print(f"\nanswer ({mode}):\n{result.text.strip()}\n")
@@ -54,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(), indent=2))
     elif len(results) > 1:
-        print("\n" + _comparison(results, topology))
+        print("\n" + _comparison(results, topology, options))
     return 0
 
 
@@ -125,12 +121,12 @@ def _progress(rounds: int):
     return report
 
 
-def _comparison(results, topology) -> str:
-    base, gen = results[-1], topology.generation
-    message = gen.message_max_new_tokens or gen.max_new_tokens
-    lines = [f"comparison: the same agents, prompts and {topology.rounds} rounds; latent mode hands over "
-             f"{topology.latent_steps} latent steps per agent, text mode messages of up to {message} tokens; "
-             f"answers of up to {gen.max_new_tokens} tokens"]
+def _comparison(results, topology, options) -> str:
+    base = results[-1]
+    answer, message = options.generation.over(topology.generation)
+    lines = [f"comparison: the same agents, prompts and {options.rounds_for(topology)} rounds; latent mode hands "
+             f"over {options.latent_steps_for(topology)} latent steps per agent, text mode messages of up to "
+             f"{message.max_new_tokens} tokens; answers of up to {answer.max_new_tokens} tokens"]
     for r in results:
         t = r.totals
         speed = f", {base.wall_s / r.wall_s:.2f}x the speed of {base.mode}" if r is not base and r.wall_s > 0 else ""
@@ -176,7 +172,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_links_import(args: argparse.Namespace) -> int:
-    from recursivemas.link_import import import_links
+    from recursivemas.links.import_command import import_links
 
     return import_links(args)
 

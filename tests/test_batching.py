@@ -8,6 +8,7 @@ import time
 import pytest
 
 from recursivemas.engine.coalescing import CoalescingEngine
+from recursivemas.engine import Sampling
 
 
 class SlowEngine:
@@ -25,12 +26,12 @@ class SlowEngine:
         time.sleep(self.delay)
         return [(p, steps, link) for p, link in zip(prompts, inner)]
 
-    def generate(self, prompts, **sampling):
+    def generate(self, prompts, sampling, alive=None):
         if any(p == "boom" for p in prompts):
             raise ValueError("bad prompt")
         self.calls.append(("generate", len(prompts)))
         time.sleep(self.delay)
-        return [(p, sampling["temperature"]) for p in prompts]
+        return [(p, sampling.temperature) for p in prompts]
 
 
 def run_callers(n: int, turns: int, engine: CoalescingEngine) -> list[list]:
@@ -75,8 +76,8 @@ def test_incompatible_requests_do_not_mix():
         results[name] = fn()
 
     threads = [
-        threading.Thread(target=call, args=("g0", lambda: engine.generate(["a"], temperature=0.0))),
-        threading.Thread(target=call, args=("g1", lambda: engine.generate(["b"], temperature=0.7))),
+        threading.Thread(target=call, args=("g0", lambda: engine.generate(["a"], Sampling(temperature=0.0)))),
+        threading.Thread(target=call, args=("g1", lambda: engine.generate(["b"], Sampling(temperature=0.7)))),
         threading.Thread(target=call, args=("r", lambda: engine.rollout(["c"], 2, [None]))),
     ]
     for thread in threads:
@@ -93,7 +94,7 @@ def test_a_failing_request_fails_alone():
 
     def call(prompt):
         try:
-            results[prompt] = engine.generate([prompt], temperature=0.0)
+            results[prompt] = engine.generate([prompt], Sampling(temperature=0.0))
         except ValueError as exc:
             errors[prompt] = str(exc)
 

@@ -14,7 +14,7 @@ from benchmarks import accuracy, channel
 from recursivemas.config import load_topology
 from recursivemas.eval.datasets import load_eval_dataset
 from recursivemas.links import save_links
-from recursivemas.runtime import build_links, local
+from recursivemas.runtime import RunOptions, build_links, local
 from test_fields import Recorder
 from tiny import save_tiny, tiny_engine
 
@@ -181,5 +181,6 @@ def test_the_soft_prompt_runner_reads_the_fields_its_template_names(engines):
     runner = SoftPromptRunner(engine, topology, SoftPrompt.matching(engine.hidden_size, 2, 5000).eval())
     with pytest.raises(MissingFieldError, match=r"fields\.context: the template of agent 'solver'"):
         runner.run_batch(["What is the code?"])
-    runner.run_batch([Query("What is the code?", {"context": "The code is 4711."})], generation={"max_new_tokens": 2})
+    runner.run_batch([Query("What is the code?", {"context": "The code is 4711."})],
+                     RunOptions("single", generation={"max_new_tokens": 2}))
     assert "Context: The code is 4711.\nQuestion: What is the code?" in engine.seen[-1]

@@ -9,7 +9,7 @@ import ray
 
 from recursivemas.cluster import BackboneFailure, Cluster
 from recursivemas.config import Topology
-from recursivemas.runtime import MissingFieldError, Query, load_system
+from recursivemas.runtime import MissingFieldError, Query, RunOptions, load_system
 from tiny import save_tiny, save_tiny_pair
 
 pytestmark = pytest.mark.ray  # starts Ray: `make test-fast` leaves these out
@@ -48,7 +48,7 @@ def cluster():
 
 def test_the_cluster_system_is_a_runner_that_reports_turns_after_the_run(cluster, model_dirs):
     system, heard = cluster.system(topology(model_dirs, "sequential")), []
-    (result,) = system.run_batch([QUESTION], mode="latent", on_turn=heard.append)
+    (result,) = system.run_batch([QUESTION], RunOptions(mode="latent"), on_turn=heard.append)
     assert heard == result.usage and heard[-1].kind == "answer"  # every turn, in order, once
 
 
@@ -57,7 +57,7 @@ def test_cluster_equals_in_process(cluster, model_dirs, pattern):
     t = topology(model_dirs, pattern)
     local = load_system(t)
     for mode in ("latent", "text"):
-        remote, here = cluster.run(t, QUESTION, mode=mode), local.run(QUESTION, mode=mode)
+        remote, here = cluster.run(t, QUESTION, RunOptions(mode=mode)), local.run(QUESTION, RunOptions(mode=mode))
         assert remote.text == here.text, (pattern, mode)
         assert [(u.agent, u.round, u.kind, u.prompt_tokens, u.latent_in, u.decoded_tokens) for u in remote.usage] == \
                [(u.agent, u.round, u.kind, u.prompt_tokens, u.latent_in, u.decoded_tokens) for u in here.usage]
@@ -73,8 +73,9 @@ def test_fields_reach_the_coordinator_and_answer_as_in_process(cluster, model_di
                          {"name": "critic", "backbone": "b"}, {"name": "solver", "backbone": "b"}])
     local, context = load_system(t), "The code is 4711."
     for mode in ("latent", "text"):
-        remote, here = cluster.run(t, QUESTION, context=context, mode=mode), local.run(QUESTION, context=context,
-                                                                                        mode=mode)
+        options = RunOptions(mode=mode)
+        remote = cluster.run(t, QUESTION, options, context=context)
+        here = local.run(QUESTION, options, context=context)
         assert remote.text == here.text, mode
         assert [(u.agent, u.kind, u.prompt_tokens, u.decoded_tokens) for u in remote.usage] == \
                [(u.agent, u.kind, u.prompt_tokens, u.decoded_tokens) for u in here.usage]
@@ -119,8 +120,8 @@ def _batches(cluster) -> dict:
 def test_run_batch_matches_single_runs(cluster, model_dirs):
     t = topology(model_dirs, "sequential")
     questions = [QUESTION, "What is 2+2?", "Name a prime."]
-    assert [r.text for r in cluster.run_batch(t, questions, mode="text")] == \
-           [cluster.run(t, q, mode="text").text for q in questions]
+    assert [r.text for r in cluster.run_batch(t, questions, RunOptions(mode="text"))] == \
+           [cluster.run(t, q, RunOptions(mode="text")).text for q in questions]
 
 
 def test_gpu_request_beyond_the_cluster_fails_fast(cluster, model_dirs):

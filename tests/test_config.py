@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest
 import yaml
@@ -13,7 +10,7 @@ from pydantic import ValidationError
 
 from recursivemas import prompts
 from recursivemas.config import ConfigError, Topology, load_topology
-from recursivemas.graph_checks import find_cycle
+from recursivemas.config.graph_checks import find_cycle
 
 BACKBONES = {"smol": {"model": "some/model"}, "gem": {"model": "/models/gemma"}}
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from benchmarks._reference import recompute_rollout
-from recursivemas.engine import BackboneEngine, ContextLengthError, Prompt
+from recursivemas.engine import BackboneEngine, ContextLengthError, Prompt, Sampling
 from recursivemas.engine.inputs import render_pieces
 from recursivemas.links import InnerLink
 from tiny import FAMILIES, tiny_engine
@@ -172,9 +172,9 @@ def test_batched_rollout_equals_single(engines, family):
 def test_batched_greedy_generate_equals_single(engines, family):
     engine = engines(family)
     prompts = batch_prompts(engine)
-    batched = engine.generate(prompts, max_new_tokens=12)
+    batched = engine.generate(prompts, Sampling(max_new_tokens=12))
     for row, prompt in enumerate(prompts):
-        (single,) = engine.generate([prompt], max_new_tokens=12)
+        (single,) = engine.generate([prompt], Sampling(max_new_tokens=12))
         got = batched[row]
         assert got.token_ids == single.token_ids, f"{family} row {row}: batched and single greedy tokens differ"
         assert got.text == single.text
@@ -193,9 +193,9 @@ def test_batched_generate_near_the_context_equals_single(engines, family):
     engine = engines(family, chat=False, context=64)
     short, long = Prompt(["hi"]), Prompt(["y" * 44])
     assert 64 - engine.count_tokens(long) < 10 < 64 - engine.count_tokens(short)
-    batched = engine.generate([short, long], max_new_tokens=10)
+    batched = engine.generate([short, long], Sampling(max_new_tokens=10))
     for row, prompt in enumerate((short, long)):
-        (single,) = engine.generate([prompt], max_new_tokens=10)
+        (single,) = engine.generate([prompt], Sampling(max_new_tokens=10))
         assert (batched[row].token_ids, batched[row].finish_reason) == (single.token_ids, single.finish_reason), (
             f"ENGINE BUG: row {row} gets {len(batched[row].token_ids)} tokens in a batch but "
             f"{len(single.token_ids)} alone: _decode caps every row's budget at max_context - max(lengths)"
@@ -206,8 +206,8 @@ def test_batched_generate_near_the_context_equals_single(engines, family):
 def test_stream_joins_to_generate(engines, chat):
     engine = engines("qwen2", chat=chat)
     prompt = Prompt(["Tell me a story about ", latent(engine, 2, seed=5), " and a cat."])
-    (gen,) = engine.generate([prompt], max_new_tokens=40)
-    deltas = list(engine.stream(prompt, max_new_tokens=40))
+    (gen,) = engine.generate([prompt], Sampling(max_new_tokens=40))
+    deltas = list(engine.stream(prompt, Sampling(max_new_tokens=40)))
     assert "".join(deltas) == gen.text
     assert all(deltas), "stream yielded an empty delta"
     assert len(gen.text) > 0
@@ -216,9 +216,9 @@ def test_stream_joins_to_generate(engines, chat):
 def test_stream_never_splits_a_character():
     text = "naïve ☃ café 🙂 done"
     engine = scripted_engine(text, eos=True)
-    (gen,) = engine.generate([Prompt(["x"])], max_new_tokens=64)
+    (gen,) = engine.generate([Prompt(["x"])], Sampling(max_new_tokens=64))
     assert (gen.text, gen.finish_reason) == (text, "eos")
-    deltas = list(engine.stream(Prompt(["x"]), max_new_tokens=64))
+    deltas = list(engine.stream(Prompt(["x"]), Sampling(max_new_tokens=64)))
     assert "".join(deltas) == text
     assert not any("\ufffd" in d for d in deltas), deltas
     assert len(deltas) > 5  # it really streams
@@ -228,22 +228,22 @@ def test_sampling_seeds(engines):
     engine = engines("llama", chat=False)
     prompt = Prompt(["Once upon a time"])
     n = 40
-    a = engine.generate([prompt], max_new_tokens=n, temperature=1.0, seed=123)[0]
-    b = engine.generate([prompt], max_new_tokens=n, temperature=1.0, seed=123)[0]
-    c = engine.generate([prompt], max_new_tokens=n, temperature=1.0, seed=456)[0]
+    a = engine.generate([prompt], Sampling(max_new_tokens=n, temperature=1.0, seed=123))[0]
+    b = engine.generate([prompt], Sampling(max_new_tokens=n, temperature=1.0, seed=123))[0]
+    c = engine.generate([prompt], Sampling(max_new_tokens=n, temperature=1.0, seed=456))[0]
     assert (a.token_ids, a.text) == (b.token_ids, b.text)
     # a random model is near uniform over 261 tokens: two seeds agreeing on a whole run is vanishingly unlikely
     assert len(a.token_ids) > 3 and a.token_ids != c.token_ids
-    greedy = engine.generate([prompt], max_new_tokens=n)[0]
+    greedy = engine.generate([prompt], Sampling(max_new_tokens=n))[0]
     assert a.token_ids != greedy.token_ids
-    nucleus = engine.generate([prompt], max_new_tokens=n, temperature=1.0, top_p=1e-6, seed=9)[0]
+    nucleus = engine.generate([prompt], Sampling(max_new_tokens=n, temperature=1.0, top_p=1e-6, seed=9))[0]
     assert nucleus.token_ids == greedy.token_ids
 
 
 def test_sampling_batched_rows_are_independent(engines):
     engine = engines("llama", chat=False)
     prompt = Prompt(["Once upon a time"])
-    rows = engine.generate([prompt, prompt], max_new_tokens=30, temperature=1.0, seed=5)
+    rows = engine.generate([prompt, prompt], Sampling(max_new_tokens=30, temperature=1.0, seed=5))
     assert rows[0].token_ids != rows[1].token_ids  # same prompt, but each row draws its own tokens
 
 
@@ -262,37 +262,37 @@ def _ascii_window(engine, runs: list[list[int]]) -> tuple[int, int, int]:
 def test_stop_string(engines, family):
     engine = engines(family, chat=False)
     prompts = [Prompt(["Once upon a time"]), Prompt(["The quick brown fox jumps over the lazy dog, again and again"])]
-    free = engine.generate(prompts, max_new_tokens=30)
+    free = engine.generate(prompts, Sampling(max_new_tokens=30))
     row, j, k = _ascii_window(engine, [g.token_ids for g in free])
     ids, prompt = free[row].token_ids, prompts[row]
     stop = engine.tokenizer.decode(ids[j:k])
     # byte-level tokens: the run stops at the first token whose text completes the stop string
     first = next(m for m in range(1, len(ids) + 1) if stop in engine.tokenizer.decode(ids[:m]))
 
-    (stopped,) = engine.generate([prompt], max_new_tokens=30, stop=[stop, "never-there"])
+    (stopped,) = engine.generate([prompt], Sampling(max_new_tokens=30, stop=[stop, "never-there"]))
     assert stopped.finish_reason == "stop"
     assert stopped.token_ids == ids[:first]
     assert stopped.text.endswith(stop) and stop not in stopped.text[:-1]
     assert free[row].text.startswith(stopped.text) and len(stopped.text) <= len(free[row].text)
-    assert "".join(engine.stream(prompt, max_new_tokens=30, stop=[stop])) == stopped.text
+    assert "".join(engine.stream(prompt, Sampling(max_new_tokens=30, stop=[stop]))) == stopped.text
 
     # in a batch, a stopped row does not disturb the others
-    batched = engine.generate(prompts, max_new_tokens=30, stop=[stop])
+    batched = engine.generate(prompts, Sampling(max_new_tokens=30, stop=[stop]))
     assert batched[row].finish_reason == "stop"
     for r, p in enumerate(prompts):
-        (single,) = engine.generate([p], max_new_tokens=30, stop=[stop])
+        (single,) = engine.generate([p], Sampling(max_new_tokens=30, stop=[stop]))
         assert (batched[r].token_ids, batched[r].finish_reason) == (single.token_ids, single.finish_reason)
 
 
 def test_stop_string_spanning_tokens_ascii():
     engine = scripted_engine("The answer is 42. Then more text", chat=False)
-    (gen,) = engine.generate([Prompt(["q"])], max_new_tokens=64, stop=["is 42."])
+    (gen,) = engine.generate([Prompt(["q"])], Sampling(max_new_tokens=64, stop=["is 42."]))
     assert (gen.finish_reason, gen.text) == ("stop", "The answer is 42.")
 
 
 def test_stop_string_with_multibyte_characters():
     engine = scripted_engine("Prix: 5 € puis la suite", chat=False)
-    (gen,) = engine.generate([Prompt(["q"])], max_new_tokens=64, stop=["5 €"])
+    (gen,) = engine.generate([Prompt(["q"])], Sampling(max_new_tokens=64, stop=["5 €"]))
     assert (gen.finish_reason, gen.text) == ("stop", "Prix: 5 €"), (
         "a stop string holding a multi-byte character must match: stop strings are to be checked against a decoded "
         "tail of tokens, not per-token decodes ('€' is 3 byte tokens, each decoding to U+FFFD alone); "
@@ -310,18 +310,18 @@ def test_eos_forced_by_lm_head():
             head.bias.zero_()
             head.bias[eos] = 10.0
         engine.model.lm_head = head.requires_grad_(False)
-        gens = engine.generate([Prompt(["hi"]), Prompt(["a longer prompt " * 4])], max_new_tokens=10)
+        gens = engine.generate([Prompt(["hi"]), Prompt(["a longer prompt " * 4])], Sampling(max_new_tokens=10))
         for gen in gens:
             assert (gen.finish_reason, gen.text, gen.token_ids) == ("eos", "", [])
-        assert list(engine.stream(Prompt(["hi"]), max_new_tokens=10)) == []
+        assert list(engine.stream(Prompt(["hi"]), Sampling(max_new_tokens=10))) == []
 
 
 def test_eos_after_some_tokens():
     engine = scripted_engine("ab c", eos=True)
-    (gen,) = engine.generate([Prompt(["q"])], max_new_tokens=20)
+    (gen,) = engine.generate([Prompt(["q"])], Sampling(max_new_tokens=20))
     assert (gen.finish_reason, gen.text, gen.token_ids) == ("eos", "ab c", ids_of(engine, "ab c"))
-    assert "".join(engine.stream(Prompt(["q"]), max_new_tokens=20)) == "ab c"
-    (short,) = engine.generate([Prompt(["q"])], max_new_tokens=2)
+    assert "".join(engine.stream(Prompt(["q"]), Sampling(max_new_tokens=20))) == "ab c"
+    (short,) = engine.generate([Prompt(["q"])], Sampling(max_new_tokens=2))
     assert (short.finish_reason, short.text) == ("length", "ab")
 
 
@@ -387,7 +387,7 @@ def test_context_length_errors(engines, family):
     long_prompt = Prompt(["x" * 100])
     length = engine.count_tokens(long_prompt)
     assert length > 64
-    for call in (lambda: engine.rollout([long_prompt], 1, None), lambda: engine.generate([long_prompt], 4),
+    for call in (lambda: engine.rollout([long_prompt], 1, None), lambda: engine.generate([long_prompt], Sampling(4)),
                  lambda: engine.forward_states([long_prompt], ["ok"])):
         with pytest.raises(ContextLengthError) as info:
             call()
@@ -403,7 +403,7 @@ def test_context_length_errors(engines, family):
     # right at the edge still works (absolute-position models like gpt2 would index out of range otherwise)
     (edge,) = engine.rollout([short], room, None)
     assert edge.states.shape == (room, engine.hidden_size)
-    (gen,) = engine.generate([short], max_new_tokens=room + 20)
+    (gen,) = engine.generate([short], Sampling(max_new_tokens=room + 20))
     assert len(gen.token_ids) <= room
 
 
@@ -421,7 +421,7 @@ def test_response_prefix_continues_the_reply(engines):
 def test_latent_segment_of_wrong_width_raises(engines):
     engine = engines("qwen2")
     bad = Prompt(["a ", torch.randn(2, engine.hidden_size + 1), " b"])
-    for call in (lambda: engine.rollout([bad], 2, None), lambda: engine.generate([bad], 2),
+    for call in (lambda: engine.rollout([bad], 2, None), lambda: engine.generate([bad], Sampling(2)),
                  lambda: engine.count_tokens(bad)):
         with pytest.raises(ValueError, match=str(engine.hidden_size)):
             call()
@@ -485,15 +485,15 @@ def test_a_multimodal_wrapper_loads_through_its_text_path(tmp_path, caplog):
     (out,), (ref,) = engine.rollout(prompt, 3, None), whole.rollout(prompt, 3, None)
     assert out.states.shape == (3, 40)
     torch.testing.assert_close(out.states, ref.states, rtol=0, atol=0)
-    assert engine.generate(prompt, max_new_tokens=5)[0].text == whole.generate(prompt, max_new_tokens=5)[0].text
+    assert engine.generate(prompt, Sampling(max_new_tokens=5))[0].text == whole.generate(prompt, Sampling(max_new_tokens=5))[0].text
 
 
 def test_a_tiny_or_huge_temperature_samples_a_valid_token():
     """Found by fuzzing the server: logits / 1e-300 overflowed in float32 and torch.multinomial raised."""
-    from recursivemas.engine.sampling import Sampler
+    from recursivemas.engine.sampler import Sampler
 
     logits = torch.tensor([[0.0, 3.0, 1.0], [5.0, -2.0, 4.9]])
-    assert Sampler(1e-300, seed=0)(logits).tolist() == [1, 0]  # greedy in effect
+    assert Sampler(Sampling(temperature=1e-300, seed=0))(logits).tolist() == [1, 0]  # greedy in effect
     for temperature in (1e-6, 1e-3, 2.0, 1e30):
-        picks = Sampler(temperature, seed=0)(logits)
+        picks = Sampler(Sampling(temperature=temperature, seed=0))(logits)
         assert picks.shape == (2,) and ((0 <= picks) & (picks < 3)).all()

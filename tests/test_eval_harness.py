@@ -27,7 +27,8 @@ class ScriptedRunner:
     def __init__(self) -> None:
         self.calls: list[tuple[str, int, int]] = []
 
-    def run_batch(self, prompts, *, mode, rounds, latent_steps):
+    def run_batch(self, prompts, options, *, on_turn=None):
+        mode, rounds = options.mode, options.rounds
         self.calls.append((mode, rounds, len(prompts)))
         out = []
         for prompt in prompts:

@@ -12,14 +12,15 @@ import pytest
 import yaml
 
 from recursivemas.cli import main
-from recursivemas.config import load_topology
+from recursivemas.config import BUILTIN_TOPOLOGIES, load_topology
 from recursivemas.links import LinkSet, load_links
 from recursivemas.runtime import Executor, build_links, load_system
 from test_executor import FakeToolCaller
 from tiny import save_tiny_pair
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TOPOLOGIES = sorted((EXAMPLES / "topologies").glob("*.yaml"))
+# The sequential pattern's example is the built-in demo (one copy of it, in the package).
+TOPOLOGIES = [*sorted((EXAMPLES / "topologies").glob("*.yaml")), BUILTIN_TOPOLOGIES / "sequential-demo.yaml"]
 TRAIN_CONFIGS = sorted([*EXAMPLES.glob("train-*.yaml"), *(EXAMPLES / "train").glob("*.yaml")])
 
 
@@ -60,7 +61,7 @@ def test_an_example_topology_runs_in_latent_and_text_mode(path, tiny_models, tmp
 
 
 def test_the_deliberation_example_runs_its_tool_loop_in_the_sandbox(tiny_models, tmp_path):
-    topology = load_topology(tiny_version(EXAMPLES / "topologies" / "deliberation.yaml", tiny_models,
+    topology = load_topology(tiny_version(EXAMPLES / "topologies" / "deliberation-demo.yaml", tiny_models,
                                           tmp_path / "delib.yaml"))
     assert topology.tools.python_sandbox == "bwrap"
     caller = FakeToolCaller(["<python>import os\nprint(6 * 7, os.getcwd())</python>", "So \\boxed{42}."])
@@ -95,7 +96,7 @@ def test_an_example_training_config_trains_a_step(path, tiny_models, tmp_path, c
 def test_the_quickstart_runs_in_process(tiny_models, tmp_path, capsys):
     from examples.quickstart import main as quickstart
 
-    tiny = tiny_version(EXAMPLES / "topologies" / "sequential-demo.yaml", tiny_models, tmp_path / "seq.yaml")
+    tiny = tiny_version(BUILTIN_TOPOLOGIES / "sequential-demo.yaml", tiny_models, tmp_path / "seq.yaml")
     out = quickstart(["--topology", str(tiny), "--skip-cluster"])
     assert out["latent"].totals.latent_steps > 0 and len(out["batch"]) == 2
     assert "latent:" in capsys.readouterr().out
@@ -105,7 +106,7 @@ def test_the_quickstart_runs_in_process(tiny_models, tmp_path, capsys):
 def test_the_quickstart_runs_on_a_local_cluster(tiny_models, tmp_path):
     from examples.quickstart import main as quickstart
 
-    tiny = tiny_version(EXAMPLES / "topologies" / "sequential-demo.yaml", tiny_models, tmp_path / "seq.yaml")
+    tiny = tiny_version(BUILTIN_TOPOLOGIES / "sequential-demo.yaml", tiny_models, tmp_path / "seq.yaml")
     out = quickstart(["--topology", str(tiny)])
     assert out["cluster"].text == out["latent"].text  # the same runner, on Ray
     assert len(out["submitted"]) == 2

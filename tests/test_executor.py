@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest
 import torch
@@ -15,7 +12,7 @@ import yaml
 from recursivemas.engine import ContextLengthError, Generation, Prompt, Rollout
 from recursivemas.config import Topology
 from recursivemas.links import LinkCheckpointError, save_links
-from recursivemas.runtime import Executor, Plan, RunResult, build_links, load_system
+from recursivemas.runtime import Executor, Plan, RunOptions, RunResult, build_links, load_system
 from tiny import save_tiny_pair, tiny_engine
 
 STEPS = 3
@@ -72,9 +69,9 @@ class Recording:
         self.calls.append(("rollout", list(prompts)))
         return self.engine.rollout(prompts, steps, inner)
 
-    def generate(self, prompts, **kwargs):
+    def generate(self, prompts, sampling, alive=None):
         self.calls.append(("generate", list(prompts)))
-        return self.engine.generate(prompts, **kwargs)
+        return self.engine.generate(prompts, sampling, alive)
 
     def batch_sizes(self, kind: str) -> list[int]:
         return [len(p) for k, p in self.calls if k == kind]
@@ -98,7 +95,7 @@ def expected_latent_in(topology: Topology, agent: str, round_: int, steps: int) 
 @pytest.mark.parametrize("pattern", list(PATTERN_AGENTS))
 def test_latent_mode_usage_matches_plan(two_engines, pattern, rounds):
     topology = make_topology(pattern, rounds=rounds)
-    result = make_executor(topology, two_engines).run(QUESTION, mode="latent")
+    result = make_executor(topology, two_engines).run(QUESTION, RunOptions(mode="latent"))
     assert isinstance(result, RunResult)
     assert result.mode == "latent" and result.rounds == rounds and result.latent_steps == STEPS
     assert result.question == QUESTION
@@ -132,7 +129,7 @@ def test_latent_mode_usage_matches_plan(two_engines, pattern, rounds):
 @pytest.mark.parametrize("pattern", list(PATTERN_AGENTS))
 def test_text_mode_usage_matches_plan(two_engines, pattern, rounds):
     topology = make_topology(pattern, rounds=rounds)
-    result = make_executor(topology, two_engines).run(QUESTION, mode="text")
+    result = make_executor(topology, two_engines).run(QUESTION, RunOptions(mode="text"))
     assert result.mode == "text" and result.rounds == rounds and result.latent_steps == 0
     n_agents = len(topology.agents)
     answers = [u for u in result.usage if u.kind == "answer"]
@@ -152,7 +149,7 @@ def test_text_mode_usage_matches_plan(two_engines, pattern, rounds):
 @pytest.mark.parametrize("pattern", list(PATTERN_AGENTS))
 def test_single_mode_is_one_turn(two_engines, pattern, rounds):
     topology = make_topology(pattern, rounds=rounds)
-    result = make_executor(topology, two_engines).run(QUESTION, mode="single")
+    result = make_executor(topology, two_engines).run(QUESTION, RunOptions(mode="single"))
     assert result.mode == "single" and result.rounds == 1 and result.latent_steps == 0
     assert len(result.usage) == 1
     (row,) = result.usage
@@ -175,7 +172,7 @@ EXPLICIT = {
 @pytest.mark.parametrize("name", list(EXPLICIT))
 def test_explicit_graphs(two_engines, name, mode):
     topology = make_topology(rounds=2, **EXPLICIT[name])
-    result = make_executor(topology, two_engines).run(QUESTION, mode=mode)
+    result = make_executor(topology, two_engines).run(QUESTION, RunOptions(mode=mode))
     rows = [(u.round, u.agent, u.kind) for u in result.usage]
     other = "latent" if mode == "latent" else "text"
     if name == "diamond":
@@ -193,13 +190,13 @@ def test_explicit_graphs(two_engines, name, mode):
 
 def test_single_mode_needs_no_links(two_engines):
     topology = make_topology("sequential")
-    result = Executor(topology, two_engines).run(QUESTION, mode="single")
+    result = Executor(topology, two_engines).run(QUESTION, RunOptions(mode="single"))
     assert len(result.usage) == 1
 
 
 def test_latent_mode_without_links_rejected(two_engines):
     with pytest.raises(ValueError, match="LinkSet"):
-        Executor(make_topology("sequential"), two_engines).run(QUESTION, mode="latent")
+        Executor(make_topology("sequential"), two_engines).run(QUESTION, RunOptions(mode="latent"))
 
 
 def test_default_mode_rounds_and_steps_come_from_topology(two_engines):
@@ -211,14 +208,14 @@ def test_default_mode_rounds_and_steps_come_from_topology(two_engines):
 
 def test_run_time_overrides(two_engines):
     topology = make_topology("distillation", rounds=3, steps=4)
-    result = make_executor(topology, two_engines).run(QUESTION, rounds=1, latent_steps=2)
+    result = make_executor(topology, two_engines).run(QUESTION, RunOptions(rounds=1, latent_steps=2))
     assert result.rounds == 1 and result.latent_steps == 2
     assert [(u.agent, u.kind, u.latent_steps) for u in result.usage] == [("expert", "latent", 2), ("learner", "answer", 0)]
     assert result.usage[1].latent_in == 2
 
 
 def test_zero_latent_steps_runs(two_engines):
-    result = make_executor(make_topology("sequential"), two_engines).run(QUESTION, latent_steps=0)
+    result = make_executor(make_topology("sequential"), two_engines).run(QUESTION, RunOptions(latent_steps=0))
     assert all(u.latent_in == 0 for u in result.usage)
     assert result.latent_steps == 0
 
@@ -271,7 +268,7 @@ def test_handoff_shapes_in_a_run(two_engines, pattern, monkeypatch):
         return out
 
     monkeypatch.setattr(links, "handoff", recording)
-    result = Executor(topology, two_engines, links).run(QUESTION, mode="latent")
+    result = Executor(topology, two_engines, links).run(QUESTION, RunOptions(mode="latent"))
     assert seen, "no hand-off happened"
     for src, dst, shape_in, shape_out, mode in seen:
         assert shape_in == (STEPS, dims[src]), (src, dst)
@@ -299,7 +296,7 @@ def test_handoff_outer_mode_runs_and_differs(two_engines, monkeypatch):
         return original(states, src, dst, mode)
 
     monkeypatch.setattr(links, "handoff", recording)
-    result = Executor(topology, two_engines, links).run(QUESTION, mode="latent")
+    result = Executor(topology, two_engines, links).run(QUESTION, RunOptions(mode="latent"))
     assert modes and set(modes) == {"outer"}
     assert len(result.usage) == 3 and result.usage[-1].kind == "answer"
 
@@ -314,7 +311,7 @@ def test_handoff_outer_mode_runs_and_differs(two_engines, monkeypatch):
 
 def test_feedback_flows_into_first_agent(two_engines):
     topology = make_topology("sequential", rounds=2)
-    result = make_executor(topology, two_engines).run(QUESTION, mode="latent")
+    result = make_executor(topology, two_engines).run(QUESTION, RunOptions(mode="latent"))
     planner = {u.round: u for u in result.usage if u.agent == "planner"}
     assert planner[1].latent_in == 0
     assert planner[2].latent_in == STEPS, "the solver's round-1 latents did not reach the planner in round 2"
@@ -325,7 +322,7 @@ def test_feedback_flows_into_first_agent(two_engines):
 def test_feedback_changes_the_planner_prompt(two_engines):
     rec = {"a": Recording(two_engines["a"]), "b": Recording(two_engines["b"])}
     topology = make_topology("sequential", rounds=2)
-    make_executor(topology, rec).run(QUESTION, mode="latent")
+    make_executor(topology, rec).run(QUESTION, RunOptions(mode="latent"))
     planner_prompts = [p for kind, ps in rec["a"].calls if kind == "rollout" for p in ps
                        if "Planner" in prompt_text(p)]
     assert len(planner_prompts) == 2
@@ -344,7 +341,7 @@ def test_mixture_experts_on_one_backbone_batch_into_one_call(two_engines):
     rec = {"a": Recording(two_engines["a"]), "b": Recording(two_engines["b"])}
     agents = [("e1", "a"), ("e2", "a"), ("e3", "a"), ("summ", "b")]
     topology = make_topology("mixture", agents=agents, rounds=1)
-    result = make_executor(topology, rec).run(QUESTION, mode="latent")
+    result = make_executor(topology, rec).run(QUESTION, RunOptions(mode="latent"))
     assert rec["a"].calls[0][0] == "rollout"
     assert rec["a"].batch_sizes("rollout") == [3], rec["a"].calls
     assert rec["a"].batch_sizes("generate") == []
@@ -359,7 +356,7 @@ def test_mixture_batching_scales_with_questions(two_engines):
     rec = {"a": Recording(two_engines["a"]), "b": Recording(two_engines["b"])}
     agents = [("e1", "a"), ("e2", "a"), ("e3", "a"), ("summ", "b")]
     topology = make_topology("mixture", agents=agents, rounds=2)
-    make_executor(topology, rec).run_batch(["q one", "q two"], mode="latent")
+    make_executor(topology, rec).run_batch(["q one", "q two"], RunOptions(mode="latent"))
     # round 1: experts (3 x 2 questions) in one call; round 2: the same again
     assert rec["a"].batch_sizes("rollout") == [6, 6]
     # summarizer: rollout in round 1, answer in round 2, both questions batched
@@ -370,7 +367,7 @@ def test_mixture_text_mode_batches_experts(two_engines):
     rec = {"a": Recording(two_engines["a"]), "b": Recording(two_engines["b"])}
     agents = [("e1", "a"), ("e2", "a"), ("e3", "a"), ("summ", "b")]
     topology = make_topology("mixture", agents=agents, rounds=1)
-    make_executor(topology, rec).run(QUESTION, mode="text")
+    make_executor(topology, rec).run(QUESTION, RunOptions(mode="text"))
     assert rec["a"].batch_sizes("generate") == [3] and rec["a"].batch_sizes("rollout") == []
 
 
@@ -379,8 +376,8 @@ def test_run_batch_matches_separate_runs(two_engines, mode):
     topology = make_topology("sequential", rounds=2)
     executor = make_executor(topology, two_engines)
     questions = ["What is 6*7?", "Name a prime number larger than ten, please.", "2+2?"]
-    batched = executor.run_batch(questions, mode=mode)
-    single = [executor.run(q, mode=mode) for q in questions]
+    batched = executor.run_batch(questions, RunOptions(mode=mode))
+    single = [executor.run(q, RunOptions(mode=mode)) for q in questions]
     assert [r.question for r in batched] == questions
     assert [r.text for r in batched] == [r.text for r in single]
     for b, s in zip(batched, single):
@@ -394,14 +391,14 @@ def test_greedy_runs_are_deterministic(two_engines):
     topology = make_topology("sequential", rounds=2)
     executor = make_executor(topology, two_engines)
     for mode in ("latent", "text"):
-        one, two = executor.run(QUESTION, mode=mode), executor.run(QUESTION, mode=mode)
+        one, two = executor.run(QUESTION, RunOptions(mode=mode)), executor.run(QUESTION, RunOptions(mode=mode))
         assert one.text == two.text
         assert [u.message for u in one.usage] == [u.message for u in two.usage]
     # fresh links are randomly initialised: with the same seed, a rebuilt system answers the same
     torch.manual_seed(123)
-    first = make_executor(topology, two_engines).run(QUESTION, mode="latent")
+    first = make_executor(topology, two_engines).run(QUESTION, RunOptions(mode="latent"))
     torch.manual_seed(123)
-    again = make_executor(topology, two_engines).run(QUESTION, mode="latent")
+    again = make_executor(topology, two_engines).run(QUESTION, RunOptions(mode="latent"))
     assert again.text == first.text
 
 
@@ -413,7 +410,7 @@ def test_text_mode_message_appears_in_next_prompt(two_engines):
     # the tiny qwen2 engine decodes text greedily (the tiny chat llama stops at once), so it writes the messages
     agents = [("planner", "b"), ("critic", "b"), ("solver", "a")]
     topology = make_topology("sequential", agents=agents, rounds=1, new_tokens=8)
-    result = make_executor(topology, rec).run(QUESTION, mode="text")
+    result = make_executor(topology, rec).run(QUESTION, RunOptions(mode="text"))
     planner_msg = next(u.message for u in result.usage if u.agent == "planner")
     critic_msg = next(u.message for u in result.usage if u.agent == "critic")
     assert planner_msg and critic_msg, "an agent decoded nothing; pick another backbone for this test"
@@ -430,7 +427,7 @@ def test_text_mode_message_appears_in_next_prompt(two_engines):
 def test_text_mode_feedback_message_reaches_first_agent(two_engines):
     rec = {"a": Recording(two_engines["a"]), "b": Recording(two_engines["b"])}
     topology = make_topology("distillation", rounds=2, new_tokens=8)
-    result = make_executor(topology, rec).run(QUESTION, mode="text")
+    result = make_executor(topology, rec).run(QUESTION, RunOptions(mode="text"))
     learner_r1 = next(u.message for u in result.usage if u.agent == "learner" and u.round == 1)
     assert learner_r1, "the learner decoded nothing"
     expert_prompts = [p for kind, ps in rec["a"].calls if kind == "generate" for p in ps]
@@ -457,10 +454,10 @@ class FakeToolCaller:
         self.rolled.extend(prompts)
         return [Rollout(torch.randn(steps, self.hidden_size), 10, _latent_rows(p)) for p in prompts]
 
-    def generate(self, prompts, max_new_tokens=256, temperature=0.0, top_p=1.0, seed=None, stop=()):
+    def generate(self, prompts, sampling, alive=None):
         out = []
         for prompt in prompts:
-            self.generated.append((prompt, tuple(stop)))
+            self.generated.append((prompt, sampling.stop))
             text = self.replies.pop(0)
             out.append(Generation(text, list(range(len(text.split()))), "stop", 10, _latent_rows(prompt)))
         return out
@@ -475,7 +472,7 @@ def test_deliberation_tool_loop(two_engines, mode):
     fake = FakeToolCaller(["<python>print(6*7)</python>", "The answer is \\boxed{42}"])
     backbones = {"a": fake, "b": two_engines["b"]}
     topology = make_topology("deliberation", rounds=1)
-    result = make_executor(topology, backbones).run(QUESTION, mode=mode)
+    result = make_executor(topology, backbones).run(QUESTION, RunOptions(mode=mode))
 
     assert result.text == "The answer is \\boxed{42}"
     answer = result.usage[-1]
@@ -509,7 +506,7 @@ def test_deliberation_tool_loop_not_used_by_reflector(two_engines):
     rec_b = Recording(two_engines["b"])
     fake = FakeToolCaller(["The answer is \\boxed{1}"])
     topology = make_topology("deliberation", rounds=1)
-    make_executor(topology, {"a": fake, "b": rec_b}).run(QUESTION, mode="text")
+    make_executor(topology, {"a": fake, "b": rec_b}).run(QUESTION, RunOptions(mode="text"))
     (kind, (reflector_prompt,)), = rec_b.calls
     assert kind == "generate" and "<python>" not in prompt_text(reflector_prompt)
 
@@ -517,7 +514,7 @@ def test_deliberation_tool_loop_not_used_by_reflector(two_engines):
 def test_tool_loop_in_latent_non_final_round_rolls_out(two_engines):
     fake = FakeToolCaller(["The answer is \\boxed{7}"])
     topology = make_topology("deliberation", rounds=2)
-    result = make_executor(topology, {"a": fake, "b": two_engines["b"]}).run(QUESTION, mode="latent")
+    result = make_executor(topology, {"a": fake, "b": two_engines["b"]}).run(QUESTION, RunOptions(mode="latent"))
     assert len(fake.rolled) == 1 and len(fake.generated) == 1
     assert result.text == "The answer is \\boxed{7}"
     assert [u.kind for u in result.usage] == ["latent", "latent", "latent", "answer"]
@@ -550,14 +547,14 @@ def test_no_questions_rejected(seq_executor):
 
 def test_bad_rounds_and_steps_rejected(seq_executor):
     with pytest.raises(ValueError, match="rounds"):
-        seq_executor.run(QUESTION, rounds=0)
+        seq_executor.run(QUESTION, RunOptions(rounds=0))
     with pytest.raises(ValueError, match="latent_steps"):
-        seq_executor.run(QUESTION, latent_steps=-1)
+        seq_executor.run(QUESTION, RunOptions(latent_steps=-1))
 
 
 def test_bad_mode_rejected(seq_executor):
     with pytest.raises(ValueError, match="bogus"):
-        seq_executor.run(QUESTION, mode="bogus")
+        seq_executor.run(QUESTION, RunOptions(mode="bogus"))
 
 
 @pytest.mark.parametrize("mode", ["latent", "text", "single"])
@@ -565,7 +562,7 @@ def test_prompt_over_context_raises(mode):
     small = {"a": tiny_engine("llama", context=64), "b": tiny_engine("qwen2", chat=False, context=64)}
     executor = make_executor(make_topology("sequential"), small)
     with pytest.raises(ContextLengthError, match="context of 64"):
-        executor.run("why " * 40, mode=mode)
+        executor.run("why " * 40, RunOptions(mode=mode))
 
 
 def test_missing_backbone_object_rejected(two_engines):
@@ -583,7 +580,7 @@ def test_agent_named_question_hand_off_is_not_lost(two_engines):
         topology = make_topology(agents=[("question", "a"), ("b", "b")], edges=["question->b"], decoder="b")
     except ValueError:
         return  # rejected by the schema: fine
-    result = make_executor(topology, two_engines).run(QUESTION, mode="latent")
+    result = make_executor(topology, two_engines).run(QUESTION, RunOptions(mode="latent"))
     answer = result.usage[-1]
     assert answer.latent_in == STEPS, (
         f"agent 'b' received {answer.latent_in} latent positions from agent 'question', expected {STEPS}: "
@@ -621,12 +618,12 @@ def test_load_system_end_to_end(tmp_path, model_dirs, two_engines):
     assert {n: b.engine.hidden_size for n, b in executor.backends.items()} == {"a": 64, "b": 48}
     result = executor.run(QUESTION)
     assert len(result.usage) == 6 and result.usage[-1].kind == "answer"
-    text = executor.run(QUESTION, mode="text")
+    text = executor.run(QUESTION, RunOptions(mode="text"))
     assert len(text.usage) == 6
     # the saved tiny models are the same as the in-memory ones: same answers as the directly built executor
     # (text mode: fresh links are random, so latent answers differ between link sets)
     direct = make_executor(executor.topology, two_engines)
-    assert direct.run(QUESTION, mode="text").text == text.text
+    assert direct.run(QUESTION, RunOptions(mode="text")).text == text.text
 
 
 def test_load_system_accepts_topology_object(tmp_path, model_dirs):
@@ -705,7 +702,7 @@ def test_load_system_missing_model_dir(tmp_path, model_dirs):
 def test_on_turn_reports_every_turn_in_order(two_engines):
     executor = make_executor(make_topology("mixture", rounds=2), two_engines)
     heard = []
-    result = executor.run_batch([QUESTION, "What is 2+2?"], mode="latent", on_turn=heard.append)
+    result = executor.run_batch([QUESTION, "What is 2+2?"], RunOptions(mode="latent"), on_turn=heard.append)
     rows = [u for r in result for u in r.usage]
     assert sorted(id(u) for u in heard) == sorted(id(u) for u in rows)  # each turn reported exactly once
     assert [u.round for u in heard] == sorted(u.round for u in heard)  # as the rounds progress
@@ -761,9 +758,9 @@ def test_a_backend_with_think_is_used_as_is_and_latent_handles_stay_opaque(two_e
 def test_streamed_answer_equals_the_plain_answer(mode, two_engines):
     """``on_delta`` hears the answer as it is decoded; the pieces join to the text of a run without it."""
     executor = make_executor(make_topology("sequential", rounds=2, new_tokens=12), two_engines)
-    plain = executor.run("What is 2+3?", mode=mode)
+    plain = executor.run("What is 2+3?", RunOptions(mode=mode))
     pieces: list[str] = []
-    streamed = executor.run("What is 2+3?", mode=mode, on_delta=pieces.append)
+    streamed = executor.run("What is 2+3?", RunOptions(mode=mode), on_delta=pieces.append)
     assert "".join(pieces) == streamed.text == plain.text
     assert bool(pieces) == bool(plain.text) and all(pieces)
     assert streamed.usage[-1].decoded_tokens == plain.usage[-1].decoded_tokens

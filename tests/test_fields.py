@@ -13,7 +13,7 @@ from recursivemas.engine import Generation
 from recursivemas.eval.datasets import load_eval_dataset
 from recursivemas.eval.harness import evaluate
 from recursivemas.prompts import render
-from recursivemas.runtime import Executor, MissingFieldError, Query, build_links
+from recursivemas.runtime import Executor, MissingFieldError, Query, RunOptions, build_links
 from recursivemas.train.data import Row, generate_rows
 from recursivemas.train.outer import unroll_loss
 
@@ -50,9 +50,9 @@ class Recorder:
         self._note(prompts)
         return self.engine.rollout(prompts, steps, inner)
 
-    def generate(self, prompts, **kwargs) -> list[Generation]:
+    def generate(self, prompts, sampling, alive=None) -> list[Generation]:
         self._note(prompts)
-        return self.engine.generate(prompts, **kwargs)
+        return self.engine.generate(prompts, sampling, alive)
 
 
 def test_a_placeholder_that_names_no_agent_is_a_field():
@@ -77,7 +77,7 @@ def test_a_slot_naming_an_agent_without_an_edge_is_still_an_error():
 def test_only_the_agents_that_name_a_field_see_it(engines, mode):
     engine = Recorder(engines("llama"))
     executor = system(engine)
-    result = executor.run("What is the code?", context="The code is 4711.", mode=mode)
+    result = executor.run("What is the code?", RunOptions(mode=mode), context="The code is 4711.")
     assert result.text is not None
     reader, solver = engine.seen
     assert "The code is 4711." in reader and "The code is 4711." not in solver
@@ -91,17 +91,17 @@ def test_a_missing_field_names_the_agent_and_the_field(engines):
     with pytest.raises(MissingFieldError, match="question 1"):
         executor.run_batch([Query("q", {"context": "c"}), Query("q")])
     # single mode runs the solver alone, whose template names no field
-    assert executor.run("What is the code?", mode="single").text is not None
+    assert executor.run("What is the code?", RunOptions(mode="single")).text is not None
 
 
 def test_a_field_changes_the_answer_only_through_the_agents_that_read_it(engines):
     """Another context changes the reader's rollout, so the solver's latent answer; the solver alone never sees it."""
     executor = system(engines("llama"))
     gen = {"max_new_tokens": 8}
-    a = executor.run("q", context="aaaa aaaa", generation=gen)
-    b = executor.run("q", context="zzzz 9999 !!", generation=gen)
+    a = executor.run("q", RunOptions(generation=gen), context="aaaa aaaa")
+    b = executor.run("q", RunOptions(generation=gen), context="zzzz 9999 !!")
     assert [u.prompt_tokens for u in a.usage][0] != [u.prompt_tokens for u in b.usage][0]
-    single = [executor.run("q", context=c, mode="single", generation=gen).text for c in ("aaaa", "zzzz")]
+    single = [executor.run("q", RunOptions(mode="single", generation=gen), context=c).text for c in ("aaaa", "zzzz")]
     assert single[0] == single[1]
 
 

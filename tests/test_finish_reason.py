@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from recursivemas.config import Topology
-from recursivemas.runtime import Executor, build_links
+from recursivemas.runtime import Executor, RunOptions, build_links
 from tiny import tiny_engine
 
 QUESTION = "What is 6*7?"
@@ -44,24 +44,25 @@ def answer(result):
 
 @pytest.mark.parametrize("mode", ["latent", "text", "single"])
 def test_end_of_turn_is_stop(mode):
-    result = system(biased(tiny_engine("llama"), 1e4)).run(QUESTION, mode=mode)
+    result = system(biased(tiny_engine("llama"), 1e4)).run(QUESTION, RunOptions(mode=mode))
     assert (result.finish_reason, answer(result).finish_reason, result.text) == ("stop", "eos", "")
 
 
 @pytest.mark.parametrize("mode", ["latent", "text", "single"])
 def test_cut_by_the_requests_budget_or_the_topologys_default_is_length(mode):
     executor = system(biased(tiny_engine("llama"), -1e4), new_tokens=6)
-    by_default = executor.run(QUESTION, mode=mode)  # no max_tokens in the request: the topology's 6
+    by_default = executor.run(QUESTION, RunOptions(mode=mode))  # no max_tokens in the request: the topology's 6
     assert (by_default.finish_reason, answer(by_default).finish_reason) == ("length", "length")
     assert answer(by_default).decoded_tokens == 6
-    by_request = executor.run(QUESTION, mode=mode, generation={"max_new_tokens": 3})
+    by_request = executor.run(QUESTION, RunOptions(mode=mode, generation={"max_new_tokens": 3}))
     assert (by_request.finish_reason, answer(by_request).decoded_tokens) == ("length", 3)
 
 
 def test_cut_by_the_context_window_is_length():
-    alone = system(biased(tiny_engine("llama"), -1e4), new_tokens=64).run(QUESTION, mode="single")
+    alone = system(biased(tiny_engine("llama"), -1e4), new_tokens=64).run(QUESTION, RunOptions(mode="single"))
     room = answer(alone).prompt_tokens + 4  # a context with room for 4 answer tokens, far under the budget of 64
-    result = system(biased(tiny_engine("llama", context=room), -1e4), new_tokens=64).run(QUESTION, mode="single")
+    engine = biased(tiny_engine("llama", context=room), -1e4)
+    result = system(engine, new_tokens=64).run(QUESTION, RunOptions(mode="single"))
     assert (result.finish_reason, answer(result).decoded_tokens) == ("length", 4)
 
 
@@ -69,19 +70,20 @@ def test_a_tool_loop_answer_reports_its_last_generations_reason():
     executor = system(biased(tiny_engine("llama"), 1e4))
     tooled = executor.topology.model_copy(update={"agents": [
         a.model_copy(update={"tools": True}) if a.name == "solver" else a for a in executor.topology.agents]})
-    result = Executor(tooled, {"a": executor.backends["a"].engine}, executor.links).run(QUESTION, mode="single")
+    tooled_executor = Executor(tooled, {"a": executor.backends["a"].engine}, executor.links)
+    result = tooled_executor.run(QUESTION, RunOptions(mode="single"))
     assert (result.finish_reason, answer(result).finish_reason, answer(result).tool_calls) == ("stop", "eos", 0)
 
 
 def test_text_messages_have_their_own_budget():
     executor = system(biased(tiny_engine("llama"), -1e4), new_tokens=6, message_max_new_tokens=2)
-    result = executor.run(QUESTION, mode="text")
+    result = executor.run(QUESTION, RunOptions(mode="text"))
     messages = [u for u in result.usage if u.kind == "text"]
     assert messages and all(u.decoded_tokens == 2 and u.finish_reason == "length" for u in messages)
     assert answer(result).decoded_tokens == 6
-    default = system(biased(tiny_engine("llama"), -1e4), new_tokens=6).run(QUESTION, mode="text")
+    default = system(biased(tiny_engine("llama"), -1e4), new_tokens=6).run(QUESTION, RunOptions(mode="text"))
     assert all(u.decoded_tokens == 6 for u in default.usage if u.kind == "text")  # unset: the answer's budget
-    overridden = executor.run(QUESTION, mode="text", generation={"message_max_new_tokens": 3})
+    overridden = executor.run(QUESTION, RunOptions(mode="text", generation={"message_max_new_tokens": 3}))
     assert all(u.decoded_tokens == 3 for u in overridden.usage if u.kind == "text")
 
 
@@ -115,13 +117,13 @@ def test_the_host_reads_its_own_backbones_generation_config():
     seen = []
     real = engine.generate
 
-    def generate(prompts, **sampling):
+    def generate(prompts, sampling, alive=None):
         seen.append(sampling)
-        return real(prompts, **sampling)
+        return real(prompts, sampling, alive)
 
     engine.generate = generate
-    system(engine, from_model=True).run(QUESTION, mode="single")
-    assert seen[-1]["temperature"] == 0.7 and seen[-1]["top_p"] == 1.0
+    system(engine, from_model=True).run(QUESTION, RunOptions(mode="single"))
+    assert (seen[-1].temperature, seen[-1].top_p) == (0.7, 1.0)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -129,7 +131,7 @@ def test_an_answer_without_the_pattern_is_continued_once(stream):
     nudge = {"suffix": " So: \\boxed{", "max_new_tokens": 2}
     executor = system(biased(tiny_engine("llama"), -1e4), new_tokens=3, answer_nudge=nudge)
     pieces: list[str] = []
-    result = executor.run(QUESTION, mode="latent", on_delta=pieces.append if stream else None)
+    result = executor.run(QUESTION, RunOptions(mode="latent"), on_delta=pieces.append if stream else None)
     turn = answer(result)
     assert turn.nudged and turn.decoded_tokens == 3 + 2 and " So: \\boxed{" in result.text
     assert (result.finish_reason, turn.finish_reason) == ("length", "length")  # the continuation's reason

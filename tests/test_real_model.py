@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recursivemas.config import Topology
-from recursivemas.runtime import load_system
+from recursivemas.runtime import RunOptions, load_system
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def system():
 
 @pytest.mark.parametrize("mode", ["latent", "text"])
 def test_real_smollm2_answers(system, mode):
-    result = system.run("What is 7 + 5? Answer with the number.", mode=mode)
+    result = system.run("What is 7 + 5? Answer with the number.", RunOptions(mode=mode))
     assert result.text.strip(), f"{mode} mode produced an empty answer"
     assert any(ch.isalnum() for ch in result.text)
     answer = [u for u in result.usage if u.kind == "answer"]

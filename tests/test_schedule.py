@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recursivemas.runtime import Executor, Plan, build_links
+from recursivemas.runtime import Executor, Plan, RunOptions, build_links
 from recursivemas.runtime.backend import LocalBackend
 from recursivemas.runtime.host import BackboneHost
 from recursivemas.train.outer import unroll_loss
@@ -60,7 +60,7 @@ def test_inference_and_training_visit_the_same_turns(pattern, rounds, engines):
     thought: list = []
     backends = {name: RecordingBackend(engine, links, thought) for name, engine in engines.items()}
     heard = []
-    Executor(topology, backends, links).run_batch(["q?"], mode="latent", on_turn=heard.append)
+    Executor(topology, backends, links).run_batch(["q?"], RunOptions(mode="latent"), on_turn=heard.append)
     # a level's turns run at once (grouped by backbone), so within a level only the set is fixed
     inference, at = [], 0
     for level in levels:

@@ -103,3 +103,23 @@ def test_a_topology_object_is_served_as_its_data():
     topology = load_topology("sequential-demo")
     (served,) = ServeConfig(topologies=[topology]).topologies
     assert served.to_dict() == topology.to_dict()
+
+
+def test_a_serve_config_file_loads_through_the_one_yaml_loader(tmp_path):
+    """Missing file, not YAML, a typo'd key: each a ConfigError naming the file, as for topologies and train
+    configs; a rejected API key is not echoed back."""
+    from recursivemas.config import ConfigError
+
+    with pytest.raises(ConfigError, match="serve config file .*nope.yaml does not exist"):
+        ServeConfig.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("prot: 8001\n")
+    with pytest.raises(ConfigError, match=r"serve.yaml: invalid serve config\n  - prot: unknown key.*port"):
+        ServeConfig.load(bad)
+    secret = "two words"  # whitespace: not a bearer key
+    bad.write_text(yaml.safe_dump({"api_keys": [secret]}))
+    with pytest.raises(ConfigError) as caught:
+        ServeConfig.load(bad)
+    assert secret not in str(caught.value)
+    (tmp_path / "empty.yaml").write_text("")
+    assert ServeConfig.load(tmp_path / "empty.yaml") == ServeConfig()

@@ -19,6 +19,7 @@ from recursivemas.cluster import Cluster  # sets the 127.0.0.1 binding before Ra
 from recursivemas.serve.app import APP_NAME, backbone_deployment_name, build, start
 from recursivemas.serve.proto import recursivemas_pb2 as pb
 from recursivemas.serve.proto import recursivemas_pb2_grpc
+from recursivemas.runtime import RunOptions
 from tiny import save_tiny_pair
 
 pytestmark = pytest.mark.ray  # starts Ray: `make test-fast` leaves these out
@@ -111,7 +112,8 @@ def test_the_served_system_is_a_runner_with_the_same_answers(http):
                                                temperature=0).choices[0].message.content for q in questions]
     system, heard = ServedSystem("seq"), []
     assert system.topology.name == "seq"
-    results = system.run_batch(questions, mode="latent", generation={"max_new_tokens": 6}, on_turn=heard.append)
+    options = RunOptions(mode="latent", generation={"max_new_tokens": 6})
+    results = system.run_batch(questions, options, on_turn=heard.append)
     assert [r.text for r in results] == expected  # one batched run gives what two HTTP requests gave
     assert len(heard) == sum(len(r.usage) for r in results) and heard[-1].kind == "answer"
 
@@ -248,7 +250,7 @@ def test_a_field_the_template_names_comes_in_the_recursivemas_extension(http):
     assert code == 400 and error["error"]["param"] == "recursivemas.fields.context"
     assert error["error"]["code"] == "invalid_type"
     system = ServedSystem("reader")
-    assert system.run("What is the code?", context=CONTEXT, generation={"max_new_tokens": 6}).text == text
+    assert system.run("What is the code?", RunOptions(generation={"max_new_tokens": 6}), context=CONTEXT).text == text
     with pytest.raises(MissingFieldError, match="agent 'planner'"):
         system.run("What is the code?")
 

@@ -9,8 +9,9 @@ import pytest
 
 from recursivemas.config import Topology
 from recursivemas.engine import Prompt
-from recursivemas.runtime import Executor, build_links
-from recursivemas.runtime.calls import GenerateCall, RowStop, Sampling
+from recursivemas.runtime import Executor, RunOptions, build_links
+from recursivemas.engine.sampling import Sampling
+from recursivemas.runtime.calls import GenerateCall, RowStop
 from recursivemas.runtime.host import BackboneHost
 from recursivemas.runtime.stopping import RunStop
 from tiny import tiny_engine
@@ -21,14 +22,14 @@ QUESTIONS = ["What is 2+2?", "Name a colour.", "What is 7*6?"]
 def test_a_row_whose_check_says_no_ends_cancelled_and_the_others_decode_on(engines):
     engine = engines("llama")
     prompts = [Prompt([q]) for q in QUESTIONS]
-    reference = engine.generate(prompts, max_new_tokens=12)
+    reference = engine.generate(prompts, Sampling(max_new_tokens=12))
     calls = {"n": 0}
 
     def until_three():
         calls["n"] += 1
         return calls["n"] <= 3
 
-    out = engine.generate(prompts, max_new_tokens=12, alive=[None, until_three, None])
+    out = engine.generate(prompts, Sampling(max_new_tokens=12), alive=[None, until_three, None])
     assert out[1].finish_reason == "cancelled" and len(out[1].token_ids) == 3
     assert out[1].token_ids == reference[1].token_ids[:3]
     assert [out[0].token_ids, out[2].token_ids] == [reference[0].token_ids, reference[2].token_ids]
@@ -61,10 +62,10 @@ def system():
 @pytest.mark.parametrize("mode", ["latent", "text"])
 def test_a_stopped_question_takes_no_more_turns_and_its_batch_mates_are_undisturbed(system, mode):
     executor, _ = system
-    reference = executor.run_batch(QUESTIONS, mode=mode)
+    reference = executor.run_batch(QUESTIONS, RunOptions(mode=mode))
     gone, late = RunStop(), RunStop(deadline=time.time() - 1)
     gone.cancel()
-    out = executor.run_batch(QUESTIONS, mode=mode, stops=[gone, None, late])
+    out = executor.run_batch(QUESTIONS, RunOptions(mode=mode), stops=[gone, None, late])
     assert (out[0].stopped, out[2].stopped, out[1].stopped) == ("cancelled", "deadline", None)
     assert out[0].usage == [] and out[0].text == ""
     assert out[1].text == reference[1].text and len(out[1].usage) == len(reference[1].usage)

@@ -15,6 +15,7 @@ from recursivemas.train.data import DataError
 from recursivemas.train.inner import agent_prompt
 from recursivemas.train.local import cosine as _cosine, load_train_config
 from recursivemas.train.setup import prepare
+from recursivemas.engine import Sampling
 from tiny import save_tiny_pair
 
 
@@ -150,7 +151,7 @@ def test_reply_targets_are_the_agents_own_greedy_first_round_replies(files):
     engine = setup.engines["a"]
     prompts = [agent_prompt(setup.topology.template("planner"), row.question, framing_of(setup.topology, "planner"))
                for row in setup.rows]
-    greedy = [g.text.strip() or "." for g in engine.generate(prompts, max_new_tokens=256)]
+    greedy = [g.text.strip() or "." for g in engine.generate(prompts, Sampling(max_new_tokens=256))]
     assert [row.target("reply_planner") for row in setup.rows] == greedy
     assert setup.role_texts(setup.rows[0])["planner"] == greedy[0]
 
@@ -174,7 +175,7 @@ def test_rollout_rounds_go_to_the_agents_whose_thoughts_are_handed_on(files, mon
     seen, real = {}, loop.train_inner
 
     def spy(engine, link, examples, steps, **kwargs):
-        seen[next(n for n, l in setup.links.inner.items() if l is link)] = kwargs["rollout_rounds"]
+        seen[next(n for n, inner in setup.links.inner.items() if inner is link)] = kwargs["rollout_rounds"]
         return real(engine, link, examples, steps, **kwargs)
 
     setup = prepare(config)

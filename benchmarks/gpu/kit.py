@@ -81,11 +81,11 @@ def engine_modules() -> types.SimpleNamespace:
             package.__path__ = [str(folder)]
             sys.modules[name] = package
     from benchmarks._reference import recompute_rollout
-    from recursivemas.engine import BackboneEngine, Prompt
+    from recursivemas.engine import BackboneEngine, Prompt, Sampling
     from recursivemas.links.modules import InnerLink, OuterLink
     from recursivemas.prompts import ROLE_PROMPTS, Slot, render
 
-    return types.SimpleNamespace(BackboneEngine=BackboneEngine, Prompt=Prompt, InnerLink=InnerLink,
+    return types.SimpleNamespace(BackboneEngine=BackboneEngine, Prompt=Prompt, Sampling=Sampling, InnerLink=InnerLink,
                                  OuterLink=OuterLink, ROLE_PROMPTS=ROLE_PROMPTS, Slot=Slot, render=render,
                                  recompute_rollout=recompute_rollout)
 
@@ -192,12 +192,12 @@ def measure_rollout(m, engine, link, prompt, steps: list[int], timer: Timer) -> 
     return out
 
 
-def measure_steps(engine, link, prompts: list, n: int, timer: Timer) -> dict:
+def measure_steps(m, engine, link, prompts: list, n: int, timer: Timer) -> dict:
     """ms per latent step and per decode step at the same context: (time(n+1 steps) - time(1 step)) / n."""
     latent = (timer.best(lambda: engine.rollout(prompts, n + 1, link))
               - timer.best(lambda: engine.rollout(prompts, 1, link))) / n
-    decode = (timer.best(lambda: engine.generate(prompts, max_new_tokens=n + 1))
-              - timer.best(lambda: engine.generate(prompts, max_new_tokens=1))) / n
+    decode = (timer.best(lambda: engine.generate(prompts, m.Sampling(max_new_tokens=n + 1)))
+              - timer.best(lambda: engine.generate(prompts, m.Sampling(max_new_tokens=1)))) / n
     return {"latent_step_ms": round(latent * 1e3, 3), "decode_step_ms": round(decode * 1e3, 3),
             "latent_over_decode": round(latent / decode, 3) if decode > 0 else None}
 
@@ -219,7 +219,7 @@ def run_chain(m, chain, outer, question: str, mode: str, steps: int, tokens: int
             states = out.states.to(next(link.parameters()).dtype)
             handoff = link(inner(states))  # inner_outer: R_out(R_in(H)), the released systems' hand-off
         else:
-            (gen,) = engine.generate([prompt], max_new_tokens=tokens)
+            (gen,) = engine.generate([prompt], m.Sampling(max_new_tokens=tokens))
             decoded += len(gen.token_ids)
             handoff = text = gen.text
         sources = {"inputs": [role]}
@@ -314,10 +314,10 @@ def main(argv=None) -> dict:
         prompts = [critic_prompt(m, engine, scale, QUESTIONS[i % len(QUESTIONS)], args.handoff_steps)
                    for i in range(max(batches))]
         engine.rollout(prompts[:1], 2, link)  # warm-up: kernels, cuBLAS handles, allocator
-        engine.generate(prompts[: max(batches)], max_new_tokens=2)
+        engine.generate(prompts[: max(batches)], m.Sampling(max_new_tokens=2))
         results["rollout"][shape] = measure_rollout(m, engine, link, prompts[0],
                                                     [int(s) for s in args.rollout_steps.split(",")], timer)
-        results["steps"][shape] = {f"batch{b}": measure_steps(engine, link, prompts[:b], args.step_n, timer)
+        results["steps"][shape] = {f"batch{b}": measure_steps(m, engine, link, prompts[:b], args.step_n, timer)
                                    for b in batches}
         print(f"kit: measured {shape} at {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
         save()

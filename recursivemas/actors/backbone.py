@@ -17,9 +17,10 @@ import ray
 import torch
 
 from recursivemas.actors.latents import lower
+from recursivemas.config import BackboneConfig
 from recursivemas.engine import Generation
 from recursivemas.runtime.calls import GenerateCall, ThinkCall, Thought
-from recursivemas.runtime.host import BackboneHost
+from recursivemas.runtime.host import BackboneHost, HostOptions
 
 
 def links_from(host: BackboneHost, call: ThinkCall, links_ref: list):
@@ -29,20 +30,19 @@ def links_from(host: BackboneHost, call: ThinkCall, links_ref: list):
 
 
 class BackboneActor:
-    def __init__(self, name: str, path: str, dtype: str, device: str, max_batch: int = 16,
-                 batch_wait_s: float = 0.005, torch_threads: int = 1):
-        torch.set_num_threads(torch_threads)  # the topology's torch_threads, else the CPUs Ray reserved for us
+    """A :class:`BackboneHost` (built by ``from_config``) plus what Ray needs: hand-offs published as object
+    references or stashed for direct transport, and where it runs."""
+
+    def __init__(self, name: str, config: BackboneConfig, options: HostOptions):
         self.name = name
-        self.host = BackboneHost.load(name, path, dtype, device, max_batch, batch_wait_s)
+        self.host = BackboneHost.from_config(name, config, options)
         self._stash: dict[str, torch.Tensor] = {}  # hand-offs waiting for a direct-transport pickup
         self._keys = itertools.count()
         self._direct_handoffs = 0
 
     def info(self) -> dict:
-        dims = self.host.dims
         return {
-            "name": self.name, "hidden_size": dims.hidden_size, "embedding_scale": dims.embedding_scale,
-            "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+            **self.host.info(), "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
             "direct_handoffs": self._direct_handoffs, "stashed": len(self._stash),
             "torch_threads": torch.get_num_threads(),
         }

@@ -47,7 +47,7 @@ class Coordinator:
         """The questions as the driver sent them: strings or :class:`Query` objects (they pickle), fields and all."""
         for attempt in range(retries + 1):
             try:
-                return self.executor.run_batch(questions, **options.as_kwargs())
+                return self.executor.run_batch(questions, options)
             except BackboneFailure as exc:
                 if attempt == retries or not self._back(exc.backbone):
                     raise

@@ -17,9 +17,10 @@ from ray.exceptions import ObjectLostError, RayActorError
 from recursivemas.actors.latents import lift
 from recursivemas.engine import Generation
 from recursivemas.runtime.calls import GenerateCall, ThinkCall, Thought
+from recursivemas.errors import InternalError
 
 
-class BackboneFailure(RuntimeError):
+class BackboneFailure(InternalError):
     """A backbone actor failed during a run; carries the backbone's name (and pickles, to reach the driver)."""
 
     def __init__(self, backbone: str, cause: BaseException | str):

@@ -2,6 +2,7 @@
 
 from recursivemas.engine.backbone import BackboneEngine, ContextLengthError, Generation, Rollout, TeacherForced
 from recursivemas.engine.inputs import Framing, Prompt, Segment
+from recursivemas.engine.sampling import FinishReason, Sampling
 
-__all__ = ["BackboneEngine", "ContextLengthError", "Framing", "Generation", "Prompt", "Rollout", "Segment",
-           "TeacherForced"]
+__all__ = ["BackboneEngine", "ContextLengthError", "FinishReason", "Framing", "Generation", "Prompt", "Rollout",
+           "Sampling", "Segment", "TeacherForced"]

@@ -26,16 +26,14 @@ from torch import nn
 
 from recursivemas.engine.inputs import Embedded, Prompt, embed, extend, left_pad
 from recursivemas.engine.loading import load_causal_lm
-from recursivemas.engine.sampling import Sampler
+from recursivemas.engine.sampler import Sampler
+from recursivemas.engine.sampling import DEFAULT_SAMPLING, FinishReason, Sampling
+from recursivemas.errors import ContextLengthError
 
 log = logging.getLogger("recursivemas")
 Alive = Callable[[], bool]  # asked between decode steps: False ends a row (its run was cancelled or is past due)
 _STOP_WINDOW = 32  # tokens decoded to look for a stop string; longer stop strings are not supported
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ContextLengthError(ValueError):
-    """A prompt (plus its latent steps or new tokens) does not fit the model's context window."""
 
 
 @dataclass
@@ -49,7 +47,7 @@ class Rollout:
 class Generation:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "eos" | "stop" | "length"
+    finish_reason: FinishReason
     prompt_tokens: int
     latent_tokens: int
 
@@ -154,17 +152,15 @@ class BackboneEngine:
 
     # --- text generation -----------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def generate(
-        self, prompts: Sequence[Prompt], max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None, stop: Sequence[str] = (), alive: Sequence[Alive] | None = None,
-    ) -> list[Generation]:
-        """``alive`` (one check per prompt, or None) is asked between decode steps: a row whose check says no ends
-        with finish reason ``cancelled``, and the other rows decode on undisturbed."""
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling = DEFAULT_SAMPLING,
+                 alive: Sequence[Alive | None] | None = None) -> list[Generation]:
+        """Decode every prompt with ``sampling``, batched. ``alive`` (one check per prompt, or None) is asked between
+        decode steps: a row whose check says no ends with finish reason ``cancelled``, and the other rows decode on
+        undisturbed."""
         items = [self.embed(p) for p in prompts]
         tokens: list[list[int]] = [[] for _ in items]
-        reasons = ["length"] * len(items)
-        sampler = Sampler(temperature, top_p, seed)
-        for step_tokens, finished in self._decode(items, max_new_tokens, sampler, stop, alive):
+        reasons: list[FinishReason] = ["length"] * len(items)
+        for step_tokens, finished in self._decode(items, sampling, alive):
             for row, token in step_tokens.items():
                 tokens[row].append(token)
             for row, reason in finished.items():
@@ -175,26 +171,20 @@ class BackboneEngine:
             for r, ids in enumerate(tokens)
         ]
 
-    def stream(
-        self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None, stop: Sequence[str] = (),
-    ) -> Iterator[str]:
+    def stream(self, prompt: Prompt, sampling: Sampling = DEFAULT_SAMPLING) -> Iterator[str]:
         """Yield text deltas as tokens are decoded; the deltas join to ``generate``'s text."""
-        for piece in self.stream_generation(prompt, max_new_tokens, temperature, top_p, seed, stop):
+        for piece in self.stream_generation(prompt, sampling):
             if isinstance(piece, str):
                 yield piece
 
     @torch.inference_mode()
-    def stream_generation(
-        self, prompt: Prompt, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-        seed: int | None = None, stop: Sequence[str] = (), alive: Alive | None = None,
-    ) -> Iterator[str | Generation]:
+    def stream_generation(self, prompt: Prompt, sampling: Sampling = DEFAULT_SAMPLING, alive: Alive | None = None
+                          ) -> Iterator[str | Generation]:
         """``stream``'s deltas, then the finished :class:`Generation` (its token counts are the run's usage)."""
         item = self.embed(prompt)
         ids: list[int] = []
         sent, reason = "", "length"
-        sampler = Sampler(temperature, top_p, seed)
-        for step_tokens, finished in self._decode([item], max_new_tokens, sampler, stop, [alive]):
+        for step_tokens, finished in self._decode([item], sampling, [alive]):
             ids.extend(step_tokens.values())
             reason = finished.get(0, reason)
             if reason == "eos":
@@ -213,11 +203,11 @@ class BackboneEngine:
     def _text(self, ids: list[int], reason: str) -> str:
         return self.tokenizer.decode(ids[:-1] if reason == "eos" else ids, skip_special_tokens=True)
 
-    def _decode(self, items: list[Embedded], max_new_tokens: int, sampler: Sampler, stop: Sequence[str],
-                alive: Sequence[Alive | None] | None = None):
+    def _decode(self, items: list[Embedded], sampling: Sampling, alive: Sequence[Alive | None] | None = None):
         """Yield ({row: token}, {row: finish reason}) per step for the rows still running."""
+        sampler, stop = Sampler(sampling), sampling.stop
         batch = left_pad([i.embeds for i in items])
-        budgets = [min(max_new_tokens, self.max_context - n) for n in batch.lengths]  # each row's own room
+        budgets = [min(sampling.max_new_tokens, self.max_context - n) for n in batch.lengths]  # each row's own room
         budget = max(budgets)
         out, kv = _cached(self.model, None, inputs_embeds=batch.embeds, attention_mask=batch.attention_mask,
                           position_ids=batch.position_ids, logits_to_keep=1)

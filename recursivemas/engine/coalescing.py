@@ -16,14 +16,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from recursivemas.engine.sampling import DEFAULT_SAMPLING, Sampling
+
 
 @dataclass
 class _Request:
     kind: str  # "rollout" | "generate"
-    key: tuple  # requests with equal keys may share a batch
+    key: tuple  # requests with equal keys may share a batch: (kind, latent steps or the typed Sampling)
     prompts: list
     links: list  # per prompt: a rollout's inner link, a generation's liveness check
-    kwargs: dict
     future: Future = field(default_factory=Future)
 
 
@@ -47,12 +48,12 @@ class CoalescingEngine:
 
     def rollout(self, prompts: Sequence, steps: int, inner) -> list:
         links = list(inner) if isinstance(inner, (list, tuple)) else [inner] * len(prompts)
-        return self._submit(_Request("rollout", ("rollout", steps), list(prompts), links, {"steps": steps}))
+        return self._submit(_Request("rollout", ("rollout", steps), list(prompts), links))
 
-    def generate(self, prompts: Sequence, alive: Sequence | None = None, **sampling: Any) -> list:
-        key = ("generate", tuple(sorted((k, v if not isinstance(v, list) else tuple(v)) for k, v in sampling.items())))
+    def generate(self, prompts: Sequence, sampling: Sampling = DEFAULT_SAMPLING, alive: Sequence | None = None
+                 ) -> list:
         checks = list(alive) if alive is not None else [None] * len(prompts)  # per row, like a rollout's links
-        return self._submit(_Request("generate", key, list(prompts), checks, sampling))
+        return self._submit(_Request("generate", ("generate", sampling), list(prompts), checks))
 
     def _submit(self, request: _Request) -> list:
         with self._cond:
@@ -92,9 +93,9 @@ class CoalescingEngine:
         first = group[0]
         try:
             if first.kind == "rollout":
-                outputs = self.engine.rollout(prompts, first.kwargs["steps"], [link for r in group for link in r.links])
+                outputs = self.engine.rollout(prompts, first.key[1], [link for r in group for link in r.links])
             else:
-                outputs = self.engine.generate(prompts, alive=[c for r in group for c in r.links], **first.kwargs)
+                outputs = self.engine.generate(prompts, first.key[1], alive=[c for r in group for c in r.links])
         except BaseException as exc:  # noqa: BLE001 - hand every waiting caller its own failure
             if len(group) > 1:  # one bad request must not fail its batch-mates: retry them alone
                 for request in group:

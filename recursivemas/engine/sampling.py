@@ -1,31 +1,45 @@
-"""Next-token choice: greedy at temperature 0, otherwise temperature and nucleus (top-p) sampling."""
+"""How a generate call decodes, and why a generation stopped: the settings every layer above the engine passes down.
+
+Plain Python (no torch), so the topology config reads its defaults from here: each sampling setting has one
+default, this one. The engine takes one frozen :class:`Sampling` per call; the coalescer batches calls whose
+settings are equal, and the settings cross threads, Ray actors and Serve replicas as they are.
+"""
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
-_GREEDY_BELOW = 1e-5
+FinishReason = Literal["eos", "stop", "length", "cancelled"]
+"""Why one row's decoding ended: end of turn, a stop string, its token budget, or its run ended (cancel/deadline)."""
 
 
-class Sampler:
-    def __init__(self, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None):
-        self.temperature = temperature
-        self.top_p = top_p
-        self.generator: torch.Generator | None = None
-        if seed is not None:
-            self.generator = torch.Generator().manual_seed(seed)
+@dataclass(frozen=True)
+class Sampling:
+    """One generate call's decoding: token budget, temperature (0: greedy), nucleus ``top_p``, ``seed`` and
+    ``stop`` strings. ``from_model`` names the fields a host takes from its backbone's own ``generation_config``
+    instead (``generation.from_model`` in a topology); the engine itself ignores it."""
 
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        """[batch, vocab] logits -> [batch] token ids."""
-        if self.temperature < _GREEDY_BELOW:  # 0, or so close that sampling would pick the argmax anyway
-            return logits.argmax(dim=-1)
-        # float64 after subtracting the max: a small temperature must not overflow the scaled logits to inf
-        shifted = logits.double() - logits.double().amax(dim=-1, keepdim=True)
-        probs = torch.softmax(shifted / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            outside = sorted_probs.cumsum(-1) - sorted_probs > self.top_p  # keep the smallest set reaching top_p
-            sorted_probs[outside] = 0
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        picks = torch.multinomial(probs.cpu(), 1, generator=self.generator)
-        return picks.squeeze(-1).to(logits.device)
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    from_model: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", tuple(self.stop))  # a list given here still hashes and compares equal
+        object.__setattr__(self, "from_model", tuple(self.from_model))
+
+    def for_model(self, generation_config: Any) -> Sampling:
+        """These settings with the ``from_model`` fields read from a model's ``generation_config``: its temperature
+        and top_p when it samples, greedy when it does not."""
+        if not self.from_model or generation_config is None:
+            return self
+        samples = bool(getattr(generation_config, "do_sample", False))
+        own = {"temperature": float(generation_config.temperature or 1.0) if samples else 0.0,
+               "top_p": float(generation_config.top_p or 1.0) if samples else 1.0}
+        return replace(self, **{name: own[name] for name in self.from_model if name in own}, from_model=())
+
+
+DEFAULT_SAMPLING = Sampling()  # greedy, up to 256 new tokens

@@ -5,7 +5,7 @@ The comparison the paper makes is one system answered three ways: a single agent
 here sees the same items, in the same batches, on the same runner, so accuracy, wall time and decoded tokens differ
 only by mode and rounds. A single agent has no rounds: it runs once and stands for every round count.
 
-The runner is one topology's system, anything with ``run_batch(questions, *, mode, rounds, latent_steps)`` and its
+The runner is one topology's system, a :class:`~recursivemas.runtime.Runner` (``run_batch(questions, options)``) and its
 ``topology``: an :class:`~recursivemas.runtime.Executor` (``InProcess().system(topology)``), a cluster's
 ``Cluster.system(topology)``, or a baseline with the same interface.
 """
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from recursivemas.answers import score
 from recursivemas.eval.datasets import EvalItem
 from recursivemas.runtime import sandbox
+from recursivemas.runtime.calls import RunOptions
 
 MODES = ("single", "text", "latent")
 
@@ -83,10 +84,12 @@ def grid(modes: Sequence[str], rounds: Sequence[int]) -> list[tuple[str, int]]:
 
 
 def evaluate(runner, items: Sequence[EvalItem], modes: Sequence[str] = MODES,
-             rounds: Sequence[int] = (1, 2, 3), latent_steps: int | None = None, batch_size: int = 8,
+             rounds: Sequence[int] = (1, 2, 3), options: RunOptions | None = None, batch_size: int = 8,
              on_item: Callable[[], None] | None = None, timeout_s: float = 10.0, dataset: str = "",
              dataset_options: Mapping[str, Any] | None = None) -> Evaluation:
-    """Answer and score ``items`` in every cell; ``on_item`` ticks once per item answered (a progress bar)."""
+    """Answer and score ``items`` in every cell; ``on_item`` ticks once per item answered (a progress bar).
+
+    Each cell runs with ``options`` (latent steps, sampling; None: the topology's) at its own mode and rounds."""
     if not items:
         raise ValueError("evaluate: the dataset has no items")
     if batch_size < 1:
@@ -96,13 +99,14 @@ def evaluate(runner, items: Sequence[EvalItem], modes: Sequence[str] = MODES,
     if any(i.kind == "code" for i in items):
         sandbox.require(code_sandbox, f"scoring the code answers of {dataset or 'this dataset'}")
     cells, results = [], []
+    base = RunOptions.of(options)
     for mode, r in grid(modes, rounds):
+        cell = replace(base, mode=mode, rounds=r)
         mine: list[ItemResult] = []
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
             began = time.perf_counter()
-            runs = runner.run_batch([i.query() if i.fields else i.question for i in batch], mode=mode, rounds=r,
-                                    latent_steps=latent_steps)
+            runs = runner.run_batch([i.query() if i.fields else i.question for i in batch], cell)
             share = (time.perf_counter() - began) / len(batch)
             for item, run in zip(batch, runs):
                 verdict = score(run.text, item.reference, item.kind, prompt=item.prompt, tests=item.tests,

@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from recursivemas.runtime import InProcess
+from recursivemas.runtime import InProcess, RunOptions
 
 from recursivemas.config import Topology, load_topology
 from recursivemas.eval.datasets import load_eval_dataset
@@ -33,13 +33,13 @@ def run_eval(topology: Topology | str | Path, dataset: str, modes: Sequence[str]
     ``{"max_terms": 3}``), recorded in the report.
     """
     system = topology if isinstance(topology, Topology) else load_topology(topology)
-    if max_new_tokens is not None:
-        system = system.replace(generation={**system.generation.model_dump(), "max_new_tokens": max_new_tokens})
+    options = RunOptions(latent_steps=latent_steps,
+                         generation={} if max_new_tokens is None else {"max_new_tokens": max_new_tokens})
     items = load_eval_dataset(dataset, limit=limit, seed=seed, options=dataset_options)
     total = len(items) * cells_run(modes, rounds)
     with tqdm(total=total, desc=f"eval {system.name} on {dataset}", unit="answer") as bar:
         with nullcontext(systems) if systems is not None else _systems(address, cluster) as chosen:
-            evaluation = evaluate(chosen.system(system), items, modes, rounds, latent_steps, batch_size, bar.update,
+            evaluation = evaluate(chosen.system(system), items, modes, rounds, options, batch_size, bar.update,
                                   dataset=dataset, dataset_options=dataset_options)
     paths = write_report(evaluation, out, command) if out is not None else {}
     return evaluation, paths

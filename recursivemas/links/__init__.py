@@ -10,8 +10,8 @@ torch and safetensors are needed here.
 from .io import LinkCheckpointError, load_links, read_manifest, save_links, stored_dtype
 from .linkset import LinkSet, edge_key, parse_edge_key
 from .modules import InnerLink, OuterLink
-from .release import resolve_release
-from .released import ReleasedLinkError, import_released
+from .release_manifests import resolve_release
+from .release_weights import ReleasedLinkError, import_released
 
 __all__ = [
     "InnerLink",

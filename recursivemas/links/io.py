@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .linkset import FORMAT_NAME, FORMAT_VERSION, LinkSet, edge_key
+from recursivemas.errors import LinkCheckpointError
 
 __all__ = ["LinkCheckpointError", "save_links", "load_links", "read_manifest", "WEIGHTS_FILE", "MANIFEST_FILE"]
 
@@ -30,10 +31,6 @@ _HINT = (
     "hint: these links were trained for another topology or other backbones; "
     "retrain them for this system or point `links:` at a matching checkpoint."
 )
-
-
-class LinkCheckpointError(ValueError):
-    """A link checkpoint is missing, malformed, or does not match the LinkSet it is loaded into."""
 
 
 def _shape(shape) -> str:

@@ -20,90 +20,47 @@ from torch import nn
 __all__ = ["InnerLink", "OuterLink"]
 
 
-class InnerLink(nn.Module):
-    """Per-agent link ``d -> d``: ``post_ln(h + proj2(gelu(proj1(pre_ln(h)))))``.
+class _ResidualLink(nn.Module):
+    """What both links share: ``out_norm(proj2(gelu(proj1(in_norm(h)))) + residual(h))``, the MLP's output
+    projection zero at init and the output LayerNorm's gain at ``out_scale``. Subclasses name their norms (the
+    released checkpoints' names) and their residual path."""
 
-    With ``norm=False`` both LayerNorms are dropped (the paper's Eq. 3): ``h + proj2(gelu(proj1(h)))``, and
-    ``out_scale`` has nothing to scale, so it is unused. Works on any leading shape ``[..., dim]``.
-    With ``norm=True`` the parameter count is ``2 d^2 + 6 d``.
-    """
+    in_norm_name: str
+    out_norm_name: str
 
-    def __init__(self, dim: int, norm: bool = True, out_scale: float = 1.0) -> None:
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, norm: bool, out_scale: float) -> None:
         super().__init__()
-        if dim <= 0:
-            raise ValueError(f"InnerLink dim must be positive, got {dim}")
+        if in_dim <= 0 or out_dim <= 0:
+            raise ValueError(f"{type(self).__name__} dims must be positive, got in_dim={in_dim}, out_dim={out_dim}")
         self.norm = bool(norm)
-        self._dim = int(dim)
-        self.pre_ln = nn.LayerNorm(dim) if self.norm else None
-        self.proj1 = nn.Linear(dim, dim)
-        self.proj2 = nn.Linear(dim, dim)
-        self.post_ln = nn.LayerNorm(dim) if self.norm else None
+        self._in_dim, self._out_dim = int(in_dim), int(out_dim)
+        setattr(self, self.in_norm_name, nn.LayerNorm(in_dim) if self.norm else None)
+        self.proj1 = nn.Linear(in_dim, hidden)
+        self.proj2 = nn.Linear(hidden, out_dim)
+        self._build_residual()
+        setattr(self, self.out_norm_name, nn.LayerNorm(out_dim) if self.norm else None)
         self.act = nn.GELU()  # exact (erf) GELU, as in the released weights
         self.reset_link_parameters(out_scale)
 
-    @torch.no_grad()
-    def reset_link_parameters(self, out_scale: float = 1.0) -> None:
-        """Zero the MLP's output projection and set the output LayerNorm gain to ``out_scale``."""
-        nn.init.zeros_(self.proj2.weight)
-        nn.init.zeros_(self.proj2.bias)
-        if self.post_ln is not None:
-            self.post_ln.weight.fill_(float(out_scale))
-            self.post_ln.bias.zero_()
+    def _build_residual(self) -> None:
+        """Register the residual path's parameters (none: the identity)."""
 
-    @property
-    def in_dim(self) -> int:
-        return self._dim
+    def _reset_residual(self) -> None:
+        """Initialise the residual path (nothing to do for the identity)."""
 
-    @property
-    def out_dim(self) -> int:
-        return self._dim
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        x = self.pre_ln(h) if self.pre_ln is not None else h
-        out = h + self.proj2(self.act(self.proj1(x)))
-        return self.post_ln(out) if self.post_ln is not None else out
-
-    def extra_repr(self) -> str:
-        return f"dim={self._dim}, norm={self.norm}"
-
-
-class OuterLink(nn.Module):
-    """Per-edge link ``d_src -> d_dst``: ``ln_target(proj2(gelu(proj1(ln_source(h)))) + residual_proj(h))``.
-
-    The MLP branch is widened to ``2 * out_dim``; the residual path is a linear map because the two backbones'
-    spaces generally differ in size. With ``norm=False`` both LayerNorms are dropped and ``out_scale`` is unused.
-    At init the MLP branch is zero and ``residual_proj`` is the identity (equal dims) or a random orthogonal map,
-    so the link starts as ``ln_target(residual_proj(h))``.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, norm: bool = True, out_scale: float = 1.0) -> None:
-        super().__init__()
-        if in_dim <= 0 or out_dim <= 0:
-            raise ValueError(f"OuterLink dims must be positive, got in_dim={in_dim}, out_dim={out_dim}")
-        self.norm = bool(norm)
-        self._in_dim = int(in_dim)
-        self._out_dim = int(out_dim)
-        self.ln_source = nn.LayerNorm(in_dim) if self.norm else None
-        self.proj1 = nn.Linear(in_dim, 2 * out_dim)
-        self.proj2 = nn.Linear(2 * out_dim, out_dim)
-        self.residual_proj = nn.Linear(in_dim, out_dim)
-        self.ln_target = nn.LayerNorm(out_dim) if self.norm else None
-        self.act = nn.GELU()
-        self.reset_link_parameters(out_scale)
+    def residual(self, h: torch.Tensor) -> torch.Tensor:
+        return h
 
     @torch.no_grad()
     def reset_link_parameters(self, out_scale: float = 1.0) -> None:
-        """Zero the MLP's output projection, make the residual an identity/orthogonal map, set the output gain."""
+        """Zero the MLP's output projection, initialise the residual path, set the output LayerNorm gain."""
         nn.init.zeros_(self.proj2.weight)
         nn.init.zeros_(self.proj2.bias)
-        if self._in_dim == self._out_dim:
-            self.residual_proj.weight.copy_(torch.eye(self._out_dim, dtype=self.residual_proj.weight.dtype))
-        else:
-            nn.init.orthogonal_(self.residual_proj.weight)
-        nn.init.zeros_(self.residual_proj.bias)
-        if self.ln_target is not None:
-            self.ln_target.weight.fill_(float(out_scale))
-            self.ln_target.bias.zero_()
+        self._reset_residual()
+        out_norm = getattr(self, self.out_norm_name)
+        if out_norm is not None:
+            out_norm.weight.fill_(float(out_scale))
+            out_norm.bias.zero_()
 
     @property
     def in_dim(self) -> int:
@@ -114,9 +71,56 @@ class OuterLink(nn.Module):
         return self._out_dim
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        x = self.ln_source(h) if self.ln_source is not None else h
-        out = self.proj2(self.act(self.proj1(x))) + self.residual_proj(h)
-        return self.ln_target(out) if self.ln_target is not None else out
+        in_norm, out_norm = getattr(self, self.in_norm_name), getattr(self, self.out_norm_name)
+        x = in_norm(h) if in_norm is not None else h
+        out = self.proj2(self.act(self.proj1(x))) + self.residual(h)
+        return out_norm(out) if out_norm is not None else out
+
+
+class InnerLink(_ResidualLink):
+    """Per-agent link ``d -> d``: ``post_ln(h + proj2(gelu(proj1(pre_ln(h)))))``.
+
+    With ``norm=False`` both LayerNorms are dropped (the paper's Eq. 3): ``h + proj2(gelu(proj1(h)))``, and
+    ``out_scale`` has nothing to scale, so it is unused. Works on any leading shape ``[..., dim]``.
+    With ``norm=True`` the parameter count is ``2 d^2 + 6 d``.
+    """
+
+    in_norm_name, out_norm_name = "pre_ln", "post_ln"
+
+    def __init__(self, dim: int, norm: bool = True, out_scale: float = 1.0) -> None:
+        super().__init__(dim, dim, dim, norm, out_scale)
+
+    def extra_repr(self) -> str:
+        return f"dim={self._in_dim}, norm={self.norm}"
+
+
+class OuterLink(_ResidualLink):
+    """Per-edge link ``d_src -> d_dst``: ``ln_target(proj2(gelu(proj1(ln_source(h)))) + residual_proj(h))``.
+
+    The MLP branch is widened to ``2 * out_dim``; the residual path is a linear map because the two backbones'
+    spaces generally differ in size. With ``norm=False`` both LayerNorms are dropped and ``out_scale`` is unused.
+    At init the MLP branch is zero and ``residual_proj`` is the identity (equal dims) or a random orthogonal map,
+    so the link starts as ``ln_target(residual_proj(h))``.
+    """
+
+    in_norm_name, out_norm_name = "ln_source", "ln_target"
+
+    def __init__(self, in_dim: int, out_dim: int, norm: bool = True, out_scale: float = 1.0) -> None:
+        super().__init__(in_dim, out_dim, 2 * out_dim, norm, out_scale)
+
+    def _build_residual(self) -> None:
+        self.residual_proj = nn.Linear(self._in_dim, self._out_dim)
+
+    @torch.no_grad()
+    def _reset_residual(self) -> None:
+        if self._in_dim == self._out_dim:
+            self.residual_proj.weight.copy_(torch.eye(self._out_dim, dtype=self.residual_proj.weight.dtype))
+        else:
+            nn.init.orthogonal_(self.residual_proj.weight)
+        nn.init.zeros_(self.residual_proj.bias)
+
+    def residual(self, h: torch.Tensor) -> torch.Tensor:
+        return self.residual_proj(h)
 
     def extra_repr(self) -> str:
         return f"in_dim={self._in_dim}, out_dim={self._out_dim}, norm={self.norm}"

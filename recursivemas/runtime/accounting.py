@@ -9,13 +9,13 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from recursivemas.config import Mode
+from recursivemas.engine.sampling import FinishReason
 
 Kind = Literal["latent", "text", "answer"]
-EngineFinish = Literal["eos", "stop", "length", "cancelled"]  # end of turn, a stop string, the budget, its run ended
-Finish = Literal["stop", "length"]  # OpenAI's finish_reason: ``length`` when the answer was cut off
+OpenAIFinish = Literal["stop", "length"]  # OpenAI's finish_reason: ``length`` when the answer was cut off
 
 
-def openai_finish(reason: EngineFinish | None) -> Finish:
+def openai_finish(reason: FinishReason | None) -> OpenAIFinish:
     """The engine's reason as OpenAI reports it: ``eos`` and ``stop`` are ``stop``; ``length`` (``max_tokens``, the
     topology's budget or the context window ran out) is ``length``."""
     return "length" if reason == "length" else "stop"
@@ -40,7 +40,7 @@ class AgentUsage(BaseModel):
     tool_calls: int = 0
     wall_s: float = 0.0
     message: str | None = None  # the decoded text, for text-mode messages and answers
-    finish_reason: EngineFinish | None = None  # decoding turns: why the (last) generation stopped
+    finish_reason: FinishReason | None = None  # decoding turns: why the (last) generation stopped
     nudged: bool = False  # the answer lacked generation.answer_nudge's pattern and was continued once
 
 
@@ -69,7 +69,7 @@ class RunResult(BaseModel):
     latent_steps: int
     wall_s: float
     usage: list[AgentUsage] = Field(default_factory=list)
-    finish_reason: Finish = "stop"  # the answer's, as OpenAI reports it (:func:`openai_finish`)
+    finish_reason: OpenAIFinish = "stop"  # the answer's, as OpenAI reports it (:func:`openai_finish`)
     stopped: Literal["cancelled", "deadline"] | None = None  # the run ended early: its caller left, or past due
 
     @property

@@ -14,39 +14,13 @@ A request's ``max_tokens`` thus travels from the HTTP ingress to ``BackboneEngin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from recursivemas.config import GenerationConfig, Handoff, Mode, Transport
-from recursivemas.engine import Prompt
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How one generate call decodes: the engine's ``generate`` arguments. ``from_model`` names the fields the host
-    takes from its backbone's own ``generation_config`` instead (``generation.from_model``)."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    from_model: tuple[str, ...] = ()
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("from_model")
-        return out
-
-    def for_model(self, generation_config: Any) -> Sampling:
-        """These settings with the ``from_model`` fields read from a model's ``generation_config``: its temperature
-        and top_p when it samples, greedy when it does not."""
-        if not self.from_model or generation_config is None:
-            return self
-        samples = bool(getattr(generation_config, "do_sample", False))
-        own = {"temperature": float(generation_config.temperature or 1.0) if samples else 0.0,
-               "top_p": float(generation_config.top_p or 1.0) if samples else 1.0}
-        return replace(self, **{name: own[name] for name in self.from_model if name in own}, from_model=())
+from recursivemas.config import GenerationConfig, Handoff, Mode, Topology, Transport
+from recursivemas.engine.inputs import Prompt
+from recursivemas.engine.sampling import Sampling
+from recursivemas.errors import RequestError
 
 
 @dataclass(frozen=True)
@@ -70,7 +44,8 @@ class GenerationOverrides:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"generation: unknown setting(s) {unknown}; use {', '.join(sorted(known))}")
+            raise RequestError(f"generation: unknown setting(s) {unknown}; use {', '.join(sorted(known))}",
+                               "generation")
         stop = value.get("stop")
         return cls(**{**value, "stop": None if stop is None else tuple(stop)})
 
@@ -90,23 +65,41 @@ class GenerationOverrides:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What one run may change: mode, rounds, latent steps (None: the topology's) and sampling. Hashable: runs
-    with equal options may share one batched run."""
+    """What one run may change: mode, rounds, latent steps (None: the topology's) and sampling overrides.
+
+    The one container a run's settings travel in, from every front door (CLI, Python API, ``Cluster``, HTTP, gRPC)
+    to the executor; a topology is never rewritten to carry them. ``generation`` may be given as a mapping of
+    :class:`GenerationOverrides` names. Hashable: runs with equal options may share one batched run."""
 
     mode: Mode = "latent"
     rounds: int | None = None
     latent_steps: int | None = None
     generation: GenerationOverrides = field(default_factory=GenerationOverrides)
 
-    @classmethod
-    def of(cls, mode: Mode = "latent", rounds: int | None = None, latent_steps: int | None = None,
-           generation: GenerationOverrides | Mapping[str, Any] | None = None) -> RunOptions:
-        return cls(mode, rounds, latent_steps, GenerationOverrides.of(generation))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "generation", GenerationOverrides.of(self.generation))
 
-    def as_kwargs(self) -> dict[str, Any]:
-        """The runner interface's keyword arguments: ``run_batch(questions, **options.as_kwargs())``."""
-        return {"mode": self.mode, "rounds": self.rounds, "latent_steps": self.latent_steps,
-                "generation": self.generation}
+    @classmethod
+    def of(cls, value: RunOptions | Mapping[str, Any] | None) -> RunOptions:
+        """Options from themselves, a mapping of the same names (checked: a typo is an error) or None."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise RequestError(f"run options: unknown setting(s) {unknown}; use {', '.join(sorted(known))}",
+                               unknown[0])
+        return cls(**value)
+
+    def rounds_for(self, topology: Topology) -> int:
+        """The rounds this run takes: its own, else the topology's (the one place that default is read)."""
+        return topology.rounds if self.rounds is None else self.rounds
+
+    def latent_steps_for(self, topology: Topology) -> int:
+        """The latent steps per thought this run takes: its own, else the topology's."""
+        return topology.latent_steps if self.latent_steps is None else self.latent_steps
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, get_args
+from typing import get_args
 
 import torch
 
@@ -30,8 +30,10 @@ from recursivemas.engine import Framing, Generation, Prompt
 from recursivemas.links import LinkSet
 from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish
 from recursivemas.runtime.backend import Backend, as_backend
-from recursivemas.runtime.calls import GenerateCall, GenerationOverrides, Sampling, ThinkCall
-from recursivemas.runtime.graph import Plan, Turn
+from recursivemas.engine.sampling import FinishReason, Sampling
+from recursivemas.errors import RequestError
+from recursivemas.runtime.calls import GenerateCall, RunOptions, ThinkCall
+from recursivemas.runtime.graph import Plan, PlannedTurn
 from recursivemas.runtime.query import Query, as_queries, check_fields
 from recursivemas.runtime import sandbox
 from recursivemas.runtime.stopping import RunStop, Stopped
@@ -39,18 +41,21 @@ from recursivemas.runtime.tools import STOP_STRINGS, PythonTool, Toolbox, final_
 
 log = logging.getLogger("recursivemas")
 
-Content = object  # what a slot receives: a latent handle in latent mode, a message (str) in text mode
+LatentHandle = object
+"""A hand-off as the executor holds it, opaque: a tensor in-process, an object reference (or a direct-transport key)
+on a cluster. The executor only moves it from one agent's turn into another agent's prompt."""
+Content = LatentHandle | str  # what a slot receives: a latent handle in latent mode, a message in text mode
 
 
 @dataclass
 class _Turn:
-    """One agent's turn on one question: its prompt in, its result out."""
+    """One agent's turn on one question of the run: its prompt in, its result out."""
 
-    question: int
-    step: Turn  # the plan's turn: agent, round, whether it decodes, whom it hands over to
+    question_index: int  # into the run's questions
+    planned: PlannedTurn  # the plan's turn: agent, round, whether it decodes, whom it hands over to
     prompt: Prompt
     usage: AgentUsage
-    handoffs: dict[str, object] | None = None  # latent mode: target -> latent handle
+    handoffs: dict[str, LatentHandle] | None = None  # latent mode: target -> its hand-off
     message: str | None = None
 
 
@@ -62,7 +67,7 @@ class _QuestionState:
     feedback: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
     next_feedback: dict[str, dict[str, Content]] = field(default_factory=lambda: defaultdict(dict))
     answer: str = ""
-    finish: str | None = None  # why the answer's generation stopped
+    finish: FinishReason | None = None  # why the answer's generation stopped
     usage: list[AgentUsage] = field(default_factory=list)
     stop: RunStop | None = None
     stopped: Stopped | None = None  # set once: the question takes no further turns
@@ -84,7 +89,7 @@ class _Run:
 
     mode: Mode
     rounds: int
-    steps: int
+    latent_steps: int
     questions: list[_QuestionState]
     answer: Sampling
     message: Sampling  # text-mode messages: the answer's sampling with the message budget
@@ -96,7 +101,7 @@ class _Run:
 
     def stops_for(self, turns: Sequence[_Turn]) -> tuple:
         """The rows' stop signals for a generate call (empty when no question has one)."""
-        stops = [self.questions[t.question].stop for t in turns]
+        stops = [self.questions[t.question_index].stop for t in turns]
         return tuple(s.row() if s is not None else None for s in stops) if any(stops) else ()
 
 
@@ -130,46 +135,42 @@ class Executor:
         # requests) share the pool, so size it for several runs, not one.
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_calls, thread_name_prefix="backbone")
 
-    def run(self, question: str | Query, *, context: str | None = None, fields: Mapping[str, str] | None = None,
-            mode: Mode = "latent", rounds: int | None = None,
-            latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
-            on_turn: Callable[[AgentUsage], None] | None = None,
+    def run(self, question: str | Query, options: RunOptions | None = None, *, context: str | None = None,
+            fields: Mapping[str, str] | None = None, on_turn: Callable[[AgentUsage], None] | None = None,
             on_delta: Callable[[str], None] | None = None, stop: RunStop | None = None) -> RunResult:
         """One question, with the ``context`` (and other ``fields``) its agents' templates name. ``on_delta`` hears
         the answer's text as it is decoded; under greedy decoding the deltas join to the same text as without it."""
-        return self.run_batch([Query.of(question, context, fields)], mode=mode, rounds=rounds,
-                              latent_steps=latent_steps, generation=generation, on_turn=on_turn, on_delta=on_delta,
+        return self.run_batch([Query.of(question, context, fields)], options, on_turn=on_turn, on_delta=on_delta,
                               stops=[stop])[0]
 
     @torch.inference_mode()
-    def run_batch(self, questions: Sequence[str | Query], *, mode: Mode = "latent", rounds: int | None = None,
-                  latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
+    def run_batch(self, questions: Sequence[str | Query], options: RunOptions | None = None, *,
                   on_turn: Callable[[AgentUsage], None] | None = None,
                   on_delta: Callable[[str], None] | None = None,
                   stops: Sequence[RunStop | None] | None = None) -> list[RunResult]:
-        """Answer every question (a string, or a :class:`Query` with the fields its agents read): the runner
-        interface that a cluster's and Serve's systems offer too.
+        """Answer every question (a string, or a :class:`Query` with the fields its agents read): the
+        :class:`~recursivemas.runtime.runner.Runner` interface that a cluster's and Serve's systems offer too.
 
-        ``rounds`` and ``latent_steps`` default to the topology's; ``generation`` overrides its sampling for this
-        run (``max_new_tokens``, ``message_max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``).
-        ``on_turn`` hears of each agent turn as it finishes (progress, logging). ``stops`` (one per question, or
-        None) end a question early, between turns and between its decode steps (:meth:`cancel`); its result then
-        says ``stopped`` and holds what it had.
+        ``options`` (:class:`RunOptions`) set the mode, and change the topology's rounds, latent steps and sampling
+        for this run only. ``on_turn`` hears of each agent turn as it finishes (progress, logging). ``stops`` (one
+        per question, or None) end a question early, between turns and between its decode steps (:meth:`cancel`);
+        its result then says ``stopped`` and holds what it had.
         """
-        rounds = self.topology.rounds if rounds is None else rounds
-        steps = self.topology.latent_steps if latent_steps is None else latent_steps
+        options = RunOptions.of(options)
+        mode = options.mode
+        rounds, latent_steps = options.rounds_for(self.topology), options.latent_steps_for(self.topology)
         queries = as_queries(questions)
-        _check_request([q.question for q in queries], mode, rounds, steps)
+        _check_request([q.question for q in queries], mode, rounds, latent_steps)
         check_fields(self.topology, queries, mode)
         start = time.perf_counter()
         if on_delta is not None and len(questions) != 1:
             raise ValueError("on_delta: streaming is for one question at a time; use run()")
-        answer, message = GenerationOverrides.of(generation).over(self.topology.generation)
+        answer, message = options.generation.over(self.topology.generation)
         stops = list(stops) if stops is not None else [None] * len(questions)
         if len(stops) != len(questions):
             raise ValueError(f"stops: {len(stops)} for {len(questions)} questions; give one (or None) per question")
         states = [_QuestionState(q.question, q.fields, stop=s) for q, s in zip(queries, stops)]
-        run = _Run(mode, rounds, steps, states, answer, message, on_turn, on_delta)
+        run = _Run(mode, rounds, latent_steps, states, answer, message, on_turn, on_delta)
         schedule = [self.plan.single()] if mode == "single" else self.plan.schedule(rounds)
         round_ = 0
         for level in schedule:
@@ -180,14 +181,14 @@ class Executor:
                 for state in run.questions:
                     state.new_round()
             for turn in self._run_level(run, level):
-                self._hand_over(turn, run.questions[turn.question])
+                self._hand_over(turn, run.questions[turn.question_index])
         wall = time.perf_counter() - start
         for state in run.questions:
             if state.finish == "cancelled" and not state.check_stop():
                 state.stopped = "cancelled"
         return [
             RunResult(question=s.question, text=s.answer, mode=mode, rounds=1 if mode == "single" else rounds,
-                      latent_steps=steps if mode == "latent" else 0, wall_s=wall, usage=s.usage,
+                      latent_steps=latent_steps if mode == "latent" else 0, wall_s=wall, usage=s.usage,
                       finish_reason=openai_finish(s.finish), stopped=s.stopped)
             for s in run.questions
         ]
@@ -204,21 +205,21 @@ class Executor:
                 log.debug("cancel on backbone %s failed: %s", name, exc)
 
     # --- one level of a round ------------------------------------------------------------------------------------
-    def _run_level(self, run: _Run, level: tuple[Turn, ...]) -> list[_Turn]:
+    def _run_level(self, run: _Run, level: tuple[PlannedTurn, ...]) -> list[_Turn]:
         by_backbone: dict[str, list[_Turn]] = defaultdict(list)
-        for step in level:
-            backbone = self.topology.agent(step.agent).backbone
-            kind = "answer" if step.decodes else ("latent" if run.mode == "latent" else "text")
+        for planned in level:
+            backbone = self.topology.agent(planned.agent).backbone
+            kind = "answer" if planned.decodes else ("latent" if run.mode == "latent" else "text")
             for index, state in enumerate(run.questions):
                 if state.stopped is not None:
                     continue
-                prompt = self._prompt(step.agent, state, run.mode != "single", step.round)
-                usage = AgentUsage(agent=step.agent, round=step.round, backbone=backbone, kind=kind)
-                by_backbone[backbone].append(_Turn(index, step, prompt, usage))
+                prompt = self._prompt(planned.agent, state, run.mode != "single", planned.round)
+                usage = AgentUsage(agent=planned.agent, round=planned.round, backbone=backbone, kind=kind)
+                by_backbone[backbone].append(_Turn(index, planned, prompt, usage))
         futures = [self._pool.submit(self._call, name, turns, run) for name, turns in by_backbone.items() if turns]
         done = [turn for future in futures for turn in future.result()]
         for turn in done:
-            state = run.questions[turn.question]
+            state = run.questions[turn.question_index]
             state.usage.append(turn.usage)
             if turn.usage.kind == "answer":
                 state.answer, state.finish = turn.message or "", turn.usage.finish_reason
@@ -227,23 +228,23 @@ class Executor:
         return done
 
     def _call(self, backbone_name: str, turns: list[_Turn], run: _Run) -> list[_Turn]:
-        steps, on_delta = run.steps, run.on_delta
+        latent_steps, on_delta = run.latent_steps, run.on_delta
         backend = self.backends[backbone_name]
         start = time.perf_counter()
         latent = [t for t in turns if t.usage.kind == "latent"]
         if latent:
             t = self.topology
             thoughts = backend.think(ThinkCall(
-                tuple(turn.step.agent for turn in latent), tuple(turn.prompt for turn in latent), steps,
-                tuple(tuple(turn.step.targets) for turn in latent), links=t.name, handoff=t.handoff,
+                tuple(turn.planned.agent for turn in latent), tuple(turn.prompt for turn in latent), latent_steps,
+                tuple(tuple(turn.planned.targets) for turn in latent), links=t.name, handoff=t.handoff,
                 transport=t.transport))
             for turn, thought in zip(latent, thoughts):
                 turn.handoffs = thought.handoffs
                 turn.usage.prompt_tokens, turn.usage.latent_in = thought.prompt_tokens, thought.latent_tokens
-                turn.usage.latent_steps = steps
+                turn.usage.latent_steps = latent_steps
         decoding = [t for t in turns if t.usage.kind != "latent"]
-        with_tools = [t for t in decoding if self.topology.agent(t.step.agent).tools]
-        plain = [t for t in decoding if not self.topology.agent(t.step.agent).tools]
+        with_tools = [t for t in decoding if self.topology.agent(t.planned.agent).tools]
+        plain = [t for t in decoding if not self.topology.agent(t.planned.agent).tools]
         streamed = [t for t in plain if on_delta is not None and t.usage.kind == "answer"]
         plain = [t for t in plain if t not in streamed]
         for turn in streamed:
@@ -320,7 +321,8 @@ class Executor:
         cls._record_text(turn, gen.text, len(gen.token_ids), gen.prompt_tokens, gen.latent_tokens, gen.finish_reason)
 
     @staticmethod
-    def _record_text(turn: _Turn, text: str, decoded: int, prompt_tokens: int, latent_in: int, finish: str) -> None:
+    def _record_text(turn: _Turn, text: str, decoded: int, prompt_tokens: int, latent_in: int,
+                     finish: FinishReason) -> None:
         turn.message = text
         turn.usage.message = text
         turn.usage.decoded_tokens = decoded
@@ -338,11 +340,11 @@ class Executor:
                            round=round, framing=framing_of(t, agent), fields=fields)
 
     def _hand_over(self, turn: _Turn, state: _QuestionState) -> None:
-        if turn.step.decodes:
+        if turn.planned.decodes:
             return
-        for dst, is_feedback in turn.step.handoffs:
+        for dst, is_feedback in turn.planned.handoffs:
             box = state.next_feedback if is_feedback else state.inbox
-            box[dst][turn.step.agent] = turn.handoffs[dst] if turn.handoffs is not None else (turn.message or "")
+            box[dst][turn.planned.agent] = turn.handoffs[dst] if turn.handoffs is not None else (turn.message or "")
 
 
 def framing_of(topology: Topology, agent: str) -> Framing:
@@ -376,15 +378,15 @@ def _join_text(segments: list[Content]) -> list[Content]:
     return out
 
 
-def _check_request(questions: Sequence[str], mode: str, rounds: int, steps: int) -> None:
+def _check_request(questions: Sequence[str], mode: str, rounds: int, latent_steps: int) -> None:
     if not questions:
-        raise ValueError("questions: pass at least one question")
+        raise RequestError("questions: pass at least one question", "questions")
     for i, q in enumerate(questions):
         if not isinstance(q, str) or not q.strip():
-            raise ValueError(f"prompt: question {i} is empty; pass the text to solve")
+            raise RequestError(f"prompt: question {i} is empty; pass the text to solve", "prompt")
     if mode not in get_args(Mode):
-        raise ValueError(f"mode: {mode!r} is not one of latent, text, single")
+        raise RequestError(f"mode: {mode!r} is not one of latent, text, single", "mode")
     if rounds < 1:
-        raise ValueError(f"rounds: must be >= 1, got {rounds}")
-    if steps < 0:
-        raise ValueError(f"latent_steps: must be >= 0, got {steps}")
+        raise RequestError(f"rounds: must be >= 1, got {rounds}", "rounds")
+    if latent_steps < 0:
+        raise RequestError(f"latent_steps: must be >= 0, got {latent_steps}", "latent_steps")

@@ -17,7 +17,7 @@ from recursivemas.config import Topology
 
 
 @dataclass(frozen=True)
-class Turn:
+class PlannedTurn:
     """One agent's turn in one round: whether it decodes the answer, and whom it hands its thoughts to."""
 
     round: int
@@ -69,16 +69,16 @@ class Plan:
             final_round_agents=frozenset(upstream),
         )
 
-    def turn(self, round_: int, rounds: int, agent: str) -> Turn:
+    def turn(self, round_: int, rounds: int, agent: str) -> PlannedTurn:
         final = round_ == rounds
         if final and agent == self.decoder:
-            return Turn(round_, agent, True, ())
+            return PlannedTurn(round_, agent, True, ())
         handoffs = [(dst, False) for dst in self.targets[agent]]
         if not final:
             handoffs += [(dst, True) for dst in self.feedback_targets[agent]]
-        return Turn(round_, agent, False, tuple(handoffs))
+        return PlannedTurn(round_, agent, False, tuple(handoffs))
 
-    def schedule(self, rounds: int) -> Iterator[tuple[Turn, ...]]:
+    def schedule(self, rounds: int) -> Iterator[tuple[PlannedTurn, ...]]:
         """Every level of every round, in execution order; the turns of one level may run at once."""
         for round_ in range(1, rounds + 1):
             for level in self.levels:
@@ -86,14 +86,14 @@ class Plan:
                 if agents:
                     yield tuple(self.turn(round_, rounds, agent) for agent in agents)
 
-    def turns(self, rounds: int) -> Iterator[Turn]:
+    def turns(self, rounds: int) -> Iterator[PlannedTurn]:
         """:meth:`schedule` flattened: the order every trainer (and every pipelined rank) walks."""
         for level in self.schedule(rounds):
             yield from level
 
-    def single(self) -> tuple[Turn, ...]:
+    def single(self) -> tuple[PlannedTurn, ...]:
         """The ``single`` mode's one level: the decoder alone, answering in one turn."""
-        return (Turn(1, self.decoder, True, ()),)
+        return (PlannedTurn(1, self.decoder, True, ()),)
 
     def used_edges(self, rounds: int) -> list[tuple[str, str]]:
         """The outer links a run of ``rounds`` rounds reads (feedback links only with ``rounds > 1``)."""

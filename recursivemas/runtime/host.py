@@ -10,18 +10,41 @@ agent (its inner link and its outgoing outer links), as ``docs/architecture.md``
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 
+from recursivemas.config import BackboneConfig
 from recursivemas.engine import BackboneEngine, Generation
 from recursivemas.engine.coalescing import CoalescingEngine
+from recursivemas.engine.sampling import Sampling
 from recursivemas.links import LinkSet
+from recursivemas.model_zoo import resolve_model
 from recursivemas.runtime.calls import BackboneDims, GenerateCall, RowStop, ThinkCall, Thought
 
+log = logging.getLogger("recursivemas")
 _FORGET_S = 3600.0  # a cancelled tag is kept this long: longer than any call of its run can still be arriving
+
+
+def load_engine(name: str, config: BackboneConfig) -> BackboneEngine:
+    """One backbone of a topology (``config`` is its ``backbones:`` entry), loaded in this process."""
+    log.info("loading backbone %s (%s)", name, config.model)
+    return BackboneEngine.load(resolve_model(config.model), dtype=config.dtype, device=config.device, name=name)
+
+
+@dataclass(frozen=True)
+class HostOptions:
+    """How a host shared by many callers (a Ray actor, a Serve replica) runs: calls coalesced up to ``max_batch``
+    rows within ``batch_wait_s``, and ``torch_threads`` intra-op threads for its process (None: leave them)."""
+
+    max_batch: int | None = 16
+    batch_wait_s: float = 0.005
+    torch_threads: int | None = None
 
 
 class BackboneHost:
@@ -39,13 +62,21 @@ class BackboneHost:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, name: str, path: str, dtype: str, device: str, max_batch: int | None = None,
-             batch_wait_s: float = 0.005) -> BackboneHost:
-        return cls(BackboneEngine.load(path, dtype=dtype, device=device, name=name), max_batch, batch_wait_s)
+    def from_config(cls, name: str, config: BackboneConfig, options: HostOptions | None = None) -> BackboneHost:
+        """The one way a process that serves a backbone builds its host: the Ray actor and the Serve replica
+        are thin wrappers around this, adding only what Ray needs (latent references in, hand-offs published)."""
+        options = options or HostOptions()
+        if options.torch_threads is not None:
+            torch.set_num_threads(options.torch_threads)
+        return cls(load_engine(name, config), options.max_batch, options.batch_wait_s)
 
     @property
     def dims(self) -> BackboneDims:
         return BackboneDims.of(self.engine)
+
+    def info(self) -> dict:
+        """What callers size links by, and which backbone this is: name, hidden size, embedding scale."""
+        return {"name": self.engine.name, **dataclasses.asdict(self.dims)}
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -76,15 +107,14 @@ class BackboneHost:
         return thoughts
 
     def generate(self, call: GenerateCall) -> list[Generation]:
-        return self._calls.generate(list(call.prompts), **self._alive(call), **self._sampling(call).engine_kwargs())
+        return self._calls.generate(list(call.prompts), self._sampling(call), alive=self._alive(call))
 
     def stream(self, call: GenerateCall) -> Iterator[str | Generation]:
         """Text deltas of the call's one prompt as they are decoded, then its ``Generation`` (not coalesced: a
         stream holds its batch of one for its whole length)."""
         (prompt,) = call.prompts
         alive = self._alive(call)
-        return self.engine.stream_generation(prompt, **({"alive": alive["alive"][0]} if alive else {}),
-                                             **self._sampling(call).engine_kwargs())
+        return self.engine.stream_generation(prompt, self._sampling(call), alive=alive[0] if alive else None)
 
     def cancel(self, tags: list[str]) -> None:
         """End the rows of these runs at their next decode step (their callers are gone)."""
@@ -93,15 +123,15 @@ class BackboneHost:
             self._cancelled = {t: at for t, at in self._cancelled.items() if now - at < _FORGET_S}
             self._cancelled.update(dict.fromkeys(tags, now))
 
-    def _alive(self, call: GenerateCall) -> dict[str, list[Callable[[], bool] | None]]:
-        """The engine's ``alive`` argument for the call's stops: a check per row; nothing when it has no stops."""
+    def _alive(self, call: GenerateCall) -> list[Callable[[], bool] | None] | None:
+        """The engine's ``alive`` argument for the call's stops: a check per row; None when it has no stops."""
         def check(stop: RowStop | None):
             if stop is None:
                 return None
             return lambda: stop.tag not in self._cancelled and (stop.deadline is None or time.time() < stop.deadline)
 
-        return {"alive": [check(stop) for stop in call.stops]} if any(call.stops) else {}
+        return [check(stop) for stop in call.stops] if any(call.stops) else None
 
-    def _sampling(self, call: GenerateCall):
+    def _sampling(self, call: GenerateCall) -> Sampling:
         """The call's sampling, with the fields it leaves to the model read from this backbone's own settings."""
         return call.sampling.for_model(getattr(getattr(self.engine, "model", None), "generation_config", None))

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from recursivemas.engine import BackboneEngine
 from recursivemas.config import Topology, load_topology
+from recursivemas.engine import BackboneEngine
+from recursivemas.engine.backbone import DTYPES
 from recursivemas.links import LinkSet, load_links, stored_dtype
-from recursivemas.model_zoo import resolve_model
 from recursivemas.runtime.calls import BackboneDims
 from recursivemas.runtime.executor import Executor
+from recursivemas.runtime.host import load_engine
 
 log = logging.getLogger("recursivemas")
 
@@ -25,13 +26,6 @@ def load_engines(topology: Topology) -> dict[str, BackboneEngine]:
     return {name: load_engine(name, cfg) for name, cfg in topology.backbones.items()}
 
 
-def load_engine(name: str, cfg) -> BackboneEngine:
-    """One backbone of a topology (``cfg`` is its ``backbones:`` entry), loaded in this process."""
-    log.info("loading backbone %s (%s)", name, cfg.model)
-    return BackboneEngine.load(resolve_model(cfg.model), dtype=cfg.dtype, device=cfg.device, name=name)
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_links(topology: Topology, backbones: Mapping[str, object], seed: int = 0, dtype: str | None = None
@@ -88,7 +82,7 @@ class InProcess:
             return known
         engines = {}
         for name, cfg in topology.backbones.items():
-            key = (cfg.model, cfg.dtype, cfg.device)
+            key = cfg.key
             if key not in self._engines:
                 self._engines[key] = load_engine(name, cfg)
             engines[name] = self._engines[key]

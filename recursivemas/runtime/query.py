@@ -13,19 +13,9 @@ from dataclasses import dataclass, field
 from typing import get_args
 
 from recursivemas.config import Mode, Topology
+from recursivemas.errors import MissingFieldError, RequestError
 
 CONTEXT = "context"
-
-
-class MissingFieldError(ValueError):
-    """A template names a field the question does not bring; the message names the agent, the field and the fix."""
-
-    def __init__(self, message: str, field: str):
-        super().__init__(message)
-        self.field = field
-
-    def __reduce__(self):  # crosses Ray (coordinator, router) as itself, field and all
-        return (type(self), (str(self), self.field))
 
 
 @dataclass(frozen=True)
@@ -43,7 +33,8 @@ class Query:
             merged[CONTEXT] = context
         for name, value in merged.items():
             if not isinstance(value, str):
-                raise ValueError(f"fields.{name}: must be text, got {type(value).__name__}; pass a string")
+                raise RequestError(f"fields.{name}: must be text, got {type(value).__name__}; pass a string",
+                                   f"fields.{name}")
         return cls(base.question, merged) if merged != dict(base.fields) else base
 
 

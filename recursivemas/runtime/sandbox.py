@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Literal
+from recursivemas.errors import SandboxUnavailable
 
 SandboxMode = Literal["bwrap", "none"]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -46,10 +47,6 @@ _LAUNCHER = (  # `launcher CODE NAME VALUE ...`: set the limits, then run CODE i
     "    resource.setrlimit(getattr(resource, name), (int(value), int(value)))\n"
     "os.execv(sys.executable, [sys.executable, '-I', sys.argv[1]])\n"
 )
-
-
-class SandboxUnavailable(RuntimeError):
-    """No sandbox can run here, and the setting asks for one."""
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from typing import Any
 from ray import serve
 
 from recursivemas.config import BackboneConfig, Topology, load_topology
-from recursivemas.model_zoo import resolve_model
 from recursivemas.serve.auth import digest, is_loopback, keys_from_env
 from recursivemas.serve.config import BackboneDeployment, ServeConfig
 from recursivemas.serve.deployments import ROUTER, BackboneServer, Router
+from recursivemas.runtime.host import HostOptions
 from recursivemas.serve.ingress import Ingress
 
 GRPC_SERVICER = "recursivemas.serve.grpc_api.add_servicer_to_server"  # requests as bytes: see its docstring
@@ -40,7 +40,7 @@ def start(host: str = "127.0.0.1", port: int = 8000, grpc_port: int | None = Non
 
 def backbone_deployment_name(cfg: BackboneConfig) -> str:
     """One name per unique (model, dtype, device): the key that makes topologies share a deployment."""
-    digest = hashlib.sha1(f"{cfg.model}|{cfg.dtype}|{cfg.device}".encode()).hexdigest()[:8]
+    digest = hashlib.sha1("|".join(cfg.key).encode()).hexdigest()[:8]
     stem = "".join(c if c.isalnum() else "-" for c in Path(cfg.model).name)[:40]
     return f"backbone-{stem}-{digest}"
 
@@ -107,7 +107,7 @@ def _backbone_deployment(key: str, name: str, cfg: BackboneConfig, config: Serve
     reserved = serve_options["ray_actor_options"].get("num_cpus", cfg.num_cpus)
     threads = options.torch_threads or cfg.torch_threads or max(1, int(reserved))
     return serve.deployment(BackboneServer, name=key).options(**serve_options).bind(
-        name, resolve_model(cfg.model), cfg.dtype, cfg.device, options.max_batch, options.batch_wait_s, threads)
+        name, cfg, HostOptions(options.max_batch, options.batch_wait_s, threads))
 
 
 def serve_config_file(config: ServeConfig) -> dict[str, Any]:

@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator, model_validator
 
-from recursivemas.config import Topology
+from recursivemas.config import Topology, load_yaml_config
 from recursivemas.serve.auth import ENV_VAR, key_problem
 from recursivemas.serve.openai_api import Limits
 
@@ -154,10 +153,7 @@ class ServeConfig(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> ServeConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"serve config {path} does not exist")
-        return cls.model_validate(yaml.safe_load(path.read_text()) or {})
+        return load_yaml_config(Path(path), cls, "serve config", "topologies, limits, ...", empty_ok=True)
 
     def with_keys(self, keys: list[str]) -> ServeConfig:
         """This config accepting ``keys`` too (e.g. :func:`~recursivemas.serve.auth.keys_from_env`), validated."""

@@ -19,15 +19,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import ray
-import torch
 
 from recursivemas.actors.backbone import links_from
 from recursivemas.actors.latents import fetched, lower
 from recursivemas.actors.remote import BackboneFailure, RemoteBackend
-from recursivemas.config import Topology
+from recursivemas.config import BackboneConfig, Topology
 from recursivemas.runtime import Executor, RunResult, build_links
 from recursivemas.runtime.calls import BackboneDims, GenerateCall, RunOptions, ThinkCall
-from recursivemas.runtime.host import BackboneHost
+from recursivemas.runtime.host import BackboneHost, HostOptions
 from recursivemas.runtime.query import Query, as_queries
 from recursivemas.runtime.stopping import RunStop
 from recursivemas.serve.batcher import AdaptiveBatcher
@@ -46,15 +45,13 @@ class BackboneServer:
     Calls wait in threads of their own (not the event loop's small default pool), so that many requests reach the
     coalescer at once and share batched forwards."""
 
-    def __init__(self, name: str, path: str, dtype: str, device: str, max_batch: int = 16,
-                 batch_wait_s: float = 0.005, torch_threads: int = 1) -> None:
-        torch.set_num_threads(torch_threads)
+    def __init__(self, name: str, config: BackboneConfig, options: HostOptions) -> None:
         self.name = name
-        self.host = BackboneHost.load(name, path, dtype, device, max_batch, batch_wait_s)
+        self.host = BackboneHost.from_config(name, config, options)
         self.pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="backbone-call")
 
     def info(self) -> dict:
-        return {"name": self.name, **dataclasses.asdict(self.host.dims)}
+        return self.host.info()
 
     async def think(self, call: ThinkCall, links_ref: list, *latents):
         def work():
@@ -146,7 +143,7 @@ class Router:
         """Requests admitted and not yet answered (what ``limits.max_queued`` bounds)."""
         return self.pending
 
-    def _count(self, model: str, result) -> dict:
+    def _count(self, model: str, result: RunResult) -> RunResult:
         """Prometheus metrics of a finished run (Ray exports them with Serve's own request metrics)."""
         tags = {"model": model, "mode": result.mode}
         self.runs.inc(1, tags)
@@ -155,7 +152,7 @@ class Router:
             if value:  # Ray counters take positive increments only
                 counter.inc(value, tags)
         self.seconds.observe(result.wall_s, tags)
-        return result.to_dict()
+        return result
 
     def topology(self, model: str) -> dict:
         return self.executors[model].topology.to_dict()
@@ -167,7 +164,7 @@ class Router:
         executor = self.executors[model]
 
         def work() -> list[RunResult]:
-            results = executor.run_batch(as_queries(questions), **options.as_kwargs())
+            results = executor.run_batch(as_queries(questions), options)
             for result in results:
                 self._count(model, result)
             return results
@@ -175,7 +172,7 @@ class Router:
         return await asyncio.get_running_loop().run_in_executor(self.pool, work)
 
     async def run(self, model: str, question: str | Query, options: RunOptions, deadline: float | None = None,
-                  request_id: str = "") -> dict:
+                  request_id: str = "") -> RunResult:
         """One request's run (its question and fields), batched with its concurrent peers. Past ``deadline``
         (``time.time()``) it is a 504; a caller that goes away (Serve cancels this call) stops its run, and its
         batch-mates go on."""
@@ -230,8 +227,8 @@ class Router:
         """Results (or each job's own failure: one bad prompt must not fail its batch-mates)."""
         first = jobs[0]
         try:
-            results = self.executors[first.model].run_batch([j.query for j in jobs], stops=[j.stop for j in jobs],
-                                                             **first.options.as_kwargs())
+            results = self.executors[first.model].run_batch([j.query for j in jobs], first.options,
+                                                             stops=[j.stop for j in jobs])
         except Exception as exc:  # noqa: BLE001
             if len(jobs) == 1:
                 return [exc]
@@ -240,15 +237,15 @@ class Router:
 
     async def stream(self, model: str, question: str | Query, options: RunOptions, deadline: float | None = None,
                      request_id: str = ""):
-        """Text deltas of the answer as the decoder produces them, then the run's result (a dict). A caller that
+        """Text deltas of the answer as the decoder produces them, then the run's ``RunResult``. A caller that
         stops reading (a closed connection) stops the run."""
         job = self._admit(model, question, options, deadline, request_id)
         executor, loop, queue = self.executors[model], asyncio.get_running_loop(), asyncio.Queue()
 
         def work() -> None:
             try:
-                result = executor.run(job.query, on_delta=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d),
-                                      stop=job.stop, **options.as_kwargs())
+                result = executor.run(job.query, options, stop=job.stop,
+                                      on_delta=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d))
                 loop.call_soon_threadsafe(queue.put_nowait, self._outcome(job, result))
             except BaseException as exc:  # handed to the caller, which maps it to an error event
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
@@ -262,7 +259,7 @@ class Router:
                     finished = True
                     raise item
                 yield item
-                if isinstance(item, dict):
+                if isinstance(item, RunResult):
                     finished = True
                     return
         finally:

@@ -15,7 +15,7 @@ from recursivemas.runtime.accounting import RunResult
 from recursivemas.serve.errors import APIError
 from recursivemas.runtime.query import FieldNeeds
 from recursivemas.serve.openai_api import ChatCompletionRequest, Limits, parse_payload
-from recursivemas.serve.openai_responses import as_run_result, usage_body
+from recursivemas.serve.openai_responses import usage_body
 from recursivemas.serve.proto import recursivemas_pb2 as pb
 
 # An HTTP status -> the gRPC status code's name (grpc.StatusCode[name]).
@@ -83,7 +83,7 @@ def request_from_proto(msg: pb.RunRequest | bytes, limits: Limits, models: Colle
     return parse_payload(data, limits, models, needs)
 
 
-def usage_to_proto(result: RunResult | Mapping[str, Any]) -> pb.Usage:
+def usage_to_proto(result: RunResult) -> pb.Usage:
     """The same numbers as the HTTP ``usage`` (see ``openai_responses.usage_body``)."""
     u = usage_body(result)
     ext = u["recursivemas"]
@@ -96,9 +96,9 @@ def usage_to_proto(result: RunResult | Mapping[str, Any]) -> pb.Usage:
     )
 
 
-def response_to_proto(request_id: str, model: str, text: str, result: RunResult | Mapping[str, Any]
+def response_to_proto(request_id: str, model: str, text: str, result: RunResult
                       ) -> pb.RunResponse:
-    return pb.RunResponse(id=request_id, model=model, text=text, finish_reason=as_run_result(result).finish_reason,
+    return pb.RunResponse(id=request_id, model=model, text=text, finish_reason=result.finish_reason,
                           usage=usage_to_proto(result))
 
 
@@ -106,8 +106,8 @@ def chunk_to_proto(request_id: str, model: str, delta: str) -> pb.RunStreamChunk
     return pb.RunStreamChunk(id=request_id, model=model, delta=delta)
 
 
-def final_chunk_to_proto(request_id: str, model: str, result: RunResult | Mapping[str, Any]) -> pb.RunStreamChunk:
-    return pb.RunStreamChunk(id=request_id, model=model, finish_reason=as_run_result(result).finish_reason,
+def final_chunk_to_proto(request_id: str, model: str, result: RunResult) -> pb.RunStreamChunk:
+    return pb.RunStreamChunk(id=request_id, model=model, finish_reason=result.finish_reason,
                              usage=usage_to_proto(result))
 
 

@@ -20,6 +20,7 @@ from ray import serve
 
 from recursivemas.serve import playground
 from recursivemas.serve.auth import BearerAuth, KeyCheck, token_from_metadata
+from recursivemas.errors import UserError
 from recursivemas.serve.errors import APIError, deadline_exceeded, error_body, new_request_id
 from recursivemas.runtime.query import named_fields
 from recursivemas.serve.openai_api import Limits, parse_request
@@ -74,15 +75,15 @@ def _grpc_refused(keys: KeyCheck, context, request_id: str) -> bool:
 
 
 def _as_api_error(exc: Exception, request_id: str) -> APIError:
-    """A failure inside a run: the user's fault (a prompt over the context, ...) is a 400, anything else a 500."""
+    """A failure inside a run: the user's fault (:class:`~recursivemas.errors.UserError`: a prompt over the context,
+    a field the request lacks) is a 400 naming the field; anything else, an internal invariant included, is a 500
+    with the request id and no internal text, its traceback logged."""
     cause = getattr(exc, "cause", None) or exc
-    from recursivemas.engine import ContextLengthError
-
     if isinstance(cause, APIError):  # the router's own answer: overloaded (503), past its deadline (504)
         return cause
-    if isinstance(cause, ContextLengthError | ValueError):
-        return APIError(400, str(cause).splitlines()[0], param="messages", code="invalid_request")
-    log.exception("request %s failed", request_id)
+    if isinstance(cause, UserError):
+        return APIError(400, str(cause).splitlines()[0], param=cause.field or "messages", code="invalid_request")
+    log.error("request %s failed", request_id, exc_info=cause)
     return APIError.internal(request_id)
 
 
@@ -153,7 +154,7 @@ class Ingress:
             err = _as_api_error(exc, request_id)
             return JSONResponse(error_body(err, request_id), status_code=err.status,
                                 headers={**headers, **err.headers()})
-        body = completion_body(request_id, req.model, int(time.time()), result["text"], result)
+        body = completion_body(request_id, req.model, int(time.time()), result.text, result)
         return JSONResponse(body, headers=headers)
 
     # --- gRPC (the same validation and runs; served through Ray Serve's gRPC proxy) ----------------------------
@@ -170,7 +171,7 @@ class Ingress:
         except Exception as exc:  # noqa: BLE001
             _grpc_fail(grpc_context, exc, request_id)
             return grpc_api.pb.RunResponse(id=request_id)
-        return grpc_api.response_to_proto(request_id, req.model, result["text"], result)
+        return grpc_api.response_to_proto(request_id, req.model, result.text, result)
 
     async def RunStream(self, request, grpc_context=None):  # noqa: N802
         from recursivemas.serve import grpc_api

@@ -40,6 +40,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recursivemas.config import Mode
+from recursivemas.errors import RequestError
 from recursivemas.runtime.calls import GenerationOverrides, RunOptions
 from recursivemas.runtime.query import CONTEXT, FieldNeeds, Query, named_fields
 from recursivemas.serve.errors import APIError
@@ -457,7 +458,7 @@ def question_from_messages(messages: Sequence[ChatMessage | Mapping[str, Any]]) 
     msgs = [m if isinstance(m, ChatMessage) else ChatMessage.model_validate(dict(m)) for m in messages]
     last = max((i for i, m in enumerate(msgs) if m.role == "user"), default=None)
     if last is None:
-        raise ValueError("no user message: the last user message is the question")
+        raise RequestError("messages: no user message; the last user message is the question", "messages")
     system = [m.text.strip() for m in msgs[:last] if m.role in ("system", "developer")]
     turns = [f"{m.role.capitalize()}: {m.text.strip()}" for m in msgs[:last] if m.role in ("user", "assistant")]
     parts = [*system, *(["Conversation so far:\n" + "\n".join(turns)] if turns else []), msgs[last].text.strip()]

@@ -1,5 +1,5 @@
 """The OpenAI-compatible responses, as pure logic: completion, stream-chunk (server-sent events), usage and
-model-list bodies built from a run's :class:`~recursivemas.runtime.accounting.RunResult` (or its ``to_dict()``).
+model-list bodies built from a run's :class:`~recursivemas.runtime.accounting.RunResult`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,11 @@ SSE_DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def as_run_result(result: RunResult | Mapping[str, Any]) -> RunResult:
-    """A ``RunResult``, or its ``to_dict()`` (as it comes back from an actor or over JSON)."""
-    return result if isinstance(result, RunResult) else RunResult.model_validate(dict(result))
-
-
 def completion_id(request_id: str) -> str:
     return request_id if request_id.startswith("chatcmpl-") else f"chatcmpl-{request_id}"
 
 
-def usage_body(result: RunResult | Mapping[str, Any]) -> dict:
+def usage_body(result: RunResult) -> dict:
     """OpenAI ``usage`` plus the ``recursivemas`` extension.
 
     ``prompt_tokens`` and ``completion_tokens`` count every agent in every round (what the run cost), the answer's
@@ -37,8 +32,7 @@ def usage_body(result: RunResult | Mapping[str, Any]) -> dict:
     cost what, and a client drawing a timeline (the playground) needs the turns themselves. A turn's ``wall_s`` is
     its batched backbone call's, shared by the turns that ran together (see ``AgentUsage``).
     """
-    r = as_run_result(result)
-    t = r.totals
+    r, t = result, result.totals
     agents: dict[str, dict[str, int]] = {}
     for u in r.usage:
         a = agents.setdefault(u.agent, {"turns": 0, "prompt_tokens": 0, "latent_steps": 0, "decoded_tokens": 0,
@@ -72,10 +66,10 @@ def turn_body(u: AgentUsage) -> dict:
 
 
 def completion_body(request_id: str, model: str, created: int | None, text: str,
-                    result: RunResult | Mapping[str, Any]) -> dict:
+                    result: RunResult) -> dict:
     """A ``chat.completion`` object: one choice holding ``text`` and the run's ``finish_reason`` (``length`` when
     the answer was cut off), and :func:`usage_body` of ``result``."""
-    finish = as_run_result(result).finish_reason
+    finish = result.finish_reason
     return {
         "id": completion_id(request_id),
         "object": "chat.completion",
@@ -127,8 +121,8 @@ class ChunkStream:
     def delta(self, text: str) -> bytes:
         return self._chunk(content=text) if text else b""
 
-    def end(self, result: RunResult | Mapping[str, Any]) -> bytes:
-        out = self._chunk(finish=as_run_result(result).finish_reason)
+    def end(self, result: RunResult) -> bytes:
+        out = self._chunk(finish=result.finish_reason)
         if self.include_usage:
             out += sse(chunk_body(self.request_id, self.model, self.created, usage=usage_body(result)))
         return out + SSE_DONE

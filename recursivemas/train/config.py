@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recursivemas.answers import BOXED_INSTRUCTION
-from recursivemas.config import ConfigError, format_validation_error
+from recursivemas.config import load_yaml_config
 
 
 class Strict(BaseModel):
@@ -172,19 +171,7 @@ class TrainConfig(Strict):
 
 def load_train_config(path: str | Path) -> TrainConfig:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"train config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with topology, data, targets, ...; got "
-                          f"{type(data).__name__}")
-    try:
-        config = TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid train config\n{format_validation_error(exc, TrainConfig)}") from None
+    config = load_yaml_config(path, TrainConfig, "train config", "topology, data, targets, ...")
     here = path.parent  # relative paths in the file are relative to the file
     if not Path(config.topology).is_absolute() and (here / config.topology).is_file():
         config.topology = str((here / config.topology).resolve())

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from recursivemas.errors import DataError
 
 __all__ = [
     "SUPPORTED_DATASETS",
@@ -45,10 +46,6 @@ SUPPORTED_DATASETS = ("basic_arithmetic", "gsm_symbolic", "channel_recall", "cha
 
 RoleTargets = dict[str, str]
 """Agent name -> name of the row field that is that agent's teacher-forced target text."""
-
-
-class DataError(ValueError):
-    """Bad training data or target mapping; the message names the file/row, line, field and the fix."""
 
 
 def summarise_problems(header: str, problems: Sequence[str], total: int | None = None) -> str:

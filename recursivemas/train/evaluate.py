@@ -3,8 +3,8 @@
 Training logs only the loss on training rows, which says nothing about questions the links never saw. So
 :func:`evaluate` reports both on rows it is given (pass held-out rows): the decoder's final-round answer loss, unrolled
 with the forcing you name (``rollout``, the default, is the inference path), and the accuracy of
-``Executor.run_batch(mode="latent")`` scored by the benchmark's scorer (:mod:`recursivemas.answers`), so a figure
-from training and one from ``recursivemas eval`` mean the same thing.
+a latent-mode ``Executor.run_batch`` scored by the benchmark's scorer (:mod:`recursivemas.answers`), so a figure from
+training and one from ``recursivemas eval`` mean the same thing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from recursivemas.answers import parse_number, score
 from recursivemas.config import Topology
 from recursivemas.links import LinkSet
-from recursivemas.runtime import Executor
+from recursivemas.runtime import Executor, RunOptions
 from recursivemas.train.data import Row, check_rows_have, resolve_targets
 from recursivemas.train.outer import Forcing, unroll_loss
 
@@ -65,8 +65,9 @@ def answer_accuracy(topology: Topology, engines: Mapping[str, object], links: Li
     links.eval()
     try:
         executor = Executor(topology, engines, links)
-        results = executor.run_batch([row.query() for row in rows], mode=mode, latent_steps=latent_steps,
-                                     generation={"max_new_tokens": max_new_tokens, "temperature": 0.0})
+        options = RunOptions(mode, latent_steps=latent_steps,
+                             generation={"max_new_tokens": max_new_tokens, "temperature": 0.0})
+        results = executor.run_batch([row.query() for row in rows], options)
     finally:
         links.train(was_training)
     return sum(answer_correct(result.text, row.answer) for result, row in zip(results, rows)) / len(rows)

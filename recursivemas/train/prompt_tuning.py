@@ -23,9 +23,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from recursivemas.runtime.accounting import AgentUsage, RunResult, openai_finish, report_turns
-from recursivemas.runtime.calls import GenerationOverrides
+from recursivemas.runtime.calls import RunOptions
 from recursivemas.runtime.executor import fill_prompt, framing_of
 from recursivemas.runtime.query import Query, as_queries, check_fields
+from recursivemas.runtime.runner import OnTurn, SingleRun
 from recursivemas.train.outer import answer_loss
 from recursivemas.train.updaters import cosine
 
@@ -114,7 +115,7 @@ def train_soft_prompt(engine, template: str, soft: SoftPrompt, rows: Sequence[Tr
     return losses
 
 
-class SoftPromptRunner:
+class SoftPromptRunner(SingleRun):
     """The decoder alone with its soft prompt, behind the runner interface (single mode only); a question may be
     a :class:`Query` whose fields the decoder's template names."""
 
@@ -125,20 +126,21 @@ class SoftPromptRunner:
         self.template = topology.template(self.agent)
 
     @torch.inference_mode()
-    def run_batch(self, questions: Sequence[str | Query], *, mode: str = "single", rounds: int | None = None,
-                  latent_steps: int | None = None, generation=None, on_turn=None) -> list[RunResult]:
-        if mode != "single":
-            raise ValueError(f"mode: the prompt-tuned baseline is one agent; use 'single', got {mode!r}")
+    def run_batch(self, questions: Sequence[str | Query], options: RunOptions | None = None, *,
+                  on_turn: OnTurn | None = None) -> list[RunResult]:
+        options = RunOptions.of(options or RunOptions(mode="single"))
+        if options.mode != "single":
+            raise ValueError(f"mode: the prompt-tuned baseline is one agent; use 'single', got {options.mode!r}")
         queries = as_queries(questions)
         check_fields(self.topology, queries, "single")
         names = self.topology.fields_of(self.agent, later=False)
         began = time.perf_counter()
         vectors = self.soft()
-        sampling, _ = GenerationOverrides.of(generation).over(self.topology.generation)
+        sampling, _ = options.generation.over(self.topology.generation)
         framing = framing_of(self.topology, self.agent)
         gens = self.engine.generate([_prompt(self.template, q.question, vectors, framing,
                                              {n: q.fields[n] for n in names}) for q in queries],
-                                    **sampling.engine_kwargs())
+                                    sampling)
         wall = time.perf_counter() - began
         results = [RunResult(question=q.question, text=gen.text, mode="single", rounds=1, latent_steps=0, wall_s=wall,
                              finish_reason=openai_finish(gen.finish_reason),

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from recursivemas.answers import with_boxed
 from recursivemas.config import Topology, load_topology
 from recursivemas.links import LinkSet
-from recursivemas.runtime import Executor, build_links, load_engines
+from recursivemas.runtime import Executor, RunOptions, build_links, load_engines
 from recursivemas.runtime.calls import BackboneDims
 from recursivemas.runtime.executor import framing_of
 from recursivemas.train.config import DataConfig, TrainConfig
@@ -27,6 +27,7 @@ from recursivemas.train.inner import agent_prompt
 from recursivemas.train.outer import agent_fields
 from recursivemas.train.parallel import World, gather_objects
 from recursivemas.train.solutions import procedural_solution, sampled_solutions
+from recursivemas.engine import Sampling
 
 log = logging.getLogger("recursivemas")
 REPLY = "reply"  # a `targets` value: the agent's own greedy first-round reply, generated before training
@@ -103,7 +104,7 @@ def add_sampled_solutions(topology: Topology, engines: dict, rows: list[Row], tr
     def sample(questions: list[str], attempt: int) -> list[str]:
         generation = {"max_new_tokens": max_new_tokens, "temperature": 0.0 if attempt == 0 else 0.7,
                       "top_p": 0.95, "seed": attempt}
-        return [r.text for r in executor.run_batch(questions, mode="single", generation=generation)]
+        return [r.text for r in executor.run_batch(questions, RunOptions(mode="single", generation=generation))]
 
     found = sampled_solutions([r.question for r in rows], [r.answer for r in rows], sample, tries)
     kept = [row.model_copy(update={"solution": text}) for row, text in zip(rows, found) if text is not None]
@@ -137,8 +138,8 @@ def add_replies(topology: Topology, engines: dict, rows: list[Row], agents: list
                                 agent_fields(topology, agent, row.fields())) for row in rows]
         texts: list[str] = []
         for start in tqdm(range(0, len(prompts), batch_size), desc=f"replies {agent}", leave=False):
-            texts += [g.text.strip() or "." for g in engine.generate(prompts[start:start + batch_size],
-                                                                     max_new_tokens=max_new_tokens)]
+            batch = engine.generate(prompts[start:start + batch_size], Sampling(max_new_tokens=max_new_tokens))
+            texts += [g.text.strip() or "." for g in batch]
         replies[agent] = texts
     return [row.model_copy(update={reply_field(a): replies[a][i] for a in agents}) for i, row in enumerate(rows)]
 
@@ -155,8 +156,9 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     targets = resolve_targets([a.name for a in topology.agents], topology.decoder, mapping)
     replying = [agent for agent, field in targets.items() if field == REPLY]
     if topology.decoder in replying:
-        raise DataError(f"targets.{topology.decoder}: {REPLY!r} is for upstream agents; the decoder {topology.decoder!r} "
-                        "learns to write the row's target (`solution` or `answer`), not what it already writes")
+        raise DataError(f"targets.{topology.decoder}: {REPLY!r} is for upstream agents; the decoder "
+                        f"{topology.decoder!r} learns to write the row's target (`solution` or `answer`), not what "
+                        "it already writes")
     given = {agent: field for agent, field in targets.items() if agent not in replying}
     if config.data.solutions != "sampled":
         check_rows_have(rows, given)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recursivemas import prompts
-from recursivemas.graph_checks import check_graph
+from recursivemas.engine.sampling import Sampling
+from recursivemas.errors import ConfigError
+from recursivemas.config.graph_checks import check_graph
 
 Pattern = Literal["sequential", "mixture", "distillation", "deliberation"]
 Mode = Literal["latent", "text", "single"]
@@ -44,6 +46,12 @@ class BackboneConfig(Strict):
     torch_threads: int | None = Field(None, ge=1)
     """Intra-op CPU threads of this backbone's actor; None: the CPUs Ray reserves for it (at least 1). Agents in a
     chain take turns, so on a CPU machine each backbone may use every core without reserving them all."""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """What makes two backbones one: topologies whose backbones have equal keys share one loaded engine (in
+        one process), one actor (on a cluster) and one deployment (under Serve)."""
+        return (self.model, self.dtype, self.device)
 
 
 class FramingConfig(Strict):
@@ -98,10 +106,10 @@ class GenerationConfig(Strict):
     ``from_model: true`` takes each backbone's own sampling (its ``generation_config``: temperature, top_p, and
     greedy when it does not sample) for every field not written here; fields written here win."""
 
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(Sampling.max_new_tokens, ge=1)
     message_max_new_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(Sampling.temperature, ge=0)
+    top_p: float = Field(Sampling.top_p, gt=0, le=1)
     seed: int | None = None
     from_model: bool = False
     answer_nudge: AnswerNudge | None = None
@@ -333,11 +341,8 @@ class Topology(BaseModel):
         return Topology.model_validate({**self.to_dict(), **changes})
 
 
-class ConfigError(ValueError):
-    """A config file that cannot be used, with every problem named by its field."""
-
-
-BUILTIN_TOPOLOGIES = Path(__file__).parent / "topologies"
+BUILTIN_TOPOLOGIES = Path(__file__).parents[1] / "topologies"
+M = TypeVar("M", bound=BaseModel)
 
 
 def load_topology(path: str | Path) -> Topology:
@@ -346,19 +351,9 @@ def load_topology(path: str | Path) -> Topology:
     builtin = BUILTIN_TOPOLOGIES / f"{path}.yaml"
     if not path.is_file() and builtin.is_file():
         path = builtin
-    if not path.is_file():
-        known = sorted(p.stem for p in BUILTIN_TOPOLOGIES.glob("*.yaml"))
-        raise ConfigError(f"topology file {path} does not exist (built-in topologies: {known})")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with backbones, agents, ...; got {type(data).__name__}")
-    try:
-        topology = Topology.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid topology\n{format_validation_error(exc)}") from None
+    known = sorted(p.stem for p in BUILTIN_TOPOLOGIES.glob("*.yaml"))
+    topology = load_yaml_config(path, Topology, "topology", "backbones, agents, ...",
+                                missing_hint=f" (built-in topologies: {known})")
     here = path.resolve().parent  # relative paths in the file are relative to where it really is (symlinks)
     if topology.links and not Path(topology.links).is_absolute():
         topology.links = str((here / topology.links).resolve())
@@ -366,6 +361,26 @@ def load_topology(path: str | Path) -> Topology:
         if not Path(backbone.model).is_absolute() and (here / backbone.model).is_dir():
             backbone.model = str((here / backbone.model).resolve())
     return topology
+
+
+def load_yaml_config(path: Path, model: type[M], what: str, keys: str, missing_hint: str = "",
+                     empty_ok: bool = False) -> M:
+    """The one YAML-to-pydantic loader (topologies, train and serve configs): every failure is a
+    :class:`ConfigError` that names the file, then each bad field with a "did you mean" for a typo'd key."""
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist{missing_hint}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None and empty_ok:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with {keys}; got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid {what}\n{format_validation_error(exc, model)}") from None
 
 
 def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:

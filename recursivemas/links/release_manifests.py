@@ -7,7 +7,7 @@ files and an ``innerlink_config.json`` naming them) and one ``*-Outerlinks`` rep
 
 :func:`resolve_release` maps all of it onto a topology's agents and edges and refuses anything it cannot place, so
 a user who mixes up a download gets one message naming the file, the role and the shapes, never a system that runs
-but hands garbage between agents. The weights themselves are read by :mod:`.released` (weights only, no pickle).
+but hands garbage between agents. The weights themselves are read by :mod:`.release_weights` (weights only, no pickle).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .linkset import edge_key
-from .released import ReleasedLinkError
+from .release_weights import ReleasedLinkError
 
 __all__ = ["ReleaseFiles", "resolve_release", "INNER_MANIFEST", "OUTER_MANIFEST"]
 

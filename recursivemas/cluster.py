@@ -4,7 +4,7 @@
 - each topology gets a coordinator actor that drives its rounds; latents move actor to actor by reference;
 - the driver only submits questions and receives ``RunResult``s (text and accounting, never tensors).
 
-``cluster.system(topology)`` is a runner with the executor's ``run_batch(questions, *, mode, ...)``, so the CLI,
+``cluster.system(topology)`` is a runner with the executor's ``run_batch(questions, options)``, so the CLI,
 ``eval`` and the benchmarks run the same code on a cluster as in one process. A question is a string or a
 :class:`~recursivemas.runtime.Query` carrying the fields its agents read (``cluster.run(t, q, context=...)``); the
 coordinator receives the queries as they are (they pickle), and a missing field is a
@@ -14,59 +14,57 @@ coordinator receives the queries as they are (they pickle), and a missing field 
 from __future__ import annotations
 
 import logging
+import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-import ray
-from ray.exceptions import RayActorError
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+# Ray reads this once, at import: without it a local Ray binds to the machine's eth0 address instead of 127.0.0.1.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from recursivemas.actors.backbone import BackboneActor
-from recursivemas.actors.coordinator import Coordinator
-from recursivemas.actors.remote import BackboneFailure
-from recursivemas.config import BackboneConfig, Mode, Topology, load_topology
-from recursivemas.model_zoo import resolve_model
-from recursivemas.runtime import AgentUsage, RunResult
-from recursivemas.runtime.accounting import report_turns
-from recursivemas.runtime.calls import BackboneDims, GenerationOverrides, RunOptions
-from recursivemas.runtime.local import build_links
-from recursivemas.runtime.query import Query, as_queries, check_fields
+import ray  # noqa: E402
+from ray.exceptions import RayActorError  # noqa: E402
+from ray.util.placement_group import placement_group, remove_placement_group  # noqa: E402
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # noqa: E402
+
+from recursivemas.actors.backbone import BackboneActor  # noqa: E402
+from recursivemas.actors.coordinator import Coordinator  # noqa: E402
+from recursivemas.actors.remote import BackboneFailure  # noqa: E402
+from recursivemas.config import BackboneConfig, Topology, load_topology  # noqa: E402
+from recursivemas.errors import ConfigError, UserError  # noqa: E402
+from recursivemas.runtime import RunResult  # noqa: E402
+from recursivemas.runtime.accounting import report_turns  # noqa: E402
+from recursivemas.runtime.calls import BackboneDims, RunOptions  # noqa: E402
+from recursivemas.runtime.host import HostOptions  # noqa: E402
+from recursivemas.runtime.local import build_links  # noqa: E402
+from recursivemas.runtime.query import Query, as_queries, check_fields  # noqa: E402
+from recursivemas.runtime.runner import OnTurn, SingleRun  # noqa: E402
+
+__all__ = ["BackboneFailure", "Cluster", "RemoteSystem"]
 
 log = logging.getLogger("recursivemas")
 
 
-class RemoteSystem:
-    """A topology loaded on a cluster, as a runner: ``run_batch(questions, *, mode, rounds, latent_steps,
-    generation, on_turn)``, like :class:`~recursivemas.runtime.Executor`. Its rounds run on the coordinator
-    actor, so ``on_turn`` cannot be called live: it hears every turn after the run, in order."""
+class RemoteSystem(SingleRun):
+    """A topology loaded on a cluster, as a :class:`~recursivemas.runtime.Runner`, like
+    :class:`~recursivemas.runtime.Executor`. Its rounds run on the coordinator actor, so ``on_turn`` cannot be
+    called live: it hears every turn after the run, in order."""
 
     def __init__(self, topology: Topology, coordinator) -> None:
         self.topology, self.coordinator = topology, coordinator
 
-    def submit(self, questions: Sequence[str | Query], *, mode: Mode = "latent", rounds: int | None = None,
-               latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None
-               ) -> ray.ObjectRef:
+    def submit(self, questions: Sequence[str | Query], options: RunOptions | None = None) -> ray.ObjectRef:
         """Start a run and return at once; ``ray.get`` the reference for its list of ``RunResult``. Questions are
         strings or :class:`Query` objects; a field their agents' templates name and a query lacks is a
         :class:`~recursivemas.runtime.MissingFieldError` here, before the run is submitted."""
-        options = RunOptions.of(mode, rounds, latent_steps, generation)
+        options = RunOptions.of(options)
         queries = as_queries(questions)
-        check_fields(self.topology, queries, mode)  # here: the error would not cross Ray as itself
+        check_fields(self.topology, queries, options.mode)  # here: the error would not cross Ray as itself
         return self.coordinator.run_batch.remote(queries, options)
 
-    def run_batch(self, questions: Sequence[str | Query], *, mode: Mode = "latent", rounds: int | None = None,
-                  latent_steps: int | None = None, generation: GenerationOverrides | Mapping[str, Any] | None = None,
-                  on_turn: Callable[[AgentUsage], None] | None = None) -> list[RunResult]:
-        return report_turns(_unwrap(self.submit(questions, mode=mode, rounds=rounds, latent_steps=latent_steps,
-                                                generation=generation)), on_turn)
-
-    def run(self, question: str | Query, *, context: str | None = None, fields: Mapping[str, str] | None = None,
-            **options) -> RunResult:
-        """One question, with the ``context`` (and other ``fields``) its agents' templates name."""
-        return self.run_batch([Query.of(question, context, fields)], **options)[0]
+    def run_batch(self, questions: Sequence[str | Query], options: RunOptions | None = None, *,
+                  on_turn: OnTurn | None = None) -> list[RunResult]:
+        return report_turns(_unwrap(self.submit(questions, options)), on_turn)
 
 
 class Cluster:
@@ -115,21 +113,21 @@ class Cluster:
         self._started = False
 
     # --- running -------------------------------------------------------------------------------------------------
-    def run(self, topology: Topology | str | Path, prompt: str | Query, context: str | None = None,
-            fields: Mapping[str, str] | None = None, **options) -> RunResult:
-        """One question (or :class:`Query`) with the ``context`` (and other ``fields``) its agents' templates name:
-        ``mode``, ``rounds``, ``latent_steps``, ``generation`` as in ``run_batch``."""
-        return self.system(topology).run(prompt, context=context, fields=fields, **options)
+    def run(self, topology: Topology | str | Path, prompt: str | Query, options: RunOptions | None = None, *,
+            context: str | None = None, fields: Mapping[str, str] | None = None) -> RunResult:
+        """One question (or :class:`Query`) with the ``context`` (and other ``fields``) its agents' templates name,
+        run with ``options`` (:class:`~recursivemas.runtime.RunOptions`; None: the topology's settings)."""
+        return self.system(topology).run(prompt, options, context=context, fields=fields)
 
-    def run_batch(self, topology: Topology | str | Path, prompts: Sequence[str | Query], **options
-                  ) -> list[RunResult]:
+    def run_batch(self, topology: Topology | str | Path, prompts: Sequence[str | Query],
+                  options: RunOptions | None = None) -> list[RunResult]:
         """Several questions in one batched run: strings, or :class:`Query` objects with their fields."""
-        return self.system(topology).run_batch(prompts, **options)
+        return self.system(topology).run_batch(prompts, options)
 
-    def submit(self, topology: Topology | str | Path, prompt: str | Query, context: str | None = None,
-               fields: Mapping[str, str] | None = None, **options) -> ray.ObjectRef:
+    def submit(self, topology: Topology | str | Path, prompt: str | Query, options: RunOptions | None = None, *,
+               context: str | None = None, fields: Mapping[str, str] | None = None) -> ray.ObjectRef:
         """Start a run and return at once; ``ray.get`` the reference for a list holding its ``RunResult``."""
-        return self.system(topology).submit([Query.of(prompt, context, fields)], **options)
+        return self.system(topology).submit([Query.of(prompt, context, fields)], options)
 
     def system(self, topology: Topology | str | Path) -> RemoteSystem:
         """The runner for a topology, creating its backbone actors (only those not running yet), links and
@@ -139,8 +137,8 @@ class Cluster:
         known = self._systems.get(topology.name)
         if known is not None:
             if known.topology != topology:
-                raise ValueError(f"topology name {topology.name!r} is already loaded with another definition; "
-                                 "give the new one its own `name`")
+                raise ConfigError(f"topology name {topology.name!r} is already loaded with another definition; "
+                                  "give the new one its own `name`", "name")
             return known
         # Direct transport binds actors to one collective group for life: such a topology gets its own actors.
         owner = topology.name if topology.transport != "object_store" else None
@@ -174,8 +172,8 @@ class Cluster:
         group = placement_group([_bundle(cfg) for cfg in new.values()], strategy=topology.placement)
         if not group.wait(timeout_seconds=30):
             remove_placement_group(group)
-            raise ValueError(f"placement: the cluster cannot place {sorted(new)} with strategy {topology.placement} "
-                             "(not enough nodes or resources); choose PACK/SPREAD or add nodes")
+            raise ConfigError(f"placement: the cluster cannot place {sorted(new)} with strategy {topology.placement} "
+                              "(not enough nodes or resources); choose PACK/SPREAD or add nodes", "placement")
         self._groups.append(group)
         return {name: PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=index)
                 for index, name in enumerate(new)}
@@ -185,19 +183,18 @@ class Cluster:
         if key in self._actors:
             return self._actors[key]
         _check_feasible(name, cfg)
-        path = resolve_model(cfg.model)
         options = dict(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, resources=dict(cfg.resources) or None,
                        max_concurrency=64, max_restarts=cfg.max_restarts, max_task_retries=0)
         if strategy is not None:
             options["scheduling_strategy"] = strategy
+        threads = cfg.torch_threads or max(1, int(cfg.num_cpus))  # else the CPUs Ray reserved for it
         actor = ray.remote(BackboneActor).options(**options).remote(
-            name, path, cfg.dtype, cfg.device, self.max_batch, self.batch_wait_s,
-            cfg.torch_threads or max(1, int(cfg.num_cpus)))
+            name, cfg, HostOptions(self.max_batch, self.batch_wait_s, threads))
         try:
             info = ray.get(actor.info.remote())
         except RayActorError as exc:
             ray.kill(actor)
-            raise OSError(f"backbone {name!r}: the actor could not load model {cfg.model!r} ({path}): "
+            raise OSError(f"backbone {name!r}: the actor could not load model {cfg.model!r}: "
                           f"{_root_cause(exc)}") from None
         self._actors[key] = actor
         self._dims[key] = BackboneDims.of(info)
@@ -218,18 +215,19 @@ def _probe(address: str | None, timeout_s: float = 3.0) -> None:
 
 
 def _unwrap(ref: ray.ObjectRef):
-    """``ray.get``, but a user-facing error from the coordinator comes out as itself, without Ray's wrapping."""
+    """``ray.get``, but the caller's error (a :class:`UserError`) or a backbone's failure comes out of the coordinator
+    as itself, without Ray's wrapping; anything else is an internal error and keeps Ray's traceback."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, (BackboneFailure, ValueError)):
+        if isinstance(exc.cause, (BackboneFailure, UserError)):
             raise exc.cause from None
         raise
 
 
 def _key(cfg: BackboneConfig, owner: str | None = None) -> tuple:
     """Backbones with equal keys share one actor; ``owner`` names a topology that needs actors of its own."""
-    return (cfg.model, cfg.dtype, cfg.device) + ((owner,) if owner else ())
+    return cfg.key + ((owner,) if owner else ())
 
 
 def _bundle(cfg: BackboneConfig) -> dict[str, float]:
@@ -242,7 +240,7 @@ def _check_feasible(name: str, cfg: BackboneConfig) -> None:
     wanted = {"CPU": cfg.num_cpus, "GPU": cfg.num_gpus, **cfg.resources}
     for resource, amount in wanted.items():
         if amount and total.get(resource, 0) < amount:
-            raise ValueError(
+            raise ConfigError(
                 f"backbones.{name}: needs {resource}={amount}, but the cluster has {total.get(resource, 0):g} "
                 f"in total; lower it or add nodes that provide {resource}"
             )

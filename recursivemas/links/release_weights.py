@@ -8,7 +8,7 @@ before anything is built: a mixed-up file list fails here, naming the file, rath
 but hands garbage between agents.
 
 Files are read with ``torch.load(..., weights_only=True)`` only, so a malicious pickle cannot run code.
-:mod:`.release` finds the files through the release's manifests; the CLI converts the result to our own
+:mod:`.release_manifests` finds the files through the release's manifests; the CLI converts the result to our own
 checkpoint format with :func:`recursivemas.links.io.save_links`.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .linkset import LinkSet, edge_key
+from recursivemas.errors import ReleasedLinkError
 
 __all__ = ["import_released", "ReleasedLinkError"]
 
@@ -30,10 +31,6 @@ _INNER_NORM = ("pre_ln", "post_ln")
 _OUTER_CORE = ("proj1", "proj2", "residual_proj")
 _OUTER_NORM = ("ln_source", "ln_target")
 _WRAPPERS = ("state_dict", "model")
-
-
-class ReleasedLinkError(ValueError):
-    """A released link file is unreadable, has unexpected keys, or disagrees with the other files."""
 
 
 def _keys(modules) -> set[str]:
