@@ -23,6 +23,15 @@ from recursivemas.engine.sampling import Sampling
 from recursivemas.errors import RequestError
 
 
+def _check_names(cls: type, value: Mapping[str, Any], what: str, field_name: str | None) -> None:
+    """A mapping given for a dataclass of settings names only its fields: a typo is a ``RequestError`` naming it."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise RequestError(f"{what}: unknown setting(s) {unknown}; use {', '.join(sorted(known))}",
+                           field_name or unknown[0])
+
+
 @dataclass(frozen=True)
 class GenerationOverrides:
     """A run's changes to the topology's ``generation:``; None keeps the topology's value."""
@@ -37,15 +46,9 @@ class GenerationOverrides:
     @classmethod
     def of(cls, value: GenerationOverrides | Mapping[str, Any] | None) -> GenerationOverrides:
         """Overrides from themselves, a mapping of the same names (checked: a typo is an error) or None."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise RequestError(f"generation: unknown setting(s) {unknown}; use {', '.join(sorted(known))}",
-                               "generation")
+        if value is None or isinstance(value, cls):
+            return value or cls()
+        _check_names(cls, value, "generation", "generation")
         stop = value.get("stop")
         return cls(**{**value, "stop": None if stop is None else tuple(stop)})
 
@@ -82,15 +85,9 @@ class RunOptions:
     @classmethod
     def of(cls, value: RunOptions | Mapping[str, Any] | None) -> RunOptions:
         """Options from themselves, a mapping of the same names (checked: a typo is an error) or None."""
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise RequestError(f"run options: unknown setting(s) {unknown}; use {', '.join(sorted(known))}",
-                               unknown[0])
+        if value is None or isinstance(value, cls):
+            return value or cls()
+        _check_names(cls, value, "run options", None)
         return cls(**value)
 
     def rounds_for(self, topology: Topology) -> int:
