@@ -416,9 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if isinstance(exc, ValidationError):
-            from recursivemas.config import format_validation_error
+            from recursivemas.config import Topology, format_validation_error
 
-            exc = f"invalid value\n{format_validation_error(exc)}"
+            exc = f"invalid value\n{format_validation_error(exc, Topology)}"
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recursivemas import prompts
 from recursivemas.engine.sampling import Sampling
-from recursivemas.errors import ConfigError
+from recursivemas.errors import ConfigError as ConfigError  # re-exported: configs raise it
 from recursivemas.config.graph_checks import check_graph
+from recursivemas.config.loading import format_validation_error as format_validation_error, load_yaml_config
 
 Pattern = Literal["sequential", "mixture", "distillation", "deliberation"]
 Mode = Literal["latent", "text", "single"]
@@ -342,7 +343,6 @@ class Topology(BaseModel):
 
 
 BUILTIN_TOPOLOGIES = Path(__file__).parents[1] / "topologies"
-M = TypeVar("M", bound=BaseModel)
 
 
 def load_topology(path: str | Path) -> Topology:
@@ -361,50 +361,3 @@ def load_topology(path: str | Path) -> Topology:
         if not Path(backbone.model).is_absolute() and (here / backbone.model).is_dir():
             backbone.model = str((here / backbone.model).resolve())
     return topology
-
-
-def load_yaml_config(path: Path, model: type[M], what: str, keys: str, missing_hint: str = "",
-                     empty_ok: bool = False) -> M:
-    """The one YAML-to-pydantic loader (topologies, train and serve configs): every failure is a
-    :class:`ConfigError` that names the file, then each bad field with a "did you mean" for a typo'd key."""
-    if not path.is_file():
-        raise ConfigError(f"{what} file {path} does not exist{missing_hint}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if data is None and empty_ok:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with {keys}; got {type(data).__name__}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid {what}\n{format_validation_error(exc, model)}") from None
-
-
-def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
-    """One line per problem, field first; a typo'd key gets a "did you mean" from the model's own fields."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key{_suggest(err['loc'], root or Topology)}"
-        lines.append(f"  - {loc + ': ' if loc else ''}{msg}")
-    return "\n".join(lines)
-
-
-def _suggest(loc: tuple, model: type[BaseModel]) -> str:
-    """Look the bad key up among the fields of the model it was found in (walking down from ``model``)."""
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
-        annotation = getattr(field, "annotation", None) if field else None
-        inner = getattr(annotation, "__args__", None) or (annotation,)
-        found = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
-        if field is not None and found:
-            model = found[-1]
-        elif field is not None:
-            return ""
-    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    return f"; did you mean {close[0]!r}?" if close else f"; known keys are {sorted(model.model_fields)}"
