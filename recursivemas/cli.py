@@ -22,6 +22,7 @@ DEMO_REFERENCE = "-5"
 
 def cmd_run(args: argparse.Namespace) -> int:
     from recursivemas.config import load_topology
+    from recursivemas.run_output import check, comparison, progress
     from recursivemas.runtime import RunOptions, load_system
 
     topology = with_links(load_topology(args.topology), args.links)
@@ -39,18 +40,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.json:
             where = " on Ray" if cluster else ""
             print(f"\n=== {mode} mode{where}: {topology.name}, rounds {rounds}, latent steps {steps} ===", flush=True)
-        progress = None if args.json else _progress(1 if mode == "single" else rounds)
-        result = system.run(query, options, on_turn=progress)  # on a cluster, turns are heard after the run
+        on_turn = None if args.json else progress(1 if mode == "single" else rounds)
+        result = system.run(query, options, on_turn=on_turn)  # on a cluster, turns are heard after the run
         results.append(result)
         if not args.json:
             print(f"\nanswer ({mode}):\n{result.text.strip()}\n")
             if reference is not None:
-                print(_check(result.text, reference) + "\n")
+                print(check(result.text, reference) + "\n")
             print(result.usage_table())
     if args.json:
         print(json.dumps([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(), indent=2))
     elif len(results) > 1:
-        print("\n" + _comparison(results, topology, options))
+        print("\n" + comparison(results, topology, options))
     return 0
 
 
@@ -88,51 +89,11 @@ def _query(topology, args: argparse.Namespace, modes: list[str]):
     return query
 
 
-def _check(text: str, reference: str) -> str:
-    from recursivemas.answers import score
-
-    verdict = score(text, reference, "number" if _is_number(reference) else "text")
-    return f"{'right' if verdict.correct else 'wrong'}: read {verdict.extracted!r}, the reference is {reference!r}"
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _cluster(args: argparse.Namespace):
     """Join ``--address`` (or the cluster a ``ray job submit`` job runs in), else start a local Ray."""
     from recursivemas.cluster import Cluster
 
     return Cluster(address=args.address)
-
-
-def _progress(rounds: int):
-    """One stderr line per finished agent turn, so a long run shows where it is."""
-
-    def report(usage) -> None:
-        work = f"{usage.latent_steps} latent steps" if usage.kind == "latent" else f"{usage.decoded_tokens} tokens"
-        print(f"  round {usage.round}/{rounds}  {usage.agent:<12} {usage.kind:<6} {work:<18} {usage.wall_s:6.2f} s",
-              file=sys.stderr, flush=True)
-
-    return report
-
-
-def _comparison(results, topology, options) -> str:
-    base = results[-1]
-    answer, message = options.generation.over(topology.generation)
-    lines = [f"comparison: the same agents, prompts and {options.rounds_for(topology)} rounds; latent mode hands "
-             f"over {options.latent_steps_for(topology)} latent steps per agent, text mode messages of up to "
-             f"{message.max_new_tokens} tokens; answers of up to {answer.max_new_tokens} tokens"]
-    for r in results:
-        t = r.totals
-        speed = f", {base.wall_s / r.wall_s:.2f}x the speed of {base.mode}" if r is not base and r.wall_s > 0 else ""
-        lines.append(f"  {r.mode:>6}: {r.wall_s:6.2f} s, {t.decoded_tokens:5d} decoded tokens, "
-                     f"{t.latent_steps:4d} latent steps{speed}")
-    return "\n".join(lines)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -226,7 +226,7 @@ def test_nesting_at_the_recursion_limit_is_a_4xx(server):
     """Find the depth where the parser gives up ("nested too deeply"), then send every depth just below it in
     each field: deeper frames (pydantic, the error text) must not hit the recursion limit first. Found here: bodies
     a few levels under the JSON decoder's limit (~990 deep) got a 500, the error text's json.dumps recursing past
-    it; now anything over openai_api.MAX_NESTING is refused up front."""
+    it; now anything over request_body.MAX_NESTING is refused up front."""
     low, high = 1, 5000
     while low < high:  # the deepest body still parsed: its error is about the field, not the nesting
         mid = (low + high + 1) // 2

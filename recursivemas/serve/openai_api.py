@@ -44,29 +44,8 @@ from recursivemas.errors import RequestError
 from recursivemas.runtime.calls import GenerationOverrides, RunOptions
 from recursivemas.runtime.query import CONTEXT, FieldNeeds, Query, named_fields
 from recursivemas.serve.errors import APIError
-
-
-class Limits(BaseModel):
-    """Server-side limits on what one request may ask for (413 for the body, 400 for the rest)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_tokens: int = Field(1024, ge=1)
-    max_rounds: int = Field(8, ge=1)
-    max_latent_steps: int = Field(128, ge=0)
-    max_body_bytes: int = Field(1 << 20, ge=1)
-    max_messages: int = Field(64, ge=1)
-    max_stop: int = Field(4, ge=0)
-    max_queued: int = Field(64, ge=1)
-    """Requests a router replica holds at once (running or waiting); past it, 503 with ``Retry-After``."""
-    retry_after_s: int = Field(1, ge=0)
-    timeout_s: float = Field(300.0, gt=0)
-    """A request's deadline when it sets none: past it, 504 (its run is stopped, its batch-mates go on)."""
-    max_timeout_s: float = Field(600.0, gt=0)
-    """The longest deadline a request may ask for with the ``timeout_s`` extension (longer ones are capped)."""
-
-    def deadline_s(self, asked: float | None) -> float:
-        return min(self.timeout_s if asked is None else asked, self.max_timeout_s)
+from recursivemas.serve.limits import Limits as Limits  # re-exported: the request checks take it
+from recursivemas.serve.request_body import decode_body
 
 
 # ---------------------------------------------------------------------------------------------------- the request
@@ -263,57 +242,11 @@ def _from_validation(err: ValidationError) -> APIError:
     return _bad(param, problem, e.get("input"), f"Send {_EXPECTED.get(leaf, 'a valid value')}.", code=code)
 
 
-def _reject_nan(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-MAX_NESTING = 32
-"""Arrays and objects inside each other in a request body, at most (a valid body nests 5 deep). Deeper bodies are
-refused before any recursive code (pydantic, the error text's ``json.dumps``) sees them: near Python's recursion
-limit, those hit it first, and the RecursionError was a 500."""
-
-
-def _nesting(value: Any) -> int:
-    """How deep arrays and objects nest in ``value`` (0 for a scalar), without recursion; stops past MAX_NESTING."""
-    deepest, stack = 0, [(value, 1)]
-    while stack and deepest <= MAX_NESTING:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
 def parse_request(body: bytes, limits: Limits, models: Collection[str],
                   needs: Mapping[str, FieldNeeds] | None = None) -> ChatCompletionRequest:
     """Parse and validate a raw request body; any problem is an :class:`APIError` (4xx) naming the field.
     ``needs`` (model -> :func:`field_needs`), where given, is what the request's fields are checked against."""
-    if len(body) > limits.max_body_bytes:
-        raise APIError(413, f"The request body is {len(body)} bytes, over the limit of {limits.max_body_bytes}. "
-                            "Send fewer or shorter messages.", code="request_too_large")
-    if not body.strip():
-        raise APIError(400, "The request body is empty. Send a JSON object with model and messages.",
-                       code="invalid_json")
-    try:
-        data = json.loads(body.decode("utf-8"), parse_constant=_reject_nan)
-    except UnicodeDecodeError as e:
-        raise APIError(400, f"The request body is not UTF-8 ({e.reason} at byte {e.start}). Send UTF-8 JSON.",
-                       code="invalid_json") from None
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, NaN/Infinity, too many digits, too deep
-        raise APIError(400, f"The request body is not valid JSON: {e}. Send a JSON object with model and "
-                            "messages.", code="invalid_json") from None
-    if _nesting(data) > MAX_NESTING:
-        raise APIError(400, f"The request body is nested too deeply (over {MAX_NESTING} levels of arrays and "
-                            "objects). Send a JSON object with model and messages.", code="invalid_json")
-    try:  # a \ud800 escape decodes to a lone surrogate, which no response could encode back to UTF-8
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except RecursionError:
-        raise APIError(400, "The request body is nested too deeply. Send a JSON object with model and messages.",
-                       code="invalid_json") from None
-    except UnicodeEncodeError:
-        raise APIError(400, "The request body has a \\u escape of a lone surrogate (half a UTF-16 pair), which is "
-                            "not a character. Send valid Unicode text.", code="invalid_json") from None
-    return parse_payload(data, limits, models, needs)
+    return parse_payload(decode_body(body, limits.max_body_bytes), limits, models, needs)
 
 
 def parse_payload(data: Any, limits: Limits, models: Collection[str],
