@@ -101,9 +101,13 @@ class OuterStageConfig(StageConfig):
     """``forcing``: what upstream agents hand on while the decoder is trained (:mod:`recursivemas.train.outer`):
     ``rollout`` (their real latent rollouts, as at inference; ``gradient`` ``truncated`` or ``full``, over
     ``latent_steps``, default the topology's) or ``role_text`` (teacher-forced on per-agent ``targets``, up to
-    ``max_latent_tokens`` states)."""
+    ``max_latent_tokens`` states). ``init``: how an outer link between two *different* backbones starts
+    (:mod:`recursivemas.links.alignment`): ``embedding_map`` (a least-squares map between their input embeddings
+    over the tokens both vocabularies spell alike, so the receiver reads soft tokens from step 0) or
+    ``orthogonal`` (a random orthogonal map). Links within one backbone start as the identity either way."""
 
     forcing: Literal["rollout", "role_text"] = "rollout"
+    init: Literal["embedding_map", "orthogonal"] = "orthogonal"
     gradient: Literal["truncated", "full"] = "truncated"
     latent_steps: int | None = Field(None, ge=1)
     max_latent_tokens: int = Field(80, ge=1)

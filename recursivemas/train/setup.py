@@ -16,6 +16,7 @@ from tqdm import tqdm
 from recursivemas.answers import with_boxed
 from recursivemas.config import Topology, load_topology
 from recursivemas.links import LinkSet
+from recursivemas.links.alignment import start_as_embedding_map
 from recursivemas.runtime import Executor, RunOptions, build_links, load_engines
 from recursivemas.runtime.calls import BackboneDims
 from recursivemas.runtime.executor import framing_of
@@ -189,7 +190,26 @@ def prepare(config: TrainConfig, world: World | None = None) -> Setup:
     shapes: dict[str, BackboneDims] = {}  # every rank sizes every link, also of backbones it does not hold
     for part in gather_objects(world, {name: BackboneDims.of(e) for name, e in engines.items()}):
         shapes.update(part)
-    return Setup(topology, rows, targets, engines, build_links(topology, shapes, dtype="float32"))  # trained in fp32
+    links = build_links(topology, shapes, dtype="float32")  # trained in fp32
+    if config.outer.init == "embedding_map":
+        start_cross_backbone_links(topology, engines, links)
+    return Setup(topology, rows, targets, engines, links)
+
+
+def start_cross_backbone_links(topology: Topology, engines: dict, links: LinkSet) -> None:
+    """``outer.init: embedding_map``: each outer link between agents of different models starts as the map between
+    their embedding spaces (a checkpoint resumed later overwrites it, as it overwrites any init)."""
+    backbone_of = {agent.name: agent.backbone for agent in topology.agents}
+    crossing = [(src, dst) for src, dst in links.edges
+                if topology.backbones[backbone_of[src]].model != topology.backbones[backbone_of[dst]].model]
+    missing = sorted({backbone_of[a] for edge in crossing for a in edge} - set(engines))
+    if missing:
+        raise DataError(f"outer.init: embedding_map needs both backbones of each link in one process; this worker "
+                        f"lacks {missing} (pipelined placement). Use `outer.init: orthogonal` with `placement: "
+                        "pipelined`, or `placement: replicated`")
+    for src, dst in crossing:
+        start_as_embedding_map(links.outer_link(src, dst), engines[backbone_of[src]], engines[backbone_of[dst]],
+                               f"{src}->{dst}")
 
 
 def check_lengths(topology: Topology, engines: dict, rows: list[Row], targets: dict[str, str],
