@@ -76,13 +76,15 @@ def embedding_map(src_embeddings: torch.Tensor, dst_embeddings: torch.Tensor, ri
     return EmbeddingMap(weight.float(), (y_mean - x_mean @ weight.T).float(), int(x.shape[0]), r2)
 
 
-def start_as_embedding_map(link: OuterLink, src_engine, dst_engine, name: str) -> EmbeddingMap:
+def start_as_embedding_map(link: OuterLink, src_engine, dst_engine, name: str,
+                           min_shared_tokens: int = MIN_SHARED_TOKENS) -> EmbeddingMap:
     """Set ``link``'s residual path to the embedding map from ``src_engine``'s backbone to ``dst_engine``'s (the
     MLP branch is left at zero). ``name`` is the edge, for the log and errors."""
     src_ids, dst_ids = shared_tokens(src_engine.tokenizer, dst_engine.tokenizer)
-    if len(src_ids) < MIN_SHARED_TOKENS:
-        raise ValueError(f"outer link {name}: the two vocabularies share {len(src_ids)} tokens, under "
-                         f"{MIN_SHARED_TOKENS}; set `outer.init: orthogonal` for this pair of backbones")
+    if len(src_ids) < min_shared_tokens:
+        raise ValueError(f"outer.init: embedding_map: the vocabularies of link {name} share {len(src_ids)} tokens, "
+                         f"under {min_shared_tokens}: too few to fit a map between the spaces; set "
+                         "`outer.init: orthogonal` for these backbones")
     with torch.no_grad():
         fit = embedding_map(src_engine.embedding(src_ids.to(src_engine.device)).float().cpu(),
                             dst_engine.embedding(dst_ids.to(dst_engine.device)).float().cpu())
