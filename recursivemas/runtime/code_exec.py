@@ -23,6 +23,7 @@ Status = Literal["passed", "failed", "timeout", "memory", "error"]
 _MAX_OUTPUT_CHARS = 4000  # what an ExecResult keeps (the tail, where the traceback ends)
 _CAPTURE_CHARS = 1_000_000  # what the sandbox hands back, so the sentinel line cannot be truncated away
 _KILLED_RE = re.compile(r"killed by signal (\S+) \(memory or CPU limit exceeded\?\)\s*$")
+_OVER_BUDGET_RE = re.compile(r"stopped: the run went over its memory budget of \d+ MB [^\n]*\s*$")
 _EXCEPTION_LINE_RE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt))(?::|\s*$)", re.MULTILINE)
 _SYNTAX_ERRORS = ("SyntaxError", "IndentationError", "TabError")
 
@@ -56,6 +57,8 @@ def _classify(result: ToolResult, timeout_s: float, sentinel: str | None) -> Exe
         return ExecResult(False, "failed", _tail(f"{output}\n{note}" if output else note))
     if output.startswith(("could not run the code", "refused:")):
         return ExecResult(False, "error", _tail(output))
+    if _OVER_BUDGET_RE.search(output):
+        return ExecResult(False, "memory", _tail(output))
     if output.rstrip().endswith(f"timed out after {timeout_s:g} s"):
         return ExecResult(False, "timeout", _tail(output))
     killed = _KILLED_RE.search(output)

@@ -15,11 +15,19 @@ What the code sees:
 - its own ``/proc`` (only its own processes), a minimal ``/dev``, no network but its own loopback, no environment
   but ``PATH``, ``HOME``, ``TMPDIR``, ``LANG``.
 
-Limits (set inside the sandbox by a launcher, so they count only the sandbox's own processes: a fresh user namespace
-has its own process count): processes, open files, file size, address space, CPU time, no core dumps. As root the
-sandbox first drops to an unprivileged uid, because root ignores ``RLIMIT_NPROC``. The PID namespace dies with its
-first process, so everything the code started is killed when it returns or times out; output is capped while it
-is read, so a program cannot flood the server's memory.
+The kernel it shares with the server is fenced too: a seccomp filter (:mod:`recursivemas.runtime.seccomp`) refuses
+the keyring calls, ``memfd_create``, new namespaces, ``io_uring``, ``ptrace``, ``bpf``, perf events and the mount
+API, and ``/dev`` is read-only (no unbounded ``/dev/shm``). The code reaches the sandbox as a copy (``--file``), so
+no host path shows in its ``/proc/self/mountinfo``.
+
+Limits: one memory budget over everything the run holds, processes, tmpfs files and shared memory together, from a
+control group made for the run where the host allows one (:mod:`recursivemas.runtime.memory_budget`), with
+per-process limits that sum to the budget where it does not; and, set inside the sandbox by a launcher (so they
+count only the sandbox's own processes: a fresh user namespace has its own process count), processes, open files,
+file size, address space, CPU time, no core dumps. As root the sandbox first drops to an unprivileged uid, because
+root ignores ``RLIMIT_NPROC``. The PID namespace dies with its first process, so everything the code started is
+killed when it returns or times out; output is capped while it is read, so a program cannot flood the server's
+memory.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 from recursivemas.errors import SandboxUnavailable
+from recursivemas.runtime import memory_budget, seccomp
 
 SandboxMode = Literal["bwrap", "none"]
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -59,10 +68,12 @@ class Limits:
     tmp_mb: int = 16
     output_bytes: int = 1 << 20
 
-    def rlimits(self) -> dict[str, int]:
-        return {"RLIMIT_AS": self.memory_mb << 20, "RLIMIT_CPU": int(self.timeout_s) + 1,
-                "RLIMIT_NPROC": self.processes, "RLIMIT_NOFILE": self.open_files,
-                "RLIMIT_FSIZE": self.file_size_mb << 20, "RLIMIT_CORE": 0}
+    def rlimits(self, processes: int | None = None, memory_mb: int | None = None) -> dict[str, int]:
+        """The launcher's limits; ``processes`` and ``memory_mb`` (per process) replace the run's own where the
+        budget is split over processes (no control group)."""
+        return {"RLIMIT_AS": (memory_mb or self.memory_mb) << 20, "RLIMIT_CPU": int(self.timeout_s) + 1,
+                "RLIMIT_NPROC": processes or self.processes, "RLIMIT_NOFILE": self.open_files,
+                "RLIMIT_FSIZE": self.file_size_mb << 20, "RLIMIT_CORE": 0, "RLIMIT_MSGQUEUE": 0}
 
 
 @dataclass
@@ -72,6 +83,7 @@ class Finished:
     returncode: int | None
     timed_out: bool
     truncated: bool = False
+    over_budget: bool = False  # the run hit its memory budget (processes, files and shared memory together)
 
 
 def _shared_libraries(python: str) -> set[str]:
@@ -118,24 +130,24 @@ def _top_level_links() -> list[str]:
     return args
 
 
-def bwrap_argv(code_file: str, limits: Limits, python: str = SYSTEM_PYTHON) -> list[str]:
-    argv = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-            "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv", "--setenv", "PATH", "/usr/bin",
-            "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8"]
+def bwrap_argv(code_fd: int, rlimits: dict[str, int], limits: Limits, seccomp_fd: int | None = None,
+               python: str = SYSTEM_PYTHON) -> list[str]:
+    """bubblewrap's command line: the code copied in from ``code_fd``, the filter read from ``seccomp_fd``."""
+    argv = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+            "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv", "--setenv", "PATH",
+            "/usr/bin", "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8"]
     if os.geteuid() == 0:
         argv += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
     for source, destination in read_only_binds(python):
         argv += ["--ro-bind", source, destination]
     argv += _top_level_links()
-    argv += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp",
-             "--ro-bind", code_file, CODE_PATH, "--remount-ro", "/", "--chdir", "/tmp", "--",
-             *_launch(os.path.realpath(python), CODE_PATH, limits)]
-    return argv
-
-
-def _launch(python: str, code: str, limits: Limits, skip: tuple[str, ...] = ()) -> list[str]:
-    return [python, "-I", "-c", _LAUNCHER, code,
-            *[str(x) for name, value in limits.rlimits().items() if name not in skip for x in (name, value)]]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--size", str(limits.tmp_mb << 20),
+             "--tmpfs", "/tmp", "--perms", "0444", "--file", str(code_fd), CODE_PATH, "--remount-ro", "/",
+             "--chdir", "/tmp"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    return [*argv, "--", os.path.realpath(python), "-I", "-c", _LAUNCHER, CODE_PATH,
+            *[str(x) for item in rlimits.items() for x in item]]
 
 
 def _read_capped(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[bytes, bytes, bool, bool]:
@@ -170,26 +182,56 @@ def run_python(code: str, limits: Limits, mode: SandboxMode = "bwrap") -> Finish
     with tempfile.TemporaryDirectory(prefix="rmas_code_") as folder:
         code_file = Path(folder) / "main.py"
         code_file.write_text(code, encoding="utf-8", errors="surrogatepass")
-        os.chmod(folder, 0o755)
-        os.chmod(code_file, 0o644)
         if mode == "bwrap":
-            # bwrap's own init (PID 1 inside) keeps the environment bwrap started with, readable in /proc/1/environ
-            argv, kwargs = bwrap_argv(str(code_file), limits), {"env": _BWRAP_ENV}
-            if os.geteuid() == 0:  # root ignores RLIMIT_NPROC: run bwrap itself as the unprivileged sandbox uid
+            return _run_sandboxed(code_file, limits)
+        # no isolation: limits only (not RLIMIT_NPROC, which would count every process of this user)
+        python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else shutil.which("python3") or "python3"
+        rlimits = {k: v for k, v in limits.rlimits().items() if k != "RLIMIT_NPROC"}
+        argv = [python, "-I", "-c", _LAUNCHER, str(code_file), *[str(x) for item in rlimits.items() for x in item]]
+        return _communicate(argv, limits, cwd=folder, env={"PATH": os.defpath, "HOME": folder, "TMPDIR": folder})
+
+
+def _run_sandboxed(code_file: Path, limits: Limits) -> Finished:
+    """One bubblewrap run inside its own memory budget: a control group where the host gives one, else per-process
+    limits that sum to the budget."""
+    group = memory_budget.open_group(limits.memory_mb, limits.processes + 2)  # + bwrap and its init
+    try:
+        if group is None:
+            processes, each_mb = memory_budget.split_for_rlimits(limits.memory_mb, limits.tmp_mb, limits.processes)
+            rlimits = limits.rlimits(processes + 1, each_mb)  # + bwrap's init, which runs as the sandbox's uid
+        else:
+            rlimits = limits.rlimits()
+        root = os.geteuid() == 0
+        with open(code_file, "rb") as code, tempfile.TemporaryFile() as program:
+            fds = [code.fileno()]
+            if seccomp.supported():
+                program.write(seccomp.filter_program())
+                program.seek(0)
+                fds.append(program.fileno())
+            argv = bwrap_argv(code.fileno(), rlimits, limits, fds[1] if len(fds) > 1 else None)
+            kwargs: dict = {"env": _BWRAP_ENV, "pass_fds": tuple(fds)}
+            if group is not None:  # join the group first, then drop root (the launcher does both) and run bwrap
+                argv = group.launcher(SYSTEM_PYTHON, argv, SANDBOX_UID if root else None)
+            elif root:  # root ignores RLIMIT_NPROC: run bwrap itself as the unprivileged sandbox uid
                 kwargs |= {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
-        else:  # no isolation: limits only (not RLIMIT_NPROC, which would count every process of this user)
-            python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else shutil.which("python3") or "python3"
-            argv = _launch(python, str(code_file), limits, skip=("RLIMIT_NPROC",))
-            kwargs = {"cwd": folder, "env": {"PATH": os.defpath, "HOME": folder, "TMPDIR": folder}}
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True, **kwargs)
-        try:
-            out, err, timed_out, truncated = _read_capped(proc, time.monotonic() + limits.timeout_s,
-                                                          limits.output_bytes)
-        finally:
-            _kill(proc)
-        return Finished(out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
-                        None if timed_out else proc.returncode, timed_out, truncated)
+            done = _communicate(argv, limits, **kwargs)
+        done.over_budget = group is not None and group.exceeded()
+        return done
+    finally:
+        if group is not None:
+            group.remove()
+
+
+def _communicate(argv: list[str], limits: Limits, **kwargs) -> Finished:
+    # bwrap's own init (PID 1 inside) keeps the environment bwrap started with, readable in /proc/1/environ
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, **kwargs)
+    try:
+        out, err, timed_out, truncated = _read_capped(proc, time.monotonic() + limits.timeout_s, limits.output_bytes)
+    finally:
+        _kill(proc)
+    return Finished(out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                    None if timed_out else proc.returncode, timed_out, truncated)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -216,16 +258,11 @@ def unavailable_reason() -> str | None:
     if not os.path.exists(SYSTEM_PYTHON):
         return f"the sandbox runs the system interpreter {SYSTEM_PYTHON}, which does not exist here"
     try:
-        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-            f.write("print('ok')\n")
-        os.chmod(f.name, 0o644)
-        kwargs = {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []} if os.geteuid() == 0 else {}
-        probe = subprocess.run(bwrap_argv(f.name, Limits()), capture_output=True, text=True, timeout=30,
-                               env=_BWRAP_ENV, **kwargs)
+        with tempfile.TemporaryDirectory(prefix="rmas_probe_") as folder:
+            (Path(folder) / "main.py").write_text("print('ok')\n")
+            probe = _run_sandboxed(Path(folder) / "main.py", Limits(timeout_s=30))
     except (OSError, subprocess.SubprocessError) as exc:
         return f"bubblewrap could not start: {exc}"
-    finally:
-        os.unlink(f.name)
     if probe.returncode != 0 or probe.stdout.strip() != "ok":
         return (f"the bubblewrap sandbox fails here ({probe.stderr.strip()[-300:] or probe.returncode}); if it "
                 "cannot create namespaces, allow unprivileged user namespaces (sysctl user.max_user_namespaces, "

@@ -91,7 +91,10 @@ class PythonTool:
             parts.append(err.rstrip("\n"))
         if done.truncated:
             parts.append("[output over the limit was dropped]")
-        if done.timed_out:
+        if done.over_budget:
+            parts.append(f"stopped: the run went over its memory budget of {self.memory_mb} MB (its processes, "
+                         "files and shared memory together)")
+        elif done.timed_out:
             parts.append(f"timed out after {self.timeout_s:g} s")
         elif rc is not None and rc < 0:
             try:
@@ -102,7 +105,7 @@ class PythonTool:
         elif rc and not err.strip():
             parts.append(f"exit code {rc}")
         output = _truncate("\n".join(p for p in parts if p), self.max_output_chars)
-        return ToolResult("python", (not done.timed_out) and rc == 0, output)
+        return ToolResult("python", not done.timed_out and not done.over_budget and rc == 0, output)
 
 
 SearchFn = Callable[[str], str]
