@@ -145,7 +145,7 @@ def test_without_a_sandbox_the_tool_is_refused_unless_the_topology_opts_out(monk
     from recursivemas.runtime import Executor
     from tiny import tiny_engine
 
-    monkeypatch.setattr(sandbox, "unavailable_reason", lambda: "bubblewrap (bwrap) is not installed")
+    monkeypatch.setattr(sandbox, "unavailable_reason", lambda *_: "bubblewrap (bwrap) is not installed")
     doc = {"name": "delib", "backbones": {"a": {"model": "tiny"}}, "pattern": "deliberation",
            "agents": [{"name": "reflector", "backbone": "a"}, {"name": "caller", "backbone": "a"}]}
     engine = tiny_engine("llama")
@@ -167,7 +167,7 @@ def test_code_scoring_runs_in_the_sandbox_and_is_refused_without_one(host, monke
     stealing = f"def f():\n    return open({str(host['file'])!r}).read()\n"
     verdict = check_completion("", stealing, f"def check(g):\n    assert g() == {SECRET!r}\n", "f")
     assert not verdict.passed and "FileNotFoundError" in verdict.output
-    monkeypatch.setattr(sandbox, "unavailable_reason", lambda: "bubblewrap (bwrap) is not installed")
+    monkeypatch.setattr(sandbox, "unavailable_reason", lambda *_: "bubblewrap (bwrap) is not installed")
     item = EvalItem(id="c0", question="write f", reference="", kind="code", prompt="", tests="def check(g): pass",
                     entry_point="f")
     runner = SimpleNamespace(topology=SimpleNamespace(name="t", tools=SimpleNamespace(python_sandbox="bwrap")))

@@ -193,3 +193,19 @@ def test_the_fallback_splits_the_budget_over_fewer_processes():
     count, each = memory_budget.split_for_rlimits(512, 16, 16)
     assert count * each + 16 <= 512 and count >= 2
     assert memory_budget.split_for_rlimits(256, 16, 16) == (1, 240)
+
+
+def test_a_topology_can_require_a_control_group_and_is_refused_without_one(monkeypatch):
+    from recursivemas.config import Topology
+    from recursivemas.runtime import Executor
+    from tiny import tiny_engine
+
+    doc = {"name": "delib", "backbones": {"a": {"model": "tiny"}}, "pattern": "deliberation",
+           "tools": {"python_sandbox": "bwrap_cgroup"},
+           "agents": [{"name": "reflector", "backbone": "a"}, {"name": "caller", "backbone": "a"}]}
+    topology, engine = Topology.model_validate(doc), tiny_engine("llama")
+    assert Executor(topology, {"a": engine}).toolbox.python("print(6 * 7)").output == "42"  # this host has groups
+    monkeypatch.setattr(memory_budget, "mechanism", lambda: "rlimits")
+    with pytest.raises(sandbox.SandboxUnavailable, match="bwrap_cgroup needs a control group per run"):
+        Executor(topology, {"a": engine})
+    assert "refused" in PythonTool(sandbox="bwrap_cgroup")("print(1)").output

@@ -126,9 +126,11 @@ class ToolsConfig(Strict):
     python_timeout_s: float = Field(10.0, gt=0)
     python_memory_mb: int = Field(512, ge=64)
     max_rounds: int = Field(5, ge=0)
-    python_sandbox: Literal["bwrap", "none"] = "bwrap"
+    python_sandbox: Literal["bwrap", "bwrap_cgroup", "none"] = "bwrap"
     """Where model-written code runs (the tool-caller's Python tool, code scoring): ``bwrap``, the bubblewrap OS
-    sandbox (refused when it cannot run here), or ``none``: unisolated, rlimits only, never on an exposed server."""
+    sandbox (refused when it cannot run here; one memory budget per run from a control group where the host gives
+    one, else per-process limits that sum to it), ``bwrap_cgroup`` (the same, refused without a control group),
+    or ``none``: unisolated, rlimits only, never on an exposed server."""
 
 
 def _edge(value: object) -> tuple[str, str]:

@@ -45,7 +45,7 @@ from typing import Literal
 from recursivemas.errors import SandboxUnavailable
 from recursivemas.runtime import memory_budget, seccomp
 
-SandboxMode = Literal["bwrap", "none"]
+SandboxMode = Literal["bwrap", "bwrap_cgroup", "none"]  # bwrap_cgroup: refused where no group can be made
 SYSTEM_PYTHON = "/usr/bin/python3"
 SANDBOX_UID = 65534  # "nobody": an unprivileged uid for the sandbox when the server runs as root
 CODE_PATH = "/sandbox/main.py"
@@ -177,12 +177,12 @@ def _read_capped(proc: subprocess.Popen, deadline: float, cap: int) -> tuple[byt
 
 def run_python(code: str, limits: Limits, mode: SandboxMode = "bwrap") -> Finished:
     """Run ``code`` to completion or its timeout; ``mode="none"`` runs it unisolated (rlimits only)."""
-    if mode == "bwrap" and (reason := unavailable_reason()) is not None:
+    if mode != "none" and (reason := unavailable_reason(mode)) is not None:
         raise SandboxUnavailable(reason)
     with tempfile.TemporaryDirectory(prefix="rmas_code_") as folder:
         code_file = Path(folder) / "main.py"
         code_file.write_text(code, encoding="utf-8", errors="surrogatepass")
-        if mode == "bwrap":
+        if mode != "none":
             return _run_sandboxed(code_file, limits)
         # no isolation: limits only (not RLIMIT_NPROC, which would count every process of this user)
         python = SYSTEM_PYTHON if os.path.exists(SYSTEM_PYTHON) else shutil.which("python3") or "python3"
@@ -250,8 +250,17 @@ def _kill(proc: subprocess.Popen) -> None:
             pipe.close()
 
 
+def unavailable_reason(mode: SandboxMode = "bwrap") -> str | None:
+    """None when the sandbox ``mode`` names runs here; else why not, with the fix."""
+    if mode == "bwrap_cgroup" and memory_budget.mechanism() == "rlimits":
+        return ("tools.python_sandbox: bwrap_cgroup needs a control group per run, and none can be made here "
+                "(run as root or delegate a cgroup subtree), or accept the fallback's per-process limits with "
+                "`python_sandbox: bwrap`")
+    return _bwrap_unavailable_reason()
+
+
 @cache
-def unavailable_reason() -> str | None:
+def _bwrap_unavailable_reason() -> str | None:
     """None when the bubblewrap sandbox runs here; else why not, with the fix (probed once per process)."""
     if shutil.which("bwrap") is None:
         return "bubblewrap (bwrap) is not installed; install it (apt-get install bubblewrap)"
@@ -274,7 +283,7 @@ def require(mode: SandboxMode, what: str, setting: str = "tools.python_sandbox")
     """Refuse to run model-written code without isolation unless ``setting`` opts out explicitly."""
     if mode == "none":
         return
-    reason = unavailable_reason()
+    reason = unavailable_reason(mode)
     if reason is not None:
         raise SandboxUnavailable(f"{what} runs model-written code in a sandbox, and none is available: {reason}. "
                                  f"To run the code without isolation (never on a server others can reach), set "
