@@ -183,6 +183,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return 0
     require_key_when_exposed(config, args.allow_unauthenticated)  # before Ray starts: exit 2, one line
+    if args.address:
+        from recursivemas.serve.ray_auth import require_token_auth
+
+        if (warning := require_token_auth(args.address, args.allow_unauthenticated_ray)) is not None:
+            print(warning, file=sys.stderr, flush=True)
     app = build_app(config)
     with _cluster(args):
         from ray import serve
@@ -317,7 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--max-tokens-limit", type=int, help="largest max_tokens a request may ask (default 1024)")
     serve_cmd.add_argument("--print-config", action="store_true",
                            help="print a Ray Serve config file for `serve deploy` / `serve run` and exit")
-    serve_cmd.add_argument("--address", help="Ray address to join (default: start a local Ray)")
+    serve_cmd.add_argument("--address", help="Ray address to join (default: start a local Ray); the cluster must "
+                           "enforce Ray's token authentication (RAY_AUTH_MODE=token)")
+    serve_cmd.add_argument("--allow-unauthenticated-ray", action="store_true",
+                           help="join a --address cluster without Ray's token authentication (its ports, a "
+                                "replica's included, answer anyone: firewall them)")
     serve_cmd.add_argument("--links", help="link checkpoint for the one topology served (trained or imported)")
     serve_cmd.add_argument("--latent-steps", type=int, help="latent steps of the one topology served (e.g. a "
                            "released system's setting for another task)")
