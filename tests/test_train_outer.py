@@ -7,7 +7,7 @@ import torch
 
 from recursivemas.config import Topology
 from recursivemas.runtime import build_links
-from recursivemas.train.outer import outer_parameters, unroll_loss, used_edges
+from recursivemas.train.outer import outer_parameters, unroll_loss, unroll_losses, used_edges
 from tiny import tiny_engine
 
 ROW = {"question": "What is 6*7?", "answer": "42", "plan": "multiply six by seven", "refined_plan": "6*7=42"}
@@ -165,3 +165,29 @@ def test_rollout_forcing_ignores_upstream_text_and_role_text_needs_it():
     assert not torch.equal(one, leaky)
     with pytest.raises(ValueError, match="role_texts"):
         unroll_loss(topology, engines, links, ROW["question"], ROW["answer"], forcing="role_text")
+
+
+def test_the_relay_loss_teaches_the_first_hop_from_its_receiver():
+    """relay_weight adds each receiving upstream agent's loss on its own target (the critic's, given the planner's
+    hand-off): the total grows by exactly that, and the first hop's gradient holds that loss's direct share."""
+    from recursivemas.train.outer import UnrollRow, answer_loss
+    from recursivemas.runtime.executor import fill_prompt, framing_of
+
+    topology, engines, links = setup(rounds=1)
+    row = UnrollRow(ROW["question"], ROW["answer"], None, {"planner": ROW["plan"], "critic": ROW["refined_plan"]})
+    outer_parameters(links)
+    plain = unroll_losses(topology, engines, links, [row])[0]
+    relayed = unroll_losses(topology, engines, links, [row], relay_weight=0.5)[0]
+    planner = engines["a"].latent_states([fill_prompt(topology.template("planner", 1), row.question, {}, {}, round=1,
+                                                      framing=framing_of(topology, "planner"))],
+                                         topology.latent_steps, links.inner_link("planner"))[0]
+    critic_prompt = fill_prompt(topology.template("critic", 1), row.question,
+                                {"planner": links.handoff(planner.float(), "planner", "critic", topology.handoff)},
+                                {}, round=1, framing=framing_of(topology, "critic"))
+    critic_loss = answer_loss(engines["b"], critic_prompt, ROW["refined_plan"])
+    torch.testing.assert_close(relayed - plain, 0.5 * critic_loss, atol=1e-5, rtol=1e-4)
+    first_hop = links.outer["planner->critic"].proj2.weight
+    (relayed - plain).backward()
+    assert first_hop.grad is not None and first_hop.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="relay_weight needs role_texts"):
+        unroll_losses(topology, engines, links, [UnrollRow(ROW["question"], ROW["answer"])], relay_weight=0.5)

@@ -14,6 +14,7 @@ import psutil
 import pytest
 import torch
 import yaml
+from pathlib import Path
 
 from recursivemas.cluster import Cluster  # sets the 127.0.0.1 binding before Ray starts
 from recursivemas.links import load_links
@@ -145,3 +146,17 @@ def test_train_state_round_trips_through_the_flat_trainer_file_format():
         "outer", 12, 48, "digest", state.parts, "/ckpt")
     assert back.for_parts()["directory"] == "/ckpt" and "directory" not in TrainState().for_parts()
     assert TrainState.from_state_dict({"stage": "inner", "step": 0}).parts == {}  # an inner-stage file
+
+
+def test_the_end_of_stage_one_is_kept_so_a_stage_two_variant_can_start_from_it(config, tmp_path):
+    config = config.model_copy(update={"output": str(tmp_path / "links"),
+                                       "outer": config.outer.model_copy(update={"steps": 6, "checkpoint_every": 2})})
+    train(config, progress=False)
+    checkpoints = LocalCheckpoints(config.checkpoint_dir)
+    assert [p.name for p in checkpoints.saved()] == ["step-000000-inner", "step-000004-outer", "step-000006-outer"]
+    variant = config.model_copy(update={"output": str(tmp_path / "variant"), "outer": config.outer.model_copy(
+        update={"steps": 2, "relay_weight": 0.5})})
+    Path(variant.checkpoint_dir).mkdir(parents=True)
+    shutil.copytree(checkpoints.saved()[0], Path(variant.checkpoint_dir) / "step-000000-inner")
+    summary = json.loads((Path(train(variant, progress=False)) / "train_summary.json").read_text())
+    assert summary["resumed_from_stage"] == "inner" and "inner_loss" not in summary

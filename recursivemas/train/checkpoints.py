@@ -84,7 +84,9 @@ class Checkpoints(Protocol):
 
 
 class LocalCheckpoints:
-    """Checkpoints of a one-process run in ``root/step-NNNNNN``, newest ``keep`` kept; written to a temporary name
+    """Checkpoints of a one-process run in ``root/step-NNNNNN``, newest ``keep`` kept, and the one at the end of stage
+    1 (``-inner``) always: a stage-2 variant can start from it (copy it into a new run's checkpoints) without
+    retraining the inner links. Each is written to a temporary name
     and renamed, so a run killed mid-write leaves the previous checkpoint intact. Every save's metrics (each step's
     loss, learning rate, throughput and per-link, per-round gradient norms) are appended to ``root/metrics.jsonl``,
     which outlives the pruned checkpoints: the record a learning curve or a gradient diagnosis is read from."""
@@ -117,5 +119,6 @@ class LocalCheckpoints:
         tmp.rename(final)
         with (self.root / self.METRICS_FILE).open("a") as log:
             log.write(json.dumps(metrics, default=float) + "\n")
-        for old in self.saved()[: -self.keep]:
+        rotating = [p for p in self.saved() if not p.name.endswith("-inner")]  # stage 1's end is kept for good
+        for old in rotating[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -112,6 +112,7 @@ class OuterStageConfig(StageConfig):
     latent_steps: int | None = Field(None, ge=1)
     max_latent_tokens: int = Field(80, ge=1)
     aux_weight: float = Field(0.0, ge=0)
+    relay_weight: float = Field(0.0, ge=0)  # each receiving upstream agent's loss on its own target (train/outer.py)
     checkpoint_every: int = Field(50, ge=1)
     gradient_checkpointing: bool = True  # recompute each backbone call in backward: less memory, about +1/3 time
 

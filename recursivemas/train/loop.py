@@ -205,7 +205,8 @@ def train_outer(setup: Setup, cfg: OuterStageConfig, progress: bool = True, worl
         for group in _row_groups(world, unroll_rows(setup, world.share(batch)), cfg.batch_size):
             wire = Wire(world, agent_backbone)
             group_losses = unroll_losses(topology, setup.engines, links, group, cfg.max_latent_tokens,
-                                         cfg.aux_weight, wire, cfg.forcing, cfg.gradient, cfg.latent_steps, handoffs)
+                                         cfg.aux_weight, wire, cfg.forcing, cfg.gradient, cfg.latent_steps, handoffs,
+                                         cfg.relay_weight)
             loss = None if group_losses is None else group_losses.sum() / cfg.batch_size
             if loss is not None:  # this rank holds the decoder
                 here.append(loss)

@@ -75,7 +75,7 @@ def unroll_loss(topology: Topology, engines: Mapping[str, object], links: LinkSe
 def unroll_losses(topology: Topology, engines: Mapping[str, object], links: LinkSet, rows: Sequence[UnrollRow],
                   max_latent_tokens: int = 80, aux_weight: float = 0.0, wire: Wire | None = None,
                   forcing: Forcing = "rollout", gradient: Gradient = "truncated", latent_steps: int | None = None,
-                  handoff_grads: HandoffGrads | None = None) -> torch.Tensor | None:
+                  handoff_grads: HandoffGrads | None = None, relay_weight: float = 0.0) -> torch.Tensor | None:
     """Each row's final-round loss of the decoder's target (plus ``aux_weight`` x the mean of earlier rounds' losses
     of it), ``[rows]``.
 
@@ -86,6 +86,11 @@ def unroll_losses(topology: Topology, engines: Mapping[str, object], links: Link
     train with the value you serve. With a pipelined ``wire`` only this rank's agents run (``engines`` holds only
     its backbones), hand-offs to and from other ranks travel over the wire one row at a time (so ``rows`` must be
     one row there), and the losses are returned only where the decoder runs (``None`` elsewhere).
+    ``relay_weight`` adds that weight x the mean *relay loss*: each upstream agent that reads a hand-off is
+    teacher-forced on its own target (its ``role_texts`` entry: for a critic, the values it should restate) given
+    the prompt that holds the hand-off. The receiver learns to reconstruct what the sender saw, and the gradient
+    reaches the hand-off it reads directly, not through every later agent (one process only: with a pipelined
+    ``wire`` it is refused).
     ``handoff_grads``, when given, gains the squared norm of the loss gradient at each hand-off this rank
     computes, by ``(src, dst, round)``, once backward has run: the links are shared across rounds, so this is
     what tells the rounds apart.
@@ -95,6 +100,11 @@ def unroll_losses(topology: Topology, engines: Mapping[str, object], links: Link
     if forcing == "role_text" and any(row.role_texts is None for row in rows):
         raise ValueError("forcing 'role_text' needs role_texts: the text each upstream agent is teacher-forced on")
     wire = wire or Wire()
+    if relay_weight and wire.world.pipelined:
+        raise ValueError("outer.relay_weight: the relay loss needs every agent in one process; set it to 0 with "
+                         "placement: pipelined")
+    if relay_weight and any(row.role_texts is None for row in rows):
+        raise ValueError("outer.relay_weight needs role_texts: each upstream agent's target (`targets`)")
     if wire.world.pipelined and len(rows) != 1:
         raise ValueError(f"a pipelined unroll carries one row at a time over the wire, got {len(rows)} rows")
     steps = topology.latent_steps if latent_steps is None else latent_steps
@@ -103,6 +113,7 @@ def unroll_losses(topology: Topology, engines: Mapping[str, object], links: Link
     inputs: dict[tuple[int, str], dict[str, list]] = defaultdict(dict)
     feedback: dict[tuple[int, str], dict[str, list]] = defaultdict(dict)
     earlier: list[torch.Tensor] = []
+    relayed: list[torch.Tensor] = []
     final_loss = states = None
     for turn in plan.turns(topology.rounds):
         agent, round_ = turn.agent, turn.round
@@ -119,6 +130,8 @@ def unroll_losses(topology: Topology, engines: Mapping[str, object], links: Link
                     final_loss = losses
                     continue
                 earlier.append(losses)
+            elif relay_weight and inputs[round_, agent] and all(row.role_texts.get(agent) for row in rows):
+                relayed.append(answer_losses(engine, prompts, [row.role_texts[agent] for row in rows]))
             if forcing == "rollout":
                 states = engine.latent_states(prompts, steps, links.inner_link(agent), gradient)
             else:
@@ -134,7 +147,9 @@ def unroll_losses(topology: Topology, engines: Mapping[str, object], links: Link
     if final_loss is None:
         return None
     if earlier:
-        return final_loss + aux_weight * torch.stack(earlier).mean(0)
+        final_loss = final_loss + aux_weight * torch.stack(earlier).mean(0)
+    if relayed:
+        final_loss = final_loss + relay_weight * torch.stack(relayed).mean(0)
     return final_loss
 
 
