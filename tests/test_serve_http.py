@@ -274,3 +274,60 @@ def test_grpc_fields_carry_the_context(server):
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "recursivemas.fields.context" in info.value.details()
             assert "agent 'planner'" in info.value.details()
+
+
+def sse_events(response) -> list[tuple[str | None, dict | str]]:
+    """``(event name, data)`` of each server-sent event, in arrival order."""
+    events, name = [], None
+    for raw in response:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data = line.removeprefix("data: ")
+            events.append((name, data if data == "[DONE]" else json.loads(data)))
+            name = None
+    return events
+
+
+def test_live_turns_arrive_as_named_events_ahead_of_the_answer(http):
+    """stream_options.include_turns: one `recursivemas.turn` event per agent turn as it finishes; the upstream
+    turns come before the answer's first delta, they match the final usage's turns, and the openai client (which
+    reads unnamed events only) still gets the same answer from the same stream."""
+    body = {"model": "seq", "messages": [{"role": "user", "content": "What is 2+3?"}], "max_tokens": 6,
+            "temperature": 0, "stream": True, "stream_options": {"include_turns": True, "include_usage": True}}
+    request = urllib.request.Request(f"{http}/v1/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        events = sse_events(response)
+    turns = [(i, data["turn"]) for i, (name, data) in enumerate(events) if name == "recursivemas.turn"]
+    deltas = [i for i, (name, data) in enumerate(events)
+              if name is None and data != "[DONE]" and data.get("choices") and data["choices"][0]["delta"].get("content")]
+    usage = next(data["usage"] for name, data in events if name is None and data != "[DONE]" and data.get("usage"))
+    assert [t for _, t in turns] == usage["recursivemas"]["turns"]  # every turn, live, as the usage lists them
+    upstream = [i for i, t in turns if t["kind"] != "answer"]
+    assert len(upstream) == 3 and deltas and max(upstream) < min(deltas)  # planner, solver, planner, then the answer
+    assert {t["agent"] for _, t in turns} == {"planner", "solver"} and all(t["wall_s"] > 0 for _, t in turns)
+    client = openai.OpenAI(base_url=f"{http}/v1", api_key="unused")
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+        model="seq", messages=body["messages"], max_tokens=6, temperature=0, stream=True,
+        stream_options={"include_turns": True}) if chunk.choices)
+    assert text == "".join(events[i][1]["choices"][0]["delta"]["content"] for i in deltas)
+
+
+def test_grpc_streams_the_same_turns(server):
+    _, address, _ = server
+    metadata = (("application", "recursivemas"),)
+    with grpc.insecure_channel(address) as channel:
+        stub = recursivemas_pb2_grpc.RecursiveMASStub(channel)
+        request = pb.RunRequest(model="seq", prompt="What is 2+3?", max_tokens=6, temperature=0, include_turns=True)
+        chunks = list(stub.RunStream(request, metadata=metadata, timeout=60))
+        request.ClearField("include_turns")
+        plain = list(stub.RunStream(request, metadata=metadata, timeout=60))
+    turns = [c.turn for c in chunks if c.HasField("turn")]
+    assert [(t.agent, t.round, t.kind) for t in turns] == [(t.agent, t.round, t.kind) for t in chunks[-1].usage.turns]
+    first_delta = next(i for i, c in enumerate(chunks) if c.delta)
+    assert len(turns) == 4 and all(i < first_delta for i, c in enumerate(chunks)
+                                   if c.HasField("turn") and c.turn.kind != "answer")
+    assert not any(c.HasField("turn") for c in plain) and "".join(c.delta for c in plain) == "".join(
+        c.delta for c in chunks)

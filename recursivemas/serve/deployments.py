@@ -236,19 +236,22 @@ class Router:
         return [self._outcome(job, r) for job, r in zip(jobs, results)]
 
     async def stream(self, model: str, question: str | Query, options: RunOptions, deadline: float | None = None,
-                     request_id: str = ""):
-        """Text deltas of the answer as the decoder produces them, then the run's ``RunResult``. A caller that
-        stops reading (a closed connection) stops the run."""
+                     request_id: str = "", turns: bool = False):
+        """Text deltas of the answer as the decoder produces them, then the run's ``RunResult``; with ``turns``,
+        each agent turn's ``AgentUsage`` too, as the turn finishes (this replica drives the rounds, so that is
+        live). A caller that stops reading (a closed connection) stops the run."""
         job = self._admit(model, question, options, deadline, request_id)
         executor, loop, queue = self.executors[model], asyncio.get_running_loop(), asyncio.Queue()
 
+        def put(item) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
         def work() -> None:
             try:
-                result = executor.run(job.query, options, stop=job.stop,
-                                      on_delta=lambda d: loop.call_soon_threadsafe(queue.put_nowait, d))
-                loop.call_soon_threadsafe(queue.put_nowait, self._outcome(job, result))
+                result = executor.run(job.query, options, stop=job.stop, on_delta=put, on_turn=put if turns else None)
+                put(self._outcome(job, result))
             except BaseException as exc:  # handed to the caller, which maps it to an error event
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                put(exc)
 
         threading.Thread(target=work, daemon=True, name=f"stream-{model}").start()
         finished = False

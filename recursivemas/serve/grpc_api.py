@@ -11,11 +11,11 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from recursivemas.runtime.accounting import RunResult
+from recursivemas.runtime.accounting import AgentUsage, RunResult
 from recursivemas.serve.errors import APIError
 from recursivemas.runtime.query import FieldNeeds
 from recursivemas.serve.openai_api import ChatCompletionRequest, Limits, parse_payload
-from recursivemas.serve.openai_responses import usage_body
+from recursivemas.serve.openai_responses import turn_body, usage_body
 from recursivemas.serve.proto import recursivemas_pb2 as pb
 
 # An HTTP status -> the gRPC status code's name (grpc.StatusCode[name]).
@@ -80,6 +80,8 @@ def request_from_proto(msg: pb.RunRequest | bytes, limits: Limits, models: Colle
         data["user"] = msg.user
     if len(msg.fields):
         data["recursivemas"] = {"fields": dict(msg.fields)}
+    if msg.include_turns:  # RunStream reads it (as a streamed HTTP request would); Run has no turns to send
+        data.update(stream=True, stream_options={"include_turns": True})
     return parse_payload(data, limits, models, needs)
 
 
@@ -104,6 +106,10 @@ def response_to_proto(request_id: str, model: str, text: str, result: RunResult
 
 def chunk_to_proto(request_id: str, model: str, delta: str) -> pb.RunStreamChunk:
     return pb.RunStreamChunk(id=request_id, model=model, delta=delta)
+
+
+def turn_chunk_to_proto(request_id: str, model: str, usage: AgentUsage) -> pb.RunStreamChunk:
+    return pb.RunStreamChunk(id=request_id, model=model, turn=pb.Turn(**turn_body(usage)))
 
 
 def final_chunk_to_proto(request_id: str, model: str, result: RunResult) -> pb.RunStreamChunk:

@@ -24,6 +24,7 @@ from recursivemas.errors import UserError
 from recursivemas.serve.errors import APIError, deadline_exceeded, error_body, new_request_id
 from recursivemas.runtime.query import named_fields
 from recursivemas.serve.openai_api import Limits, parse_request
+from recursivemas.runtime.accounting import AgentUsage
 from recursivemas.serve.openai_responses import SSE_HEADERS, ChunkStream, completion_body, models_body
 
 log = logging.getLogger("recursivemas")
@@ -184,9 +185,11 @@ class Ingress:
             req = grpc_api.request_from_proto(request, self.limits, await self._models(), self.needs)
             args, seconds = _run_args(req, self.limits, request_id)
             async with asyncio.timeout(seconds + _GRACE_S):
-                async for item in self.router.options(stream=True).stream.remote(*args):
+                async for item in self.router.options(stream=True).stream.remote(*args, turns=req.include_turns):
                     if isinstance(item, str):
                         yield grpc_api.chunk_to_proto(request_id, req.model, item)
+                    elif isinstance(item, AgentUsage):
+                        yield grpc_api.turn_chunk_to_proto(request_id, req.model, item)
                     else:
                         yield grpc_api.final_chunk_to_proto(request_id, req.model, item)
         except TimeoutError:
@@ -203,9 +206,11 @@ class Ingress:
         yield chunks.start()
         try:
             async with asyncio.timeout(seconds + _GRACE_S):
-                async for item in self.router.options(stream=True).stream.remote(*args):
+                async for item in self.router.options(stream=True).stream.remote(*args, turns=req.include_turns):
                     if isinstance(item, str):
                         yield chunks.delta(item)
+                    elif isinstance(item, AgentUsage):
+                        yield chunks.turn(item)
                     else:
                         yield chunks.end(item)
         except TimeoutError:

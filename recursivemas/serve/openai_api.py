@@ -6,8 +6,9 @@ Request fields (``POST /v1/chat/completions``), decided one by one:
 
 - used: ``model`` (the topology name), ``messages``, ``max_tokens`` (``max_completion_tokens`` is accepted as its
   newer name; both at once must agree), ``temperature`` [0, 2], ``top_p`` (0, 1], ``stream``,
-  ``stream_options.include_usage``, ``stop`` (a string or up to 4), ``seed``, ``user`` (for logs), and the
-  extensions ``rounds``, ``latent_steps``, ``mode`` (``latent`` | ``text`` | ``single``) within :class:`Limits`, and
+  ``stream_options.include_usage`` (and ``include_turns``, ours: a ``recursivemas.turn`` event per agent turn as
+  it finishes), ``stop`` (a string or up to 4), ``seed``, ``user`` (for logs), and the extensions ``rounds``,
+  ``latent_steps``, ``mode`` (``latent`` | ``text`` | ``single``) within :class:`Limits`, and
   ``timeout_s`` (the request's deadline in seconds, capped at ``Limits.max_timeout_s``), and the ``recursivemas``
   object: ``fields`` (``{name: text}``, the fields the topology's templates name, such as ``{context}``) and
   ``context`` (shorthand for ``fields.context``). The last user message (as below) and these fields become the run's
@@ -78,6 +79,7 @@ class ChatMessage(_Strict):
 
 class StreamOptions(_Strict):
     include_usage: bool | None = None
+    include_turns: bool | None = None  # our extension: a `recursivemas.turn` event per agent turn as it finishes
     include_obfuscation: bool | None = None  # accepted, ignored: nothing is obfuscated
 
 
@@ -143,6 +145,10 @@ class ChatCompletionRequest(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def include_turns(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_turns)
+
     def question(self) -> str:
         return question_from_messages(self.messages)
 
@@ -176,6 +182,7 @@ _EXPECTED = {
     "stream": "true or false",
     "stream_options": "an object like {\"include_usage\": true}",
     "include_usage": "true or false",
+    "include_turns": "true or false",
     "include_obfuscation": "true or false",
     "stop": "a string or a list of strings",
     "seed": "an integer",

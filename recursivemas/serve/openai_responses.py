@@ -121,6 +121,13 @@ class ChunkStream:
     def delta(self, text: str) -> bytes:
         return self._chunk(content=text) if text else b""
 
+    def turn(self, usage: AgentUsage) -> bytes:
+        """One agent turn as it finished: a named ``recursivemas.turn`` event, which OpenAI clients skip (they
+        read unnamed events only), so only a client that asked (``include_turns``) reads it."""
+        body = {"id": completion_id(self.request_id), "object": "recursivemas.turn", "created": self.created,
+                "model": self.model, "turn": turn_body(usage)}
+        return b"event: recursivemas.turn\n" + sse(body)
+
     def end(self, result: RunResult) -> bytes:
         out = self._chunk(finish=result.finish_reason)
         if self.include_usage:
