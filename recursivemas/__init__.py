@@ -1,5 +1,6 @@
 """recursivemas: run, train and serve recursive multi-agent systems whose agents talk in latent space."""
 
+from recursivemas import _quiet  # noqa: F401  first: drops warnings nobody can act on (DeepSpeed's "no GPU" notice)
 from recursivemas.config import Topology, load_topology
 from recursivemas.runtime import Executor, Query, RunOptions, RunResult, load_system
 

@@ -132,6 +132,44 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Memory and placement of topologies from their backbones' config.json alone: nothing downloads or loads."""
+    import math
+
+    from recursivemas.config import BUILTIN_TOPOLOGIES, load_topology
+    from recursivemas.plan_report import MARKDOWN_HEAD, as_json, markdown_row, parse_size, report, table
+
+    names = list(args.topology or [])
+    if args.all_builtins:
+        names += sorted(p.stem for p in BUILTIN_TOPOLOGIES.glob("*.yaml"))
+    if not names:
+        raise ValueError("plan: name a topology (--topology NAME_OR_YAML ...) or pass --all-builtins")
+    if args.links and len(names) != 1:
+        raise ValueError("--links: plans one topology; name only one with --topology")
+    memory, overhead = parse_size(args.gpu_memory), parse_size(args.overhead)
+    if args.gpus < 0 or args.batch < 1 or args.prompt_tokens < 0:
+        raise ValueError("plan: --gpus must be >= 0, --batch >= 1 and --prompt-tokens >= 0")
+    plans = []
+    for name in names:
+        topology = with_links(load_topology(name), args.links)
+        if args.latent_steps is not None:
+            topology = topology.replace(latent_steps=args.latent_steps)
+        if args.max_new_tokens is not None:
+            topology = topology.replace(generation={**topology.generation.model_dump(exclude_unset=True),
+                                                    "max_new_tokens": args.max_new_tokens})
+        gpus = args.gpus
+        if args.markdown:  # as shipped: the GPUs its backbones reserve on Ray
+            gpus = max(1, sum(math.ceil(b.num_gpus) for b in {b.key: b for b in topology.backbones.values()}.values()))
+        plans.append(report(topology, gpus, memory, args.batch, overhead, args.prompt_tokens))
+    if args.json:
+        print(as_json(plans))
+    elif args.markdown:
+        print("\n".join([MARKDOWN_HEAD, *map(markdown_row, plans)]))
+    else:
+        print("\n\n".join(table(p) for p in plans))
+    return 0 if args.markdown or all(p["fits"] for p in plans) else 1
+
+
 def cmd_links_import(args: argparse.Namespace) -> int:
     from recursivemas.links.import_command import import_links
 
@@ -204,6 +242,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 time.sleep(3600)
         except KeyboardInterrupt:
             serve.shutdown()
+    return 0
+
+
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from recursivemas.config import load_topology
+    from recursivemas.mcp_backends import InProcessBackend, ServedBackend
+    from recursivemas.mcp_server import serve_mcp
+
+    if not args.http and (args.host is not None or args.port is not None):
+        raise ValueError("--host/--port: set where --http listens; add --http, or leave them out for stdio")
+    if args.server is None:
+        if args.api_key is not None:
+            raise ValueError("--api-key: is the key of the server at --server; pass --server URL too, or leave it out")
+        backend = InProcessBackend(with_links(load_topology(args.topology), args.links))  # a bad topology: exit 2
+    elif args.links is not None:
+        raise ValueError("--links: the server at --server runs its own links; pass --links to `recursivemas serve`")
+    else:
+        backend = ServedBackend(args.server, args.topology, api_key=args.api_key)
+    serve_mcp(backend, http=args.http, host=args.host or "127.0.0.1", port=args.port or 8765,
+              allow_unauthenticated=args.allow_unauthenticated)
     return 0
 
 
@@ -332,6 +390,21 @@ def build_parser() -> argparse.ArgumentParser:
                            "released system's setting for another task)")
     serve_cmd.set_defaults(func=cmd_serve)
 
+    mcp_cmd = sub.add_parser("mcp", help="serve a topology to coding agents as MCP tools (ask, list_topologies)")
+    mcp_cmd.add_argument("--topology", default="sequential-demo",
+                         help="YAML file or built-in name; with --server, the served topology (its name, or its "
+                              "YAML here)")
+    mcp_cmd.add_argument("--links", help="link checkpoint to run the topology with (in-process runs)")
+    mcp_cmd.add_argument("--server", metavar="URL", help="run on this `recursivemas serve` (e.g. "
+                         "http://127.0.0.1:8000) instead of loading the models here")
+    mcp_cmd.add_argument("--api-key", metavar="KEY", help="the --server's API key (default: RECURSIVEMAS_API_KEY)")
+    mcp_cmd.add_argument("--http", action="store_true", help="serve MCP over streamable HTTP at /mcp (default: stdio)")
+    mcp_cmd.add_argument("--host", help="with --http: bind address (default 127.0.0.1)")
+    mcp_cmd.add_argument("--port", type=int, help="with --http: port (default 8765)")
+    mcp_cmd.add_argument("--allow-unauthenticated", action="store_true",
+                         help="with --http: listen on a non-loopback --host although MCP has no key here")
+    mcp_cmd.set_defaults(func=cmd_mcp)
+
     eval_cmd = sub.add_parser("eval", help="accuracy, wall time and decoded tokens per mode and round count")
     eval_cmd.add_argument("--topology", default="sequential-demo", help="YAML file or built-in name")
     eval_cmd.add_argument("--dataset", default="basic_arithmetic",
@@ -357,6 +430,24 @@ def build_parser() -> argparse.ArgumentParser:
     pull = models_sub.add_parser("pull")
     pull.add_argument("names", nargs="+")
     models.set_defaults(func=cmd_models)
+
+    plan_cmd = sub.add_parser("plan", help="memory and GPU placement of a topology, from config.json alone "
+                                           "(nothing downloads or loads); exits 1 when it does not fit")
+    plan_cmd.add_argument("--topology", nargs="+", metavar="NAME_OR_YAML", help="YAML file(s) or built-in name(s)")
+    plan_cmd.add_argument("--all-builtins", action="store_true", help="plan every built-in topology")
+    plan_cmd.add_argument("--gpus", type=int, default=1, help="GPUs Ray places the backbone actors on (default 1)")
+    plan_cmd.add_argument("--gpu-memory", default="80GB", help="memory of each GPU: 80GB (10^9 bytes), 80GiB, ...")
+    plan_cmd.add_argument("--batch", type=int, default=1, help="requests at once (each holds its own KV cache)")
+    plan_cmd.add_argument("--prompt-tokens", type=int, default=512,
+                          help="tokens of one turn's prompt: system turn, template and question (default 512)")
+    plan_cmd.add_argument("--overhead", default="1GB", help="per actor: CUDA context, activations (default 1GB)")
+    plan_cmd.add_argument("--latent-steps", type=int, help="plan with these latent steps instead of the topology's")
+    plan_cmd.add_argument("--max-new-tokens", type=int, help="plan with this answer budget instead of the topology's")
+    plan_cmd.add_argument("--links", help="link checkpoint the topology runs with (its stored dtype, for auto)")
+    plan_cmd.add_argument("--json", action="store_true", help="one JSON object (several plans: {\"plans\": [...]})")
+    plan_cmd.add_argument("--markdown", action="store_true", help="one markdown table row per topology, as shipped "
+                          "(the GPUs its backbones reserve), for docs/released-systems.md")
+    plan_cmd.set_defaults(func=cmd_plan)
 
     links = sub.add_parser("links", help="link checkpoints")
     links_sub = links.add_subparsers(dest="action", required=True)

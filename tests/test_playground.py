@@ -276,6 +276,29 @@ def test_page_streams_the_answer_and_shows_every_turn(server, browser):
 
 
 @pytest.mark.ray
+def test_turn_rows_appear_while_the_agents_think(server, browser):
+    """The timeline is live: a MutationObserver records (turn rows, answer length) at every change of the results,
+    and a turn row is there before the answer has its first character, and so before it is complete."""
+    open_page(browser, server["http"])
+    wait_for(browser, models_loaded)
+    choose(browser, "model", "seq")
+    choose(browser, "mode", "latent")
+    fill(browser, {"rounds": "2", "latent-steps": "3", "prompt": PROMPT})
+    browser.execute_script(
+        "window.seen = []; new MutationObserver(() => { const a = document.getElementById('answer'); "
+        "window.seen.push([document.querySelectorAll('#turns tbody tr').length, a ? a.textContent.length : 0]); })"
+        ".observe(document.getElementById('results'), {subtree: true, childList: true, characterData: true});")
+    browser.find_element("id", "send").click()
+    wait_until_done(browser)
+    seen = browser.execute_script("return window.seen")
+    final = len(text_of(browser, "answer"))
+    assert final > 0
+    before_answer = [rows_ for rows_, length in seen if length == 0]
+    assert max(before_answer) == 3, seen  # planner r1, solver r1, planner r2: each drawn as it finished
+    assert any(rows_ >= 1 and length < final for rows_, length in seen)
+
+
+@pytest.mark.ray
 def test_side_by_side_draws_the_chart(server, browser, tmp_path):
     http = server["http"]
     open_page(browser, http)

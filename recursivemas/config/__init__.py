@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recursivemas import prompts
-from recursivemas.engine.sampling import Sampling
+from recursivemas.engine.sampling import Sampling, StopTokens
 from recursivemas.errors import ConfigError as ConfigError  # re-exported: configs raise it
 from recursivemas.config.graph_checks import check_graph
 from recursivemas.config.loading import format_validation_error as format_validation_error, load_yaml_config
@@ -81,13 +81,32 @@ class AgentConfig(Strict):
     """Give this agent the tool loop (Python, search) when it decodes text."""
 
 
-class AnswerNudge(Strict):
-    """When the final answer lacks ``pattern`` (a regular expression), decode once more after ``suffix`` appended to
-    it, up to ``max_new_tokens``: the authors' retry that asks a model to box its answer."""
+NUDGE_DEFAULTS = {  # per style: (suffix, max_new_tokens) when the topology leaves them unset
+    "continue": ("\n\nThe final answer, in \\boxed{}, is: \\boxed{", 32),
+    "authors": ("\nFinal Answer: \\boxed{", 16),
+}
 
+
+class AnswerNudge(Strict):
+    r"""When the final answer lacks ``pattern`` (a regular expression), decode once more after ``suffix``, up to
+    ``max_new_tokens``, and append what comes to the answer. It decodes with the answer's sampling (temperature,
+    top_p, stop tokens), as the authors' retry samples with their run's settings, and every answer of a call that
+    needs it goes in one batched call. Two styles:
+
+    - ``continue`` (the default): the decoder's own reply goes on. The suffix is appended to the answer inside its
+      chat turn, so the model still reads its whole prompt (the question, the hand-offs' latents) while it boxes
+      the answer. Suffix ``"\n\nThe final answer, in \boxed{}, is: \boxed{"``, 32 new tokens.
+    - ``authors``: the retry of the authors' released code (``--ans``). A fresh prompt of plain text,
+      ``answer.rstrip() + suffix``, with no chat template, no system turn, no question and no latents (only the
+      BOS the tokenizer adds to a plain string, if any); the answer becomes that text plus what comes. Suffix
+      ``"\nFinal Answer: \boxed{"``, 16 new tokens.
+
+    An unset ``suffix`` or ``max_new_tokens`` takes its style's value."""
+
+    style: Literal["continue", "authors"] = "continue"
     pattern: str = r"\\boxed\{"
-    suffix: str = "\n\nThe final answer, in \\boxed{}, is: \\boxed{"
-    max_new_tokens: int = Field(32, ge=1)
+    suffix: str | None = None
+    max_new_tokens: int | None = Field(None, ge=1)
 
     @field_validator("pattern")
     @classmethod
@@ -98,6 +117,15 @@ class AnswerNudge(Strict):
             raise ValueError(f"{value!r} is not a regular expression ({exc}); write it for Python's re module, "
                              "e.g. \\\\boxed\\{ matches \\boxed{") from None
         return value
+
+    @model_validator(mode="after")
+    def _style_defaults(self) -> AnswerNudge:
+        suffix, budget = NUDGE_DEFAULTS[self.style]
+        if self.suffix is None:
+            self.__dict__["suffix"] = suffix
+        if self.max_new_tokens is None:
+            self.__dict__["max_new_tokens"] = budget
+        return self
 
 
 class GenerationConfig(Strict):
@@ -113,7 +141,11 @@ class GenerationConfig(Strict):
     top_p: float = Field(Sampling.top_p, gt=0, le=1)
     seed: int | None = None
     from_model: bool = False
+    stop_tokens: StopTokens = "generation_config"
+    """The end tokens that end a decode: every end token the model's ``generation_config`` and tokenizer name
+    (``generation_config``), or only the tokenizer's ``eos_token_id`` (``tokenizer``, as the authors' code stops)."""
     answer_nudge: AnswerNudge | None = None
+    """Decode once more when the answer lacks a pattern (``\\boxed{`` by default): see :class:`AnswerNudge`."""
 
     def from_model_fields(self) -> tuple[str, ...]:
         """The sampling fields each backbone's own settings fill (empty unless ``from_model``)."""

@@ -36,13 +36,20 @@ def load_yaml_config(path: Path, model: type[M], what: str, keys: str, missing_h
 
 
 def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
-    """One line per problem, field first; a typo'd key gets a "did you mean" from the model's own fields."""
+    """One line per problem, field first, then the bad value where it is a plain one (never for a ``root`` that
+    hides its inputs in errors, as the serve config does: a value may be an API key); a typo'd key gets a "did you
+    mean" from the model's own fields."""
     lines = []
+    echo = root is not None and not root.model_config.get("hide_input_in_errors")  # a serve config may hold keys
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key{_suggest(err['loc'], root) if root is not None else ''}"
+        elif echo and loc and isinstance(value, (str, int, float)) and len(repr(value)) <= 80 \
+                and repr(value) not in msg:
+            msg += f" (got {value!r})"  # the bad value itself, e.g. stop_tokens: ... (got 'tokenize')
         lines.append(f"  - {loc + ': ' if loc else ''}{msg}")
     return "\n".join(lines)
 

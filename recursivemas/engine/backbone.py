@@ -27,7 +27,7 @@ from torch import nn
 from recursivemas.engine.inputs import Embedded, Prompt, embed, extend, left_pad
 from recursivemas.engine.loading import load_causal_lm
 from recursivemas.engine.sampler import Sampler
-from recursivemas.engine.sampling import DEFAULT_SAMPLING, FinishReason, Sampling
+from recursivemas.engine.sampling import DEFAULT_SAMPLING, FinishReason, Sampling, StopTokens
 from recursivemas.errors import ContextLengthError
 
 log = logging.getLogger("recursivemas")
@@ -70,7 +70,7 @@ class BackboneEngine:
         config = model.config.get_text_config()
         self.hidden_size: int = config.hidden_size
         self.max_context: int = getattr(config, "max_position_embeddings", None) or 2**31
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = _eos_ids(model, tokenizer)  # every end token, generation_config's and tokenizer's
         self.end_id = _end_id(tokenizer, self.eos_ids)
         # Training through the frozen backbone (stage 2): keep only each call's inputs and recompute the decoder in
         # backward, so an unrolled system holds one call's activations at a time instead of every round's.
@@ -200,12 +200,22 @@ class BackboneEngine:
             yield final[len(sent) :]
         yield Generation(final, ids if reason != "eos" else ids[:-1], reason, item.text_tokens, item.latent_tokens)
 
+    def stop_ids(self, stop_tokens: StopTokens = "generation_config") -> frozenset[int]:
+        """The token ids that end a row under ``stop_tokens``: every end token (``generation_config``), or only the
+        tokenizer's ``eos_token_id`` (``tokenizer``; a tokenizer without one falls back to every end token)."""
+        if stop_tokens not in ("generation_config", "tokenizer"):
+            raise ValueError(f"stop_tokens: {stop_tokens!r} is not one of 'generation_config', 'tokenizer'")
+        own = getattr(self.tokenizer, "eos_token_id", None)
+        if stop_tokens == "tokenizer" and isinstance(own, int):
+            return frozenset((own,))
+        return frozenset(self.eos_ids)
+
     def _text(self, ids: list[int], reason: str) -> str:
         return self.tokenizer.decode(ids[:-1] if reason == "eos" else ids, skip_special_tokens=True)
 
     def _decode(self, items: list[Embedded], sampling: Sampling, alive: Sequence[Alive | None] | None = None):
         """Yield ({row: token}, {row: finish reason}) per step for the rows still running."""
-        sampler, stop = Sampler(sampling), sampling.stop
+        sampler, stop, eos_ids = Sampler(sampling), sampling.stop, self.stop_ids(sampling.stop_tokens)
         batch = left_pad([i.embeds for i in items])
         budgets = [min(sampling.max_new_tokens, self.max_context - n) for n in batch.lengths]  # each row's own room
         budget = max(budgets)
@@ -223,7 +233,7 @@ class BackboneEngine:
                     continue
                 token = int(next_tokens[row])
                 emitted[row] = token
-                if token in self.eos_ids:
+                if token in eos_ids:
                     finished[row] = "eos"
                 elif stop:  # decode a tail of tokens, not one token: a character may span several byte tokens
                     generated[row].append(token)

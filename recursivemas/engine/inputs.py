@@ -5,7 +5,8 @@ We render the chat template once around sentinel markers, split the result at th
 and splice the latent tensors in between, so a latent block lands exactly where a message would in text mode.
 Models without a chat template (base models) get a plain "prompt, then Response:" frame instead, unless the
 prompt's :class:`Framing` refuses them. The framing also carries a system turn and the chat template's own options
-(``enable_thinking=False`` for a Qwen3 planner), which change every hand-off, so they travel with the prompt.
+(``enable_thinking=False`` for a Qwen3 planner), which change every hand-off, so they travel with the prompt. A
+``raw`` framing sends the text as it is, with no frame at all.
 """
 
 from __future__ import annotations
@@ -23,11 +24,17 @@ _PLAIN_FRAME = "{content}\n\nResponse:"
 @dataclass(frozen=True)
 class Framing:
     """How a prompt becomes a conversation: an optional system turn before the user turn, keyword arguments for
-    the chat template, and, for a model without a template, the plain frame (``plain``) or an error (``refuse``)."""
+    the chat template, and, for a model without a template, the plain frame (``plain``) or an error (``refuse``).
+
+    ``raw`` skips all of that: the prompt's text (and ``response_prefix``) is the model's whole input, tokenized as
+    the tokenizer tokenizes a plain string (its BOS where it adds one), with no chat template, no system turn and no
+    plain frame; the other fields are ignored. The authors' answer retry is sent so (``answer_nudge.style:
+    authors``)."""
 
     system: str | None = None
     template_kwargs: tuple[tuple[str, Any], ...] = ()
     without_template: Literal["plain", "refuse"] = "plain"
+    raw: bool = False
 
 
 @dataclass
@@ -80,7 +87,9 @@ def render_pieces(tokenizer, prompt: Prompt) -> list[Segment]:
             content.append(segment)
     message = "".join(content)
     framing = prompt.framing
-    if getattr(tokenizer, "chat_template", None):
+    if framing.raw:
+        framed = message
+    elif getattr(tokenizer, "chat_template", None):
         turns = [{"role": "system", "content": framing.system}] if framing.system else []
         framed = tokenizer.apply_chat_template(turns + [{"role": "user", "content": message}], tokenize=False,
                                                add_generation_prompt=True, **dict(framing.template_kwargs))
@@ -101,12 +110,16 @@ def render_pieces(tokenizer, prompt: Prompt) -> list[Segment]:
 
 
 def embed(tokenizer, embedding: torch.nn.Module, prompt: Prompt) -> Embedded:
-    """Embed a prompt with the model's own input embedding (which includes any scaling, e.g. Gemma's sqrt(d))."""
+    """Embed a prompt with the model's own input embedding (which includes any scaling, e.g. Gemma's sqrt(d)).
+
+    A ``raw`` prompt's leading text gets the special tokens the tokenizer adds to a plain string (its BOS, if any);
+    every other piece is tokenized without them (a chat template or the plain frame writes its own)."""
     weight = embedding.weight
     parts, ids, latent_tokens = [], [], 0
-    for piece in render_pieces(tokenizer, prompt):
+    for index, piece in enumerate(render_pieces(tokenizer, prompt)):
         if isinstance(piece, str):
-            piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+            specials = prompt.framing.raw and index == 0
+            piece_ids = tokenizer(piece, add_special_tokens=specials)["input_ids"]
             ids.extend(piece_ids)
             parts.append(embedding(torch.tensor(piece_ids, dtype=torch.long, device=weight.device)))
         else:

@@ -12,13 +12,18 @@ from typing import Any, Literal
 
 FinishReason = Literal["eos", "stop", "length", "cancelled"]
 """Why one row's decoding ended: end of turn, a stop string, its token budget, or its run ended (cancel/deadline)."""
+StopTokens = Literal["generation_config", "tokenizer"]
+"""Which end tokens end a row: every end token the model's ``generation_config`` and its tokenizer name (Qwen's
+``<|im_end|>`` and ``<|endoftext|>``, say), or only the tokenizer's own ``eos_token_id``, as the authors'
+``generate(eos_token_id=tokenizer.eos_token_id)`` does."""
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """One generate call's decoding: token budget, temperature (0: greedy), nucleus ``top_p``, ``seed`` and
-    ``stop`` strings. ``from_model`` names the fields a host takes from its backbone's own ``generation_config``
-    instead (``generation.from_model`` in a topology); the engine itself ignores it."""
+    """One generate call's decoding: token budget, temperature (0: greedy), nucleus ``top_p``, ``seed``, ``stop``
+    strings and the end tokens that stop it (``stop_tokens``, :data:`StopTokens`). ``from_model`` names the fields
+    a host takes from its backbone's own ``generation_config`` instead (``generation.from_model`` in a topology);
+    the engine itself ignores it."""
 
     max_new_tokens: int = 256
     temperature: float = 0.0
@@ -26,6 +31,7 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     from_model: tuple[str, ...] = ()
+    stop_tokens: StopTokens = "generation_config"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stop", tuple(self.stop))  # a list given here still hashes and compares equal

@@ -61,7 +61,8 @@ class GenerationOverrides:
         answer = Sampling(max_new_tokens=pick("max_new_tokens", config.max_new_tokens),
                           temperature=pick("temperature", config.temperature), top_p=pick("top_p", config.top_p),
                           seed=pick("seed", config.seed), stop=pick("stop", ()),
-                          from_model=tuple(f for f in config.from_model_fields() if getattr(self, f) is None))
+                          from_model=tuple(f for f in config.from_model_fields() if getattr(self, f) is None),
+                          stop_tokens=config.stop_tokens)
         budget = pick("message_max_new_tokens", config.message_max_new_tokens)
         return answer, answer if budget is None else replace(answer, max_new_tokens=budget)
 

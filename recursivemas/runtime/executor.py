@@ -248,9 +248,12 @@ class Executor:
         streamed = [t for t in plain if on_delta is not None and t.usage.kind == "answer"]
         plain = [t for t in plain if t not in streamed]
         for turn in streamed:
-            self._record(turn, self._stream(backend, turn.prompt, on_delta, run.sampling_for(turn),
+            nudge = self.topology.generation.answer_nudge
+            # The authors' retry drops the answer's trailing whitespace: hold it back until more text comes.
+            deltas = _HeldSpace(on_delta) if nudge is not None and nudge.style == "authors" else on_delta
+            self._record(turn, self._stream(backend, turn.prompt, deltas, run.sampling_for(turn),
                                             run.stops_for([turn])))
-            self._nudge(backend, [turn], run, on_delta)
+            self._nudge(backend, [turn], run, deltas)
         by_sampling: dict[Sampling, list[_Turn]] = defaultdict(list)  # a message budget of its own: a call of its own
         for turn in plain:
             by_sampling[run.sampling_for(turn)].append(turn)
@@ -261,6 +264,7 @@ class Executor:
         self._nudge(backend, plain, run)
         for turn in with_tools:
             self._tool_turn(backend, turn, run.sampling_for(turn), run.stops_for([turn]))
+        self._nudge(backend, with_tools, run)  # a tool loop's answer too (the authors retry their tool-caller's)
         wall = time.perf_counter() - start
         for turn in turns:
             turn.usage.wall_s = wall
@@ -278,24 +282,36 @@ class Executor:
 
     def _nudge(self, backend: Backend, turns: list[_Turn], run: _Run,
                on_delta: Callable[[str], None] | None = None) -> None:
-        """Answers without ``generation.answer_nudge``'s pattern are continued once after its suffix (batched)."""
+        """Answers without ``generation.answer_nudge``'s pattern are decoded once more after its suffix, all in one
+        call, with the answer's sampling and the nudge's budget: ``continue`` goes on in the answer's own chat turn
+        (its prompt, question and latents still read); ``authors`` sends the authors' retry, a fresh plain-text
+        prompt ``answer.rstrip() + suffix`` with no chat template, no question and no latents."""
         nudge = self.topology.generation.answer_nudge
-        if nudge is None:
-            return
-        todo = [t for t in turns if t.usage.kind == "answer" and t.usage.finish_reason != "cancelled"
-                and not re.search(nudge.pattern, t.message or "")]
+        held = on_delta if isinstance(on_delta, _HeldSpace) else None
+        todo = [] if nudge is None else [
+            t for t in turns if t.usage.kind == "answer" and t.usage.finish_reason != "cancelled"
+            and not re.search(nudge.pattern, t.message or "")]
         if not todo:
+            if held is not None:
+                held.flush()
             return
         sampling = replace(run.answer, max_new_tokens=nudge.max_new_tokens)
-        prompts = [replace(t.prompt, response_prefix=t.prompt.response_prefix + (t.message or "") + nudge.suffix)
-                   for t in todo]
+        if nudge.style == "authors":
+            heads = [(t.message or "").rstrip() + nudge.suffix for t in todo]
+            prompts = [Prompt([head], framing=Framing(raw=True)) for head in heads]
+        else:
+            heads = [(t.message or "") + nudge.suffix for t in todo]
+            prompts = [replace(t.prompt, response_prefix=t.prompt.response_prefix + head)
+                       for t, head in zip(todo, heads)]
         if on_delta is not None:
+            if held is not None:
+                on_delta = held.drop()  # the held whitespace is not part of the retried answer
             on_delta(nudge.suffix)
             gens = [self._stream(backend, prompts[0], on_delta, sampling, run.stops_for(todo))]
         else:
             gens = backend.generate(GenerateCall(tuple(prompts), sampling, stops=run.stops_for(todo)))
-        for turn, gen in zip(todo, gens):
-            turn.message = turn.usage.message = (turn.message or "") + nudge.suffix + gen.text
+        for turn, head, gen in zip(todo, heads, gens):
+            turn.message = turn.usage.message = head + gen.text
             turn.usage.decoded_tokens += len(gen.token_ids)
             turn.usage.finish_reason, turn.usage.nudged = gen.finish_reason, True
 
@@ -345,6 +361,31 @@ class Executor:
         for dst, is_feedback in turn.planned.handoffs:
             box = state.next_feedback if is_feedback else state.inbox
             box[dst][turn.planned.agent] = turn.handoffs[dst] if turn.handoffs is not None else (turn.message or "")
+
+
+class _HeldSpace:
+    """Passes a stream's text deltas on, holding back trailing whitespace until more text comes: an answer that the
+    authors' retry continues loses it (``answer.rstrip()``), so the deltas still join to the answer's text."""
+
+    def __init__(self, on_delta: Callable[[str], None]):
+        self.on_delta, self.held = on_delta, ""
+
+    def __call__(self, piece: str) -> None:
+        text = self.held + piece
+        kept = text.rstrip()
+        self.held = text[len(kept):]
+        if kept:
+            self.on_delta(kept)
+
+    def flush(self) -> None:
+        if self.held:
+            self.on_delta(self.held)
+        self.held = ""
+
+    def drop(self) -> Callable[[str], None]:
+        """Forget the held whitespace; the stream's own callback, for what comes next."""
+        self.held = ""
+        return self.on_delta
 
 
 def framing_of(topology: Topology, agent: str) -> Framing:

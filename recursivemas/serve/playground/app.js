@@ -5,8 +5,9 @@
 // - A topology whose templates name fields ({context}, ...) lists them in its model card (recursivemas.fields):
 //   the page shows a box per field, labelled by its name, and sends what is typed as recursivemas.context (the
 //   context field) or recursivemas.fields.NAME; an empty box is not sent, so the server names what is missing.
-// - The per-turn table comes from the final usage chunk (stream_options.include_usage): the stream carries only
-//   OpenAI chunks, so any OpenAI client can read it, and the turns are shown once the answer is done.
+// - The per-turn timeline grows live: with stream_options.include_turns the server sends a named
+//   `recursivemas.turn` event as each agent turn finishes (OpenAI clients skip named events), and a row appears
+//   per event while the agents think; the final usage chunk (include_usage) then redraws it with the run's totals.
 // - An API key, when the server wants one, lives in sessionStorage (this tab only) and goes out as
 //   `Authorization: Bearer KEY`; a 401 asks for it.
 // - Text from the server is set with textContent only, never parsed as HTML.
@@ -114,7 +115,7 @@ function requestBody(mode) {
     messages: [{role: "user", content: $("prompt").value}],
     mode,
     stream: true,
-    stream_options: {include_usage: true},
+    stream_options: {include_usage: true, include_turns: true},
   };
   const fields = [["rounds", "rounds"], ["latent-steps", "latent_steps"], ["max-tokens", "max_tokens"],
                   ["temperature", "temperature"]];
@@ -133,6 +134,12 @@ function eventData(event) {
     .map((line) => line.slice(line.startsWith("data: ") ? 6 : 5)).join("\n");
 }
 
+// One server-sent event's name (its `event:` line), or null for an unnamed (OpenAI) event.
+function eventName(event) {
+  const line = event.split("\n").find((l) => l.startsWith("event:"));
+  return line ? line.slice(6).trim() : null;
+}
+
 // Stream one completion into `panel`; resolves to {text, usage, finish} at [DONE].
 async function streamCompletion(body, panel) {
   const response = await fetch("v1/chat/completions",
@@ -148,11 +155,16 @@ async function streamCompletion(body, panel) {
     buffer += decoder.decode(value, {stream: true});
     let cut;
     while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const data = eventData(buffer.slice(0, cut));
+      const event = buffer.slice(0, cut);
+      const data = eventData(event);
       buffer = buffer.slice(cut + 2);
       if (!data) continue;
       if (data === "[DONE]") return run;
       const chunk = JSON.parse(data);
+      if (eventName(event) === "recursivemas.turn") {
+        addTurn(panel, chunk.turn);
+        continue;
+      }
       if (chunk.error) throw new Error(chunk.error.message);
       if (chunk.usage) run.usage = chunk.usage;
       for (const choice of chunk.choices || []) {
@@ -191,36 +203,43 @@ function cell(row, text, className) {
   return td;
 }
 
-// The per-turn table (a timeline: rows in run order, a bar per turn for its wall time) and the summary line.
+// One row of the per-turn table (a timeline: rows in run order, a bar per turn for its wall time), as the turn
+// arrives; the bars are scaled again to the longest turn so far.
+function addTurn(panel, turn) {
+  const tbody = panel.turns.tBodies[0];
+  const last = tbody.rows.length ? tbody.rows[tbody.rows.length - 1].dataset.round : null;
+  const row = tbody.insertRow();
+  row.dataset.agent = turn.agent;
+  row.dataset.round = String(turn.round);
+  row.dataset.kind = turn.kind;
+  row.dataset.wall = String(turn.wall_s);
+  if (last !== null && last !== String(turn.round)) row.className = "new-round";
+  cell(row, turn.round, "num");
+  cell(row, turn.agent);
+  cell(row, turn.kind, "kind kind-" + turn.kind);
+  cell(row, turn.latent_steps, "num");
+  cell(row, turn.decoded_tokens, "num");
+  cell(row, turn.prompt_tokens, "num");
+  const wall = cell(row, "", "wall");
+  const bar = document.createElement("span");
+  bar.className = "bar kind-" + turn.kind;
+  const seconds = document.createElement("span");
+  seconds.textContent = turn.wall_s.toFixed(3);
+  wall.append(bar, seconds);
+  cell(row, turn.tool_calls, "num");
+  const rows = [...tbody.rows];
+  const longest = Math.max(1e-9, ...rows.map((r) => Number(r.dataset.wall)));
+  for (const r of rows) {
+    r.querySelector(".bar").style.width = `${Math.max(2, Math.round(48 * Number(r.dataset.wall) / longest))}px`;
+  }
+  panel.turns.hidden = false;
+}
+
+// The final table, from the usage chunk (every turn, in run order), and the summary line.
 function showTurns(panel, run) {
   const ext = run.usage.recursivemas;
-  const turns = ext.turns;
-  const tbody = panel.turns.tBodies[0];
-  tbody.replaceChildren();
-  const longest = Math.max(1e-9, ...turns.map((t) => t.wall_s));
-  let lastRound = null;
-  for (const turn of turns) {
-    const row = tbody.insertRow();
-    row.dataset.agent = turn.agent;
-    row.dataset.round = String(turn.round);
-    row.dataset.kind = turn.kind;
-    if (turn.round !== lastRound && lastRound !== null) row.className = "new-round";
-    lastRound = turn.round;
-    cell(row, turn.round, "num");
-    cell(row, turn.agent);
-    cell(row, turn.kind, "kind kind-" + turn.kind);
-    cell(row, turn.latent_steps, "num");
-    cell(row, turn.decoded_tokens, "num");
-    cell(row, turn.prompt_tokens, "num");
-    const wall = cell(row, "", "wall");
-    const bar = document.createElement("span");
-    bar.className = "bar kind-" + turn.kind;
-    bar.style.width = `${Math.max(2, Math.round(48 * turn.wall_s / longest))}px`;
-    const seconds = document.createElement("span");
-    seconds.textContent = turn.wall_s.toFixed(3);
-    wall.append(bar, seconds);
-    cell(row, turn.tool_calls, "num");
-  }
+  panel.turns.tBodies[0].replaceChildren();
+  for (const turn of ext.turns) addTurn(panel, turn);
   panel.turns.hidden = false;
   panel.summary.textContent = `${ext.mode}, ${ext.rounds} round${ext.rounds === 1 ? "" : "s"}, ` +
     `${ext.latent_steps_total} latent steps, ${ext.decoded_tokens} decoded tokens (${ext.answer_tokens} in the ` +
