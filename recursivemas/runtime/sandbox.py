@@ -134,7 +134,8 @@ def bwrap_argv(code_fd: int, rlimits: dict[str, int], limits: Limits, seccomp_fd
                python: str = SYSTEM_PYTHON) -> list[str]:
     """bubblewrap's command line: the code copied in from ``code_fd``, the filter read from ``seccomp_fd``."""
     argv = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
-            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv", "--setenv", "PATH",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox", "--clearenv",
+            "--setenv", "PATH",
             "/usr/bin", "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8"]
     if os.geteuid() == 0:
         argv += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
