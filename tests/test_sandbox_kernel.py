@@ -209,3 +209,19 @@ def test_a_topology_can_require_a_control_group_and_is_refused_without_one(monke
     with pytest.raises(sandbox.SandboxUnavailable, match="bwrap_cgroup needs a control group per run"):
         Executor(topology, {"a": engine})
     assert "refused" in PythonTool(sandbox="bwrap_cgroup")("print(1)").output
+
+
+def test_a_server_refuses_to_start_below_the_sandbox_level_a_topology_names(monkeypatch):
+    from recursivemas.config import Topology
+    from recursivemas.serve.app import _refuse_unsandboxed_tools
+    from recursivemas.serve.config import ServeConfig
+
+    doc = {"name": "delib", "backbones": {"a": {"model": "tiny"}}, "pattern": "deliberation",
+           "tools": {"python_sandbox": "bwrap_cgroup"},
+           "agents": [{"name": "reflector", "backbone": "a"}, {"name": "caller", "backbone": "a"}]}
+    topology = Topology.model_validate(doc)
+    config = ServeConfig(topologies=[topology], api_keys=["a-long-enough-test-key-0123"], host="0.0.0.0")
+    _refuse_unsandboxed_tools([topology], config)  # this host makes groups: it starts
+    monkeypatch.setattr(memory_budget, "mechanism", lambda: "rlimits")
+    with pytest.raises(ValueError, match="topology 'delib': tools.python_sandbox: bwrap_cgroup needs a control group"):
+        _refuse_unsandboxed_tools([topology], config)

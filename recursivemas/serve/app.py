@@ -95,6 +95,11 @@ def _refuse_unsandboxed_tools(topologies: list[Topology], config: ServeConfig) -
             raise ValueError(f"topology {topology.name!r}: tools.python_sandbox: none runs model-written code "
                              f"unisolated, and {where} lets others reach it; use python_sandbox: bwrap, or serve "
                              "on 127.0.0.1 only")
+        if callers and topology.tools.python_sandbox == "bwrap_cgroup":  # the level it names, before Ray starts
+            from recursivemas.runtime.sandbox import unavailable_reason
+
+            if (reason := unavailable_reason("bwrap_cgroup")) is not None:
+                raise ValueError(f"topology {topology.name!r}: {reason}")
 
 
 def _backbone_deployment(key: str, name: str, cfg: BackboneConfig, config: ServeConfig):
