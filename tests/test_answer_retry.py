@@ -31,6 +31,7 @@ from recursivemas.engine.sampling import DEFAULT_SAMPLING
 from recursivemas.runtime import Executor, RunOptions, build_links
 from recursivemas.runtime.calls import GenerationOverrides
 from recursivemas.runtime.executor import _HeldSpace
+from test_engine import ScriptedLM
 from tiny import tiny_engine
 
 QUESTION = "What is 6*7?"
@@ -213,25 +214,6 @@ def test_a_tool_loop_answer_is_retried_too():
 
 
 # --- which end tokens stop a decode ----------------------------------------------------------------------------------
-class ScriptedLM(nn.Module):
-    """Emits a fixed token script (then a filler token), whatever the input: exact control of what is decoded."""
-
-    def __init__(self, script: list[int], vocab: int, filler: int):
-        super().__init__()
-        self.script, self.vocab, self.filler, self.step = script, vocab, filler, 0
-
-    def forward(self, input_ids=None, inputs_embeds=None, **kwargs):
-        if inputs_embeds is not None:
-            self.step, batch = 0, inputs_embeds.shape[0]
-        else:
-            batch = input_ids.shape[0]
-        token = self.script[self.step] if self.step < len(self.script) else self.filler
-        self.step += 1
-        logits = torch.full((batch, 1, self.vocab), -1e4)
-        logits[..., token] = 0.0
-        return SimpleNamespace(logits=logits, past_key_values=None)
-
-
 def scripted(script_of):
     engine = tiny_engine("llama")
     # <eos> is the model's end token here; a real tokenizer marks such a token special (Qwen's <|endoftext|>)
